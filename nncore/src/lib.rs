@@ -1,0 +1,75 @@
+//! # nncore
+//!
+//! The runtime of a PyTorch-style neural network library: tensors on
+//! nalgebra, layers, the [`Module`] and [`Forward`] traits, and the
+//! `#[derive(Module)]` macro that wires a struct of layers into a model
+//! that prints, registers its parameters and runs forward exactly as the
+//! same `nn.Module` does in PyTorch.
+//!
+//! ```
+//! use nncore::prelude::*;
+//!
+//! #[derive(Module)]
+//! struct SimpleNet {
+//!     fc1: Linear,
+//!     relu: ReLU,
+//!     fc2: Linear,
+//! }
+//!
+//! let model = SimpleNet {
+//!     fc1: Linear::new(100, 50),
+//!     relu: ReLU::new(),
+//!     fc2: Linear::new(50, 10),
+//! };
+//! let y = model.forward(&Tensor::zeros(64, 100))?;
+//! assert_eq!(y.shape(), (64, 10));
+//! assert_eq!(model.num_parameters(), 5560);
+//! # Ok::<(), nncore::Error>(())
+//! ```
+//!
+//! ## Tensors
+//! A [`Tensor`] is nalgebra's `DMatrix<f32>` of shape `(batch, features)`,
+//! one row per sample, like PyTorch's 2-D inputs. nalgebra stores matrices
+//! **column-major**; PyTorch stores row-major. Conversions to and from
+//! PyTorch's layout go through [`Param::to_row_major`] and
+//! [`Param::copy_from_row_major`].
+#![deny(missing_docs)]
+
+extern crate self as nncore;
+
+mod activation;
+mod error;
+mod linear;
+mod module;
+pub mod ops;
+mod param;
+mod rng;
+
+pub use activation::ReLU;
+pub use error::{Error, ModulePath, Result};
+pub use linear::Linear;
+pub use module::{add_indent, fmt_module, repr, Forward, Module};
+pub use param::Param;
+pub use rng::{manual_seed, with_default_generator, Generator, DEFAULT_SEED};
+
+/// `#[derive(Module)]`: see the [`Module`] trait and the crate's README.
+pub use nnmacro::Module;
+
+/// nalgebra, re-exported so that users need not depend on the same
+/// version themselves.
+pub use nalgebra;
+
+/// A 2-D `f32` tensor: nalgebra's `DMatrix<f32>`, **column-major**, of
+/// shape `(batch, features)` for layer inputs and outputs.
+pub type Tensor = nalgebra::DMatrix<f32>;
+
+/// Re-exports the generated code uses; not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use std::string::String;
+}
+
+/// What a model file needs: `use nncore::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Forward, Linear, Module, Param, ReLU, Tensor};
+}

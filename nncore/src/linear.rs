@@ -1,0 +1,298 @@
+//! The fully connected layer.
+//!
+//! `y = x W^T + b` for an input `x` of shape `(batch, in_features)`, a
+//! weight `W` of PyTorch shape `[out_features, in_features]` and a bias `b`
+//! of shape `[out_features]`; the output has shape `(batch, out_features)`.
+
+use crate::module::{Forward, Module};
+use crate::ops::{ensure_shape, matmul, Trans};
+use crate::{with_default_generator, Error, Generator, ModulePath, Param, Result, Tensor};
+
+/// PyTorch's `nn.Linear`: `y = x W^T + b`.
+///
+/// Shapes: input `(batch, in_features)`, output `(batch, out_features)`,
+/// weight `[out_features, in_features]`, bias `[out_features]`.
+///
+/// Initialised as PyTorch does: weight and bias uniform in
+/// `±1/sqrt(in_features)`, drawn from the default generator in PyTorch's
+/// order, so that after `nncore::manual_seed(s)` the values equal those of
+/// `torch.manual_seed(s); nn.Linear(in, out)`.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// let fc = Linear::from_weights(
+///     Tensor::from_row_slice(2, 3, &[1., 0., -1., 0.5, 0.5, 0.5]),
+///     Some(&[0.0, 1.0]),
+/// )?;
+/// let x = Tensor::from_row_slice(1, 3, &[1., 2., 3.]);
+/// let y = fc.forward(&x)?;
+/// assert_eq!(y, Tensor::from_row_slice(1, 2, &[-2.0, 4.0]));
+/// assert_eq!(fc.to_string(), "Linear(in_features=3, out_features=2, bias=True)");
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Param,
+    bias: Option<Param>,
+    training: bool,
+    // Training buffers, reused across steps.
+    input: Tensor,
+    output: Tensor,
+    grad_input: Tensor,
+    recorded: bool,
+}
+
+impl Linear {
+    /// `nn.Linear(in_features, out_features)`, drawn from the default
+    /// generator.
+    #[must_use]
+    pub fn new(in_features: usize, out_features: usize) -> Self {
+        with_default_generator(|g| Self::with_generator(in_features, out_features, true, g))
+    }
+
+    /// `nn.Linear(in_features, out_features, bias=False)`.
+    #[must_use]
+    pub fn new_no_bias(in_features: usize, out_features: usize) -> Self {
+        with_default_generator(|g| Self::with_generator(in_features, out_features, false, g))
+    }
+
+    /// A layer initialised from an explicit generator.
+    #[must_use]
+    pub fn with_generator(
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        generator: &mut Generator,
+    ) -> Self {
+        // kaiming_uniform_(a=sqrt(5)) gives the bound 1/sqrt(fan_in); the
+        // bias uses the same bound, or 0 when fan_in is 0.
+        let bound = if in_features > 0 {
+            (1.0 / (in_features as f64).sqrt()) as f32
+        } else {
+            0.0
+        };
+        let mut w = vec![0.0f32; in_features * out_features];
+        generator.fill_uniform(&mut w, -bound, bound);
+        let weight = Tensor::from_row_slice(out_features, in_features, &w);
+        let bias = bias.then(|| {
+            let mut b = vec![0.0f32; out_features];
+            generator.fill_uniform(&mut b, -bound, bound);
+            Param::vector(&b)
+        });
+        Self::from_params(Param::matrix(weight), bias)
+    }
+
+    /// A layer with the given weight (`out_features x in_features`, PyTorch's
+    /// orientation) and optional bias (`out_features` values).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the bias length is not the weight's
+    /// row count.
+    pub fn from_weights(weight: Tensor, bias: Option<&[f32]>) -> Result<Self> {
+        if let Some(b) = bias {
+            if b.len() != weight.nrows() {
+                return Err(Error::ShapeMismatch {
+                    context: "Linear::from_weights: bias".into(),
+                    expected: vec![weight.nrows()],
+                    got: vec![b.len()],
+                });
+            }
+        }
+        Ok(Self::from_params(
+            Param::matrix(weight),
+            bias.map(Param::vector),
+        ))
+    }
+
+    fn from_params(weight: Param, bias: Option<Param>) -> Self {
+        Self {
+            weight,
+            bias,
+            training: true,
+            input: Tensor::zeros(0, 0),
+            output: Tensor::zeros(0, 0),
+            grad_input: Tensor::zeros(0, 0),
+            recorded: false,
+        }
+    }
+
+    /// The number of input features.
+    #[must_use]
+    pub fn in_features(&self) -> usize {
+        self.weight.value().ncols()
+    }
+
+    /// The number of output features.
+    #[must_use]
+    pub fn out_features(&self) -> usize {
+        self.weight.value().nrows()
+    }
+
+    /// The weight, `[out_features, in_features]`.
+    #[must_use]
+    pub fn weight(&self) -> &Param {
+        &self.weight
+    }
+
+    /// The weight, mutably.
+    pub fn weight_mut(&mut self) -> &mut Param {
+        &mut self.weight
+    }
+
+    /// The bias, `[out_features]`, if the layer has one.
+    #[must_use]
+    pub fn bias(&self) -> Option<&Param> {
+        self.bias.as_ref()
+    }
+
+    /// The bias, mutably.
+    pub fn bias_mut(&mut self) -> Option<&mut Param> {
+        self.bias.as_mut()
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        if x.ncols() != self.in_features() {
+            return Err(Error::FeatureMismatch {
+                path: ModulePath::leaf("Linear"),
+                expected: self.in_features(),
+                got: x.ncols(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `out = x W^T + b`, into a buffer of the right shape.
+    fn compute(&self, x: &Tensor, out: &mut Tensor) {
+        let beta = match &self.bias {
+            Some(b) => {
+                let b = b.value().as_slice();
+                for (col, bj) in out.column_iter_mut().zip(b) {
+                    for v in col {
+                        *v = *bj;
+                    }
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        matmul(
+            1.0,
+            x,
+            Trans::No,
+            self.weight.value(),
+            Trans::Yes,
+            beta,
+            out,
+        );
+    }
+}
+
+impl Module for Linear {
+    fn name(&self) -> &str {
+        "Linear"
+    }
+
+    fn extra_repr(&self) -> String {
+        format!(
+            "in_features={}, out_features={}, bias={}",
+            self.in_features(),
+            self.out_features(),
+            if self.bias.is_some() { "True" } else { "False" }
+        )
+    }
+
+    fn visit_own_parameters<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Param)) {
+        f("weight", &self.weight);
+        if let Some(b) = &self.bias {
+            f("bias", b);
+        }
+    }
+
+    fn visit_own_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        f("weight", &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f("bias", b);
+        }
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+impl Forward for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut out = Tensor::zeros(x.nrows(), self.out_features());
+        self.compute(x, &mut out);
+        Ok(out)
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        self.check_input(x)?;
+        ensure_shape(&mut self.input, x.nrows(), x.ncols());
+        self.input.copy_from(x);
+        let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
+        ensure_shape(&mut out, x.nrows(), self.out_features());
+        self.compute(x, &mut out);
+        self.output = out;
+        self.recorded = true;
+        Ok(&self.output)
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        if !self.recorded {
+            return Err(Error::NoRecordedForward {
+                path: ModulePath::leaf("Linear"),
+            });
+        }
+        let expected = (self.input.nrows(), self.out_features());
+        if grad.shape() != expected {
+            return Err(Error::InvalidInput {
+                path: ModulePath::leaf("Linear"),
+                message: format!(
+                    "expected gradient of shape [{}, {}], got [{}, {}]",
+                    expected.0,
+                    expected.1,
+                    grad.nrows(),
+                    grad.ncols()
+                ),
+            });
+        }
+        self.recorded = false;
+        // dW = g^T x, db = column sums of g, dx = g W.
+        if let Some((_, dw, acc)) = self.weight.grad_slot() {
+            let beta = if acc { 1.0 } else { 0.0 };
+            matmul(1.0, grad, Trans::Yes, &self.input, Trans::No, beta, dw);
+        }
+        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
+            for (d, col) in db.iter_mut().zip(grad.column_iter()) {
+                let s: f32 = col.iter().sum();
+                *d = if acc { *d + s } else { s };
+            }
+        }
+        let in_features = self.in_features();
+        ensure_shape(&mut self.grad_input, grad.nrows(), in_features);
+        matmul(
+            1.0,
+            grad,
+            Trans::No,
+            self.weight.value(),
+            Trans::No,
+            0.0,
+            &mut self.grad_input,
+        );
+        Ok(&self.grad_input)
+    }
+}
+
+impl std::fmt::Display for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fmt_repr(f)
+    }
+}

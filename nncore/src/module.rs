@@ -1,0 +1,400 @@
+//! The [`Module`] and [`Forward`] traits and PyTorch's printing.
+
+use std::fmt;
+
+use crate::{Error, ModulePath, Param, Result, Tensor};
+
+/// A node of a model: its name, its direct parameters and its child
+/// modules. What `nn.Module` is to PyTorch, minus `forward` (see
+/// [`Forward`]).
+///
+/// Implement it with `#[derive(Module)]` on a struct whose fields are
+/// modules; the derive also implements [`Forward`] (the fields applied in
+/// declaration order) and `Display` (exactly PyTorch's `print(model)`).
+/// Layers such as [`Linear`](crate::Linear) implement it by hand.
+///
+/// The trait is object safe: children are visited as `&dyn Module`.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+///
+/// #[derive(Module)]
+/// struct SimpleNet {
+///     fc1: Linear,
+///     relu: ReLU,
+///     fc2: Linear,
+/// }
+///
+/// let model = SimpleNet {
+///     fc1: Linear::new(100, 50),
+///     relu: ReLU::new(),
+///     fc2: Linear::new(50, 10),
+/// };
+/// let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]);
+/// assert_eq!(model.num_parameters(), 5560);
+/// assert_eq!(
+///     model.to_string(),
+///     "SimpleNet(\n  (fc1): Linear(in_features=100, out_features=50, bias=True)\n  \
+///      (relu): ReLU()\n  (fc2): Linear(in_features=50, out_features=10, bias=True)\n)"
+/// );
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a module",
+    label = "`{Self}` does not implement `nncore::Module`",
+    note = "derive it with `#[derive(Module)]`, or mark a field that holds plain data with `#[module(skip)]`"
+)]
+pub trait Module {
+    /// The type name PyTorch prints (`_get_name()`): `Linear`, `SimpleNet`.
+    fn name(&self) -> &str;
+
+    /// The text inside the parentheses (PyTorch's `extra_repr`), such as
+    /// `in_features=100, out_features=50, bias=True`. Empty by default.
+    fn extra_repr(&self) -> String {
+        String::new()
+    }
+
+    /// Calls `f` with the name and value of each child module, in
+    /// registration order.
+    fn visit_children<'a>(&'a self, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        let _ = f;
+    }
+
+    /// Calls `f` with the name and value of each child module, mutably.
+    fn visit_children_mut(&mut self, f: &mut dyn FnMut(&str, &mut dyn Module)) {
+        let _ = f;
+    }
+
+    /// Calls `f` with the parameters this module owns directly (not its
+    /// children's), in registration order: `weight`, then `bias` for
+    /// `Linear`.
+    fn visit_own_parameters<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Param)) {
+        let _ = f;
+    }
+
+    /// Calls `f` with the parameters this module owns directly, mutably.
+    fn visit_own_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        let _ = f;
+    }
+
+    /// Writes the module as PyTorch's `repr(module)` does. Containers that
+    /// print differently (PyTorch's `ModuleList`) override it.
+    ///
+    /// # Errors
+    /// Only those of the formatter.
+    fn fmt_repr(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_module(self, f)
+    }
+
+    /// Switches training mode for this module and, by default, all of its
+    /// children. Layers with a mode of their own (dropout) override it.
+    fn set_training(&mut self, training: bool) {
+        self.visit_children_mut(&mut |_, child| child.set_training(training));
+    }
+
+    /// Whether the module is in training mode (PyTorch's `training`):
+    /// by default, whether all its children are; a module without children
+    /// that keeps no mode says `true`, PyTorch's default.
+    fn is_training(&self) -> bool {
+        let mut all = true;
+        self.visit_children(&mut |_, child| all &= child.is_training());
+        all
+    }
+
+    /// PyTorch's `train()`: training mode for the module and every
+    /// submodule.
+    fn train(&mut self) {
+        self.set_training(true);
+    }
+
+    /// PyTorch's `eval()`: evaluation mode for the module and every
+    /// submodule.
+    fn eval(&mut self) {
+        self.set_training(false);
+    }
+
+    /// Every parameter with its dotted PyTorch name (`fc1.weight`), in
+    /// PyTorch's order: own parameters first, then each child's, depth
+    /// first.
+    fn named_parameters(&self) -> Vec<(String, &Param)> {
+        let mut out = Vec::new();
+        let mut prefix = String::new();
+        walk_parameters(self, &mut prefix, &mut |name: &str, p| {
+            out.push((name.to_owned(), p));
+        });
+        out
+    }
+
+    /// Every parameter, in the order of [`Module::named_parameters`].
+    fn parameters(&self) -> Vec<&Param> {
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// Calls `f` with every parameter's dotted name and value, mutably, in
+    /// the order of [`Module::named_parameters`]. Loaders use it.
+    fn visit_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        let mut prefix = String::new();
+        walk_parameters_mut(self, &mut prefix, f);
+    }
+
+    /// Calls `f` with every parameter, mutably and without building names:
+    /// what an optimizer step uses, allocation free.
+    fn for_each_parameter_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        fn walk<M: Module + ?Sized>(m: &mut M, f: &mut dyn FnMut(&mut Param)) {
+            m.visit_own_parameters_mut(&mut |_, p| f(p));
+            m.visit_children_mut(&mut |_, child| walk(child, f));
+        }
+        walk(self, f);
+    }
+
+    /// The total number of parameter elements (PyTorch's
+    /// `sum(p.numel() for p in model.parameters())`).
+    fn num_parameters(&self) -> usize {
+        let mut n = 0;
+        let mut prefix = String::new();
+        walk_parameters(self, &mut prefix, &mut |_, p| n += p.numel());
+        n
+    }
+
+    /// The module and every submodule with its dotted path, the module
+    /// itself first with the empty name (PyTorch's `named_modules()`).
+    fn named_modules(&self) -> Vec<(String, &dyn Module)>
+    where
+        Self: Sized,
+    {
+        let mut out: Vec<(String, &dyn Module)> = vec![(String::new(), self)];
+        let mut prefix = String::new();
+        walk_modules(self, &mut prefix, &mut |name, m| {
+            out.push((name.to_owned(), m))
+        });
+        out
+    }
+
+    /// The direct children with their names (PyTorch's
+    /// `named_children()`).
+    fn named_children(&self) -> Vec<(String, &dyn Module)> {
+        let mut out = Vec::new();
+        self.visit_children(&mut |name, m| out.push((name.to_owned(), m)));
+        out
+    }
+
+    /// Forgets every parameter's gradient (PyTorch's `zero_grad()`).
+    fn zero_grad(&mut self) {
+        self.for_each_parameter_mut(&mut |p| p.zero_grad());
+    }
+
+    /// Freezes (`false`) or unfreezes (`true`) every parameter of the
+    /// module (PyTorch's `module.requires_grad_(flag)`).
+    fn requires_grad(&mut self, requires_grad: bool) {
+        self.for_each_parameter_mut(&mut |p| p.set_requires_grad(requires_grad));
+    }
+}
+
+fn join(prefix: &mut String, name: &str) -> usize {
+    let len = prefix.len();
+    if !prefix.is_empty() {
+        prefix.push('.');
+    }
+    prefix.push_str(name);
+    len
+}
+
+fn walk_parameters<'a, M: Module + ?Sized>(
+    m: &'a M,
+    prefix: &mut String,
+    f: &mut dyn FnMut(&str, &'a Param),
+) {
+    m.visit_own_parameters(&mut |name, p| {
+        let len = join(prefix, name);
+        f(prefix, p);
+        prefix.truncate(len);
+    });
+    m.visit_children(&mut |name, child| {
+        let len = join(prefix, name);
+        walk_parameters(child, prefix, f);
+        prefix.truncate(len);
+    });
+}
+
+fn walk_parameters_mut<M: Module + ?Sized>(
+    m: &mut M,
+    prefix: &mut String,
+    f: &mut dyn FnMut(&str, &mut Param),
+) {
+    m.visit_own_parameters_mut(&mut |name, p| {
+        let len = join(prefix, name);
+        f(prefix, p);
+        prefix.truncate(len);
+    });
+    m.visit_children_mut(&mut |name, child| {
+        let len = join(prefix, name);
+        walk_parameters_mut(child, prefix, f);
+        prefix.truncate(len);
+    });
+}
+
+fn walk_modules<'a, M: Module + ?Sized>(
+    m: &'a M,
+    prefix: &mut String,
+    f: &mut dyn FnMut(&str, &'a dyn Module),
+) {
+    m.visit_children(&mut |name, child| {
+        let len = join(prefix, name);
+        f(prefix, child);
+        walk_modules(child, prefix, f);
+        prefix.truncate(len);
+    });
+}
+
+/// PyTorch's `Module.__repr__`: `Name(extra)` when the module has a
+/// one-line `extra_repr` and no children, otherwise the extra lines and
+/// `(name): child` lines, each indented two spaces (children's own lines
+/// indented two more, as `_addindent` does), and `)` on its own line.
+///
+/// Derived `Display` impls and [`Module::fmt_repr`] call it.
+///
+/// # Errors
+/// Only those of the formatter.
+pub fn fmt_module<M: Module + ?Sized>(m: &M, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let extra = m.extra_repr();
+    let extra_lines: Vec<&str> = if extra.is_empty() {
+        Vec::new()
+    } else {
+        extra.split('\n').collect()
+    };
+    let mut child_lines = Vec::new();
+    m.visit_children(&mut |name, child| {
+        child_lines.push(format!("({name}): {}", add_indent(&repr(child), 2)));
+    });
+    f.write_str(m.name())?;
+    f.write_str("(")?;
+    if extra_lines.len() == 1 && child_lines.is_empty() {
+        f.write_str(extra_lines[0])?;
+    } else if !extra_lines.is_empty() || !child_lines.is_empty() {
+        for line in extra_lines
+            .iter()
+            .copied()
+            .chain(child_lines.iter().map(String::as_str))
+        {
+            f.write_str("\n  ")?;
+            f.write_str(line)?;
+        }
+        f.write_str("\n")?;
+    }
+    f.write_str(")")
+}
+
+/// The PyTorch `repr` of any module, as a `String`.
+#[must_use]
+pub fn repr<M: Module + ?Sized>(m: &M) -> String {
+    struct Repr<'a, M: ?Sized>(&'a M);
+    impl<M: Module + ?Sized> fmt::Display for Repr<'_, M> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.fmt_repr(f)
+        }
+    }
+    Repr(m).to_string()
+}
+
+/// PyTorch's `_addindent`: every line but the first gets `spaces` more
+/// spaces.
+#[must_use]
+pub fn add_indent(s: &str, spaces: usize) -> String {
+    let mut lines = s.split('\n');
+    let mut out = String::with_capacity(s.len());
+    if let Some(first) = lines.next() {
+        out.push_str(first);
+    }
+    for line in lines {
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', spaces));
+        out.push_str(line);
+    }
+    out
+}
+
+/// How data flows through a module: PyTorch's `forward`, plus the
+/// recording forward and the backward pass used for training.
+///
+/// `#[derive(Module)]` implements it by applying the fields in declaration
+/// order (and, for training, their backward passes in reverse order). Put
+/// `#[module(custom_forward)]` on the struct to write it yourself.
+///
+/// Shapes: inputs and outputs are `(batch, features)` matrices, one row
+/// per sample.
+///
+/// # Example
+/// A residual block whose forward is not a chain:
+/// ```
+/// use nncore::prelude::*;
+///
+/// #[derive(Module)]
+/// #[module(custom_forward)]
+/// struct Residual {
+///     fc: Linear,
+///     relu: ReLU,
+/// }
+///
+/// impl Forward for Residual {
+///     fn forward(&self, x: &Tensor) -> Result<Tensor, nncore::Error> {
+///         let h = self.fc.forward(x).map_err(|e| e.within("fc", "Residual"))?;
+///         let h = self.relu.forward_owned(h)?;
+///         Ok(h + x)
+///     }
+/// }
+///
+/// let block = Residual { fc: Linear::new(4, 4), relu: ReLU::new() };
+/// let y = block.forward(&Tensor::zeros(2, 4))?;
+/// assert_eq!(y.shape(), (2, 4));
+/// # Ok::<(), nncore::Error>(())
+/// ```
+pub trait Forward: Module {
+    /// Computes the output for a `(batch, in_features)` input.
+    ///
+    /// # Errors
+    /// An input of the wrong shape, with the module path.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// [`Forward::forward`] taking its input by value, so that layers such
+    /// as `ReLU` can work in place. The derived forward chains through it.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`].
+    fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+        self.forward(&x)
+    }
+
+    /// The training forward: computes the same output as
+    /// [`Forward::forward`] and records what [`Forward::backward`] needs.
+    /// The output lives in a buffer of the module's, reused across steps.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`]; [`Error::BackwardUnsupported`] for a module
+    /// without a backward pass.
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        let _ = x;
+        Err(Error::BackwardUnsupported {
+            path: ModulePath::leaf(self.name()),
+        })
+    }
+
+    /// The backward pass: given `dL/d output` for the last
+    /// [`Forward::forward_train`], accumulates every parameter's gradient
+    /// and returns `dL/d input`.
+    ///
+    /// # Errors
+    /// [`Error::NoRecordedForward`] without a `forward_train` before it (or
+    /// on a second backward for one forward); a gradient of the wrong
+    /// shape; [`Error::BackwardUnsupported`] for a module without a
+    /// backward pass.
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        let _ = grad;
+        Err(Error::BackwardUnsupported {
+            path: ModulePath::leaf(self.name()),
+        })
+    }
+}

@@ -1,0 +1,96 @@
+//! Random numbers that match PyTorch's CPU generator bit for bit.
+//!
+//! PyTorch's CPU generator is a 32-bit Mersenne Twister (mt19937) seeded
+//! with the low 32 bits of the seed, and `tensor.uniform_(a, b)` on `f32`
+//! draws one 32-bit number per element, keeps its low 24 bits `u` and
+//! returns `fma(u / 2^24, b - a, a)`. nncore does the same, so
+//! `nncore::manual_seed(42)` followed by `Linear::new(100, 50)` gives the
+//! very weights that `torch.manual_seed(42); nn.Linear(100, 50)` gives.
+
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// PyTorch's default CPU seed (`default_rng_seed_val`), used until
+/// [`manual_seed`] is called.
+pub const DEFAULT_SEED: u64 = 67_280_421_310_721;
+
+/// A random number generator with PyTorch's CPU semantics.
+///
+/// # Example
+/// ```
+/// use nncore::Generator;
+/// let mut g = Generator::new(42);
+/// // torch.manual_seed(42); torch.empty(1).uniform_(0, 1) -> 0.8822692632675171
+/// assert_eq!(g.uniform(0.0, 1.0), 0.882_269_26_f32);
+/// ```
+pub struct Generator {
+    mt: rand_mt::Mt,
+}
+
+impl Generator {
+    /// A generator seeded as `torch.Generator().manual_seed(seed)`.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        // PyTorch's mt19937 takes the low 32 bits of the seed.
+        Self {
+            mt: rand_mt::Mt::new(seed as u32),
+        }
+    }
+
+    /// The next raw 32-bit draw.
+    pub fn next_u32(&mut self) -> u32 {
+        self.mt.next_u32()
+    }
+
+    /// One draw of `tensor.uniform_(from, to)` for an `f32` tensor.
+    pub fn uniform(&mut self, from: f32, to: f32) -> f32 {
+        const MASK: u32 = (1 << f32::MANTISSA_DIGITS) - 1;
+        const DIVISOR: f32 = 1.0 / (1u32 << f32::MANTISSA_DIGITS) as f32;
+        let x = (self.next_u32() & MASK) as f32 * DIVISOR;
+        x.mul_add(to - from, from)
+    }
+
+    /// Fills `out` as `uniform_(from, to)` does, element by element in
+    /// order (PyTorch's row-major order for the caller to respect).
+    pub fn fill_uniform(&mut self, out: &mut [f32], from: f32, to: f32) {
+        for v in out {
+            *v = self.uniform(from, to);
+        }
+    }
+}
+
+impl fmt::Debug for Generator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generator").finish_non_exhaustive()
+    }
+}
+
+static DEFAULT: Mutex<Option<Generator>> = Mutex::new(None);
+
+fn default_generator() -> MutexGuard<'static, Option<Generator>> {
+    DEFAULT.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Seeds the process-wide default generator, as `torch.manual_seed` does.
+/// Layers built with their plain constructors (`Linear::new`) draw from
+/// it.
+///
+/// # Example
+/// ```
+/// use nncore::{manual_seed, Linear};
+/// manual_seed(7);
+/// let a = Linear::new(3, 2);
+/// manual_seed(7);
+/// let b = Linear::new(3, 2);
+/// assert_eq!(a.weight().value(), b.weight().value());
+/// ```
+pub fn manual_seed(seed: u64) {
+    *default_generator() = Some(Generator::new(seed));
+}
+
+/// Runs `f` with the process-wide default generator (seeded with
+/// [`DEFAULT_SEED`] unless [`manual_seed`] was called).
+pub fn with_default_generator<R>(f: impl FnOnce(&mut Generator) -> R) -> R {
+    let mut guard = default_generator();
+    f(guard.get_or_insert_with(|| Generator::new(DEFAULT_SEED)))
+}

@@ -1,0 +1,40 @@
+//! `#[derive(Module)]` for nncore: PyTorch-style neural network modules.
+//!
+//! Use it through `nncore`, which re-exports it beside the `Module` trait
+//! of the same name: `use nncore::prelude::*;`.
+//!
+//! The crate is laid out as thiserror's and serde's derives are: the input
+//! is parsed into a small IR ([`ast`]), its `#[module(...)]` attributes are
+//! read ([`attr`]) with every error collected ([`ctxt`]), and code is
+//! generated ([`expand`]) only once the input is known to be valid. Every
+//! error is a spanned `compile_error!`; the macro never panics.
+
+mod ast;
+mod attr;
+mod ctxt;
+mod expand;
+
+use proc_macro::TokenStream;
+
+/// Derives `nncore::Module`, `nncore::Forward` and `Display` for a struct
+/// whose fields are modules.
+///
+/// - Parameters are registered under PyTorch's dotted names, in field
+///   order (`fc1.weight`, `fc1.bias`, ...).
+/// - `Display` prints exactly what PyTorch's `print(model)` prints.
+/// - `forward` applies the fields in declaration order; `backward` applies
+///   their backward passes in reverse order.
+///
+/// Attributes:
+/// - `#[module(skip)]` on a field that holds plain data: not a child, not
+///   printed, not in the forward chain.
+/// - `#[module(custom_forward)]` on the struct: no `Forward` impl is
+///   derived; write your own.
+/// - `#[module(extra_repr = "path")]` on the struct: the function `path`,
+///   of type `fn(&Self) -> String`, gives the text PyTorch's `extra_repr`
+///   would.
+#[proc_macro_derive(Module, attributes(module))]
+pub fn derive_module(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    expand::derive(&input).into()
+}
