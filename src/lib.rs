@@ -4,3 +4,8 @@
 #![deny(missing_docs)]
 
 pub use nncore;
+
+/// The README's Rust code blocks, run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -50,7 +50,7 @@ pub use error::{Error, ModulePath, Result};
 pub use linear::Linear;
 pub use module::{add_indent, fmt_module, repr, Forward, Module};
 pub use param::Param;
-pub use rng::{manual_seed, with_default_generator, Generator, DEFAULT_SEED};
+pub use rng::{manual_seed, rand_uniform, with_default_generator, Generator, DEFAULT_SEED};
 
 /// `#[derive(Module)]`: see the [`Module`] trait and the crate's README.
 pub use nnmacro::Module;
@@ -67,6 +67,32 @@ pub type Tensor = nalgebra::DMatrix<f32>;
 #[doc(hidden)]
 pub mod __private {
     pub use std::string::String;
+
+    /// A child module as `dyn Module`; the derive calls it spanned on a
+    /// field's type, so that a field that is not a module is reported
+    /// there, once.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a module",
+        label = "`{Self}` does not implement `nncore::Module`",
+        note = "derive it with `#[derive(Module)]`, or mark a field that holds plain data with `#[module(skip)]`"
+    )]
+    pub trait Child {
+        /// `self` as a module.
+        fn as_module(&self) -> &dyn crate::Module;
+        /// `self` as a mutable module.
+        fn as_module_mut(&mut self) -> &mut dyn crate::Module;
+    }
+
+    impl<M: crate::Module> Child for M {
+        #[inline]
+        fn as_module(&self) -> &dyn crate::Module {
+            self
+        }
+        #[inline]
+        fn as_module_mut(&mut self) -> &mut dyn crate::Module {
+            self
+        }
+    }
 }
 
 /// What a model file needs: `use nncore::prelude::*;`.

@@ -352,6 +352,11 @@ pub fn add_indent(s: &str, spaces: usize) -> String {
 /// assert_eq!(y.shape(), (2, 4));
 /// # Ok::<(), nncore::Error>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no forward pass",
+    label = "`{Self}` does not implement `nncore::Forward`",
+    note = "implement `nncore::Forward` for it, mark a field that holds plain data with `#[module(skip)]`, or put `#[module(custom_forward)]` on the struct and write its forward yourself"
+)]
 pub trait Forward: Module {
     /// Computes the output for a `(batch, in_features)` input.
     ///
@@ -396,5 +401,11 @@ pub trait Forward: Module {
         Err(Error::BackwardUnsupported {
             path: ModulePath::leaf(self.name()),
         })
+    }
+}
+
+impl fmt::Display for dyn Module + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_repr(f)
     }
 }

@@ -94,3 +94,34 @@ pub fn with_default_generator<R>(f: impl FnOnce(&mut Generator) -> R) -> R {
     let mut guard = default_generator();
     f(guard.get_or_insert_with(|| Generator::new(DEFAULT_SEED)))
 }
+
+impl Generator {
+    /// A `rows x cols` tensor filled as `torch.empty(rows, cols).uniform_(from,
+    /// to)` fills it (PyTorch's row-major draw order).
+    #[must_use]
+    pub fn uniform_tensor(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        from: f32,
+        to: f32,
+    ) -> crate::Tensor {
+        let mut data = vec![0.0f32; rows * cols];
+        self.fill_uniform(&mut data, from, to);
+        crate::Tensor::from_row_slice(rows, cols, &data)
+    }
+}
+
+/// `torch.empty(rows, cols).uniform_(from, to)` from the default generator.
+///
+/// # Example
+/// ```
+/// nncore::manual_seed(0);
+/// let x = nncore::rand_uniform(4, 3, -1.0, 1.0);
+/// assert_eq!(x.shape(), (4, 3));
+/// assert!(x.iter().all(|v| (-1.0..1.0).contains(v)));
+/// ```
+#[must_use]
+pub fn rand_uniform(rows: usize, cols: usize, from: f32, to: f32) -> crate::Tensor {
+    with_default_generator(|g| g.uniform_tensor(rows, cols, from, to))
+}

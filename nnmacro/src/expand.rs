@@ -1,11 +1,11 @@
 //! Code generation.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::ast::Input;
+use crate::ast::{Field, Input};
 
 pub(crate) fn derive(input: &syn::DeriveInput) -> TokenStream {
     match Input::from_syn(input) {
@@ -45,8 +45,10 @@ fn fallback(input: &syn::DeriveInput) -> TokenStream {
 }
 
 /// `where` clauses: the original ones plus `FieldType: Trait` for every
-/// child field (a "perfect derive"), each spanned on the field's type so
-/// that a field that is not a module is reported there.
+/// child field whose type mentions a type parameter (`inner: L` gives
+/// `L: Module`). Fields of concrete types get no bound: a type that is not
+/// a module is reported at the field by the generated calls, which are
+/// spanned there.
 fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
     let existing = input
         .generics
@@ -57,11 +59,27 @@ fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
             quote!(#(#preds,)*)
         })
         .unwrap_or_default();
-    let field_bounds = input.children().map(|f| {
-        let ty = f.ty;
-        quote_spanned!(ty.span()=> #ty: #bound,)
-    });
+    let params: Vec<String> = input
+        .generics
+        .type_params()
+        .map(|p| p.ident.to_string())
+        .collect();
+    let field_bounds = input
+        .children()
+        .filter(|f| mentions_any(f.ty.to_token_stream(), &params))
+        .map(|f| {
+            let ty = f.ty;
+            quote_spanned!(ty.span()=> #ty: #bound,)
+        });
     quote!(where #existing #(#field_bounds)*)
+}
+
+fn mentions_any(tokens: TokenStream, params: &[String]) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(ident) => params.iter().any(|p| ident == p),
+        proc_macro2::TokenTree::Group(group) => mentions_any(group.stream(), params),
+        _ => false,
+    })
 }
 
 fn expand(input: &Input<'_>) -> TokenStream {
@@ -71,11 +89,20 @@ fn expand(input: &Input<'_>) -> TokenStream {
     let module_where = where_clause(input, &quote!(::nncore::Module));
 
     let children: Vec<_> = input.children().collect();
-    let idents: Vec<_> = children.iter().map(|f| f.ident).collect();
     let names: Vec<String> = children
         .iter()
         .map(|f| f.ident.unraw().to_string())
         .collect();
+    // Spanned on the field's type, so that a field that is not a module is
+    // reported there.
+    let visit = children.iter().zip(&names).map(|(f, name)| {
+        let (ident, ty) = (f.ident, f.ty);
+        quote_spanned!(ty.span()=> __f(#name, ::nncore::__private::Child::as_module(&self.#ident));)
+    });
+    let visit_mut = children.iter().zip(&names).map(|(f, name)| {
+        let (ident, ty) = (f.ident, f.ty);
+        quote_spanned!(ty.span()=> __f(#name, ::nncore::__private::Child::as_module_mut(&mut self.#ident));)
+    });
 
     let extra_repr = input.attrs.extra_repr.as_ref().map(|path| {
         quote! {
@@ -98,14 +125,14 @@ fn expand(input: &Input<'_>) -> TokenStream {
                 &'__a self,
                 __f: &mut dyn ::core::ops::FnMut(&str, &'__a dyn ::nncore::Module),
             ) {
-                #( __f(#names, &self.#idents); )*
+                #( #visit )*
             }
 
             fn visit_children_mut(
                 &mut self,
                 __f: &mut dyn ::core::ops::FnMut(&str, &mut dyn ::nncore::Module),
             ) {
-                #( __f(#names, &mut self.#idents); )*
+                #( #visit_mut )*
             }
         }
 
@@ -120,7 +147,7 @@ fn expand(input: &Input<'_>) -> TokenStream {
     let forward_impl = if input.attrs.custom_forward {
         TokenStream::new()
     } else {
-        forward_impl(input, &name, &idents, &names)
+        forward_impl(input, &name, &children)
     };
 
     quote! {
@@ -129,52 +156,69 @@ fn expand(input: &Input<'_>) -> TokenStream {
     }
 }
 
-fn forward_impl(
-    input: &Input<'_>,
-    name: &str,
-    idents: &[&syn::Ident],
-    names: &[String],
-) -> TokenStream {
+fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> TokenStream {
     let ident = input.ident;
     let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
     let forward_where = where_clause(input, &quote!(::nncore::Forward));
 
-    let wrap = |field: &str| quote!(.map_err(|__e| __e.within(#field, #name))?);
+    // One call of `method` on a child, spanned on the child's type so that
+    // a child without a forward pass is reported at the field, with the
+    // error given the child's place in the path.
+    let call = |f: &Field<'_>, method: &str, arg: TokenStream| {
+        let (ident, ty) = (f.ident, f.ty);
+        let field = ident.unraw().to_string();
+        let method = syn::Ident::new(method, ty.span());
+        let mutability = if method == "forward_train" || method == "backward" {
+            quote!(mut)
+        } else {
+            TokenStream::new()
+        };
+        quote_spanned! {ty.span()=>
+            ::nncore::Forward::#method(&#mutability self.#ident, #arg)
+                .map_err(|__e| __e.within(#field, #name))?
+        }
+    };
 
-    let (forward, forward_owned, forward_train, backward) = if idents.is_empty() {
-        (
+    let (forward, forward_owned, forward_train, backward) = match children.split_first() {
+        None => (
             quote!(::core::result::Result::Ok(::core::clone::Clone::clone(__x))),
             quote!(::core::result::Result::Ok(__x)),
             quote!(::core::result::Result::Ok(__x)),
             quote!(::core::result::Result::Ok(__g)),
-        )
-    } else {
-        let first = idents[0];
-        let first_wrap = wrap(&names[0]);
-        let rest_idents = &idents[1..];
-        let rest_wraps: Vec<_> = names[1..].iter().map(|n| wrap(n)).collect();
-        let all_wraps: Vec<_> = names.iter().map(|n| wrap(n)).collect();
-        let rev_idents = idents.iter().rev();
-        let rev_wraps = all_wraps.iter().rev();
-        (
-            quote! {
-                let __x = ::nncore::Forward::forward(&self.#first, __x) #first_wrap;
-                #( let __x = ::nncore::Forward::forward_owned(&self.#rest_idents, __x) #rest_wraps; )*
-                ::core::result::Result::Ok(__x)
-            },
-            quote! {
-                #( let __x = ::nncore::Forward::forward_owned(&self.#idents, __x) #all_wraps; )*
-                ::core::result::Result::Ok(__x)
-            },
-            quote! {
-                #( let __x = ::nncore::Forward::forward_train(&mut self.#idents, __x) #all_wraps; )*
-                ::core::result::Result::Ok(__x)
-            },
-            quote! {
-                #( let __g = ::nncore::Forward::backward(&mut self.#rev_idents, __g) #rev_wraps; )*
-                ::core::result::Result::Ok(__g)
-            },
-        )
+        ),
+        Some((first, rest)) => {
+            let first_call = call(first, "forward", quote!(__x));
+            let rest_calls = rest.iter().map(|f| call(f, "forward_owned", quote!(__x)));
+            let owned_calls = children
+                .iter()
+                .map(|f| call(f, "forward_owned", quote!(__x)));
+            let train_calls = children
+                .iter()
+                .map(|f| call(f, "forward_train", quote!(__x)));
+            let back_calls = children
+                .iter()
+                .rev()
+                .map(|f| call(f, "backward", quote!(__g)));
+            (
+                quote! {
+                    let __x = #first_call;
+                    #( let __x = #rest_calls; )*
+                    ::core::result::Result::Ok(__x)
+                },
+                quote! {
+                    #( let __x = #owned_calls; )*
+                    ::core::result::Result::Ok(__x)
+                },
+                quote! {
+                    #( let __x = #train_calls; )*
+                    ::core::result::Result::Ok(__x)
+                },
+                quote! {
+                    #( let __g = #back_calls; )*
+                    ::core::result::Result::Ok(__g)
+                },
+            )
+        }
     };
 
     quote! {

@@ -4,9 +4,9 @@
 //! of the same name: `use nncore::prelude::*;`.
 //!
 //! The crate is laid out as thiserror's and serde's derives are: the input
-//! is parsed into a small IR ([`ast`]), its `#[module(...)]` attributes are
-//! read ([`attr`]) with every error collected ([`ctxt`]), and code is
-//! generated ([`expand`]) only once the input is known to be valid. Every
+//! is parsed into a small IR (`ast.rs`), its `#[module(...)]` attributes are
+//! read (`attr.rs`) with every error collected (`ctxt.rs`), and code is
+//! generated (`expand.rs`) only once the input is known to be valid. Every
 //! error is a spanned `compile_error!`; the macro never panics.
 
 mod ast;

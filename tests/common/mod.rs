@@ -1,0 +1,63 @@
+//! Helpers shared by the integration tests: reading the PyTorch fixtures
+//! written by the scripts under `scripts/`.
+#![allow(dead_code)]
+
+use nncore::Tensor;
+use serde_json::Value;
+
+/// Reads `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The case called `name` in a fixture's `cases` list.
+pub fn case<'a>(fixture: &'a Value, name: &str) -> &'a Value {
+    fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+pub fn usizes(v: &Value) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
+}
+
+/// A row-major PyTorch tensor of 2-D `shape` as a nalgebra matrix.
+pub fn matrix(shape: &Value, values: &Value) -> Tensor {
+    let shape = usizes(shape);
+    assert_eq!(shape.len(), 2);
+    Tensor::from_row_slice(shape[0], shape[1], &floats(values))
+}
+
+/// Asserts `|a - b| <= tol * max(1, |b|)` element-wise.
+pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        let err = (a - e).abs();
+        assert!(
+            err <= tol * e.abs().max(1.0),
+            "{what}[{i}]: got {a}, expected {e} (|diff| = {err})"
+        );
+    }
+}
+
+/// Row-major values of a matrix.
+pub fn row_major(t: &Tensor) -> Vec<f32> {
+    t.transpose().as_slice().to_vec()
+}

@@ -1,0 +1,9 @@
+use nncore::prelude::*;
+
+#[derive(Module)]
+enum Net {
+    A(Linear),
+    B(ReLU),
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use nncore::prelude::*;
+
+#[derive(Module)]
+struct Net {
+    fc: Linear,
+    hidden_size: usize,
+}
+
+fn main() {}

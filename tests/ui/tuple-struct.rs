@@ -1,0 +1,6 @@
+use nncore::prelude::*;
+
+#[derive(Module)]
+struct Mlp(Linear, ReLU, Linear);
+
+fn main() {}
