@@ -40,15 +40,22 @@ extern crate self as nncore;
 mod activation;
 mod error;
 mod linear;
+mod loss;
 mod module;
 pub mod ops;
+mod optim;
 mod param;
 mod rng;
 
 pub use activation::ReLU;
 pub use error::{Error, ModulePath, Result};
 pub use linear::Linear;
+pub use loss::{
+    bce_with_logits, cross_entropy, mse_loss, BCEWithLogitsLoss, CrossEntropyLoss, LossOutput,
+    MSELoss, Reduction,
+};
 pub use module::{add_indent, fmt_module, repr, Forward, Module};
+pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;
 pub use rng::{manual_seed, rand_uniform, with_default_generator, Generator, DEFAULT_SEED};
 
@@ -97,5 +104,8 @@ pub mod __private {
 
 /// What a model file needs: `use nncore::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Forward, Linear, Module, Param, ReLU, Tensor};
+    pub use crate::{
+        bce_with_logits, cross_entropy, mse_loss, Adam, Forward, Linear, LrScheduler, Module,
+        Optimizer, Param, ReLU, Sgd, Tensor,
+    };
 }

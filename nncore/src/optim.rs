@@ -1,0 +1,445 @@
+//! Optimizers with PyTorch's update rules and defaults, and learning-rate
+//! schedules.
+//!
+//! An optimizer walks the model's parameters on every
+//! [`Optimizer::step`]; its per-parameter state (momentum buffers, Adam's
+//! moments) is keyed on each [`Param::id`](crate::Param::id), so it stays
+//! with the right parameter whatever the traversal order. Parameters with
+//! no gradient (frozen, or not reached by backward since `zero_grad`) are
+//! left alone, as in PyTorch.
+//!
+//! ```
+//! use nncore::prelude::*;
+//! use nncore::{mse_loss, Optimizer, Sgd};
+//!
+//! let mut fc = Linear::new(3, 1);
+//! let mut opt = Sgd::new(0.1);
+//! let x = Tensor::from_element(4, 3, 1.0);
+//! let target = Tensor::zeros(4, 1);
+//! let mut losses = Vec::new();
+//! for _ in 0..20 {
+//!     fc.zero_grad();
+//!     let y = fc.forward_train(&x)?;
+//!     let (loss, grad) = mse_loss(y, &target)?;
+//!     fc.backward(&grad)?;
+//!     opt.step(&mut fc)?;
+//!     losses.push(loss);
+//! }
+//! assert!(losses[19] < losses[0] / 10.0);
+//! # Ok::<(), nncore::Error>(())
+//! ```
+
+use std::collections::HashMap;
+
+use crate::{Error, Module, Param, Result, Tensor};
+
+/// What every optimizer does.
+pub trait Optimizer {
+    /// Updates every parameter of `model` that has a gradient.
+    ///
+    /// # Errors
+    /// Invalid hyper-parameters (a negative learning rate, ...).
+    fn step(&mut self, model: &mut dyn Module) -> Result<()>;
+
+    /// The current learning rate.
+    fn lr(&self) -> f64;
+
+    /// Sets the learning rate (what schedules do).
+    fn set_lr(&mut self, lr: f64);
+}
+
+fn check_hyper(name: &str, value: f64, ok: bool, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "Invalid {name} value: {value} ({what})"
+        )))
+    }
+}
+
+/// PyTorch's `torch.optim.SGD`: learning rate, momentum, dampening,
+/// Nesterov momentum and (L2) weight decay.
+///
+/// With `g = grad + weight_decay * p`: `buf = g` on the first step, then
+/// `buf = momentum * buf + (1 - dampening) * g`; the update direction is
+/// `g + momentum * buf` with Nesterov, else `buf` (or `g` without
+/// momentum); `p -= lr * direction`.
+#[derive(Debug, Clone)]
+pub struct Sgd {
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    nesterov: bool,
+    weight_decay: f64,
+    buffers: HashMap<u64, Tensor>,
+}
+
+impl Sgd {
+    /// `SGD(params, lr)`: no momentum, no weight decay.
+    #[must_use]
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            buffers: HashMap::new(),
+        }
+    }
+
+    /// Sets `momentum`.
+    #[must_use]
+    pub fn momentum(mut self, momentum: f64) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// Sets `dampening`.
+    #[must_use]
+    pub fn dampening(mut self, dampening: f64) -> Self {
+        self.dampening = dampening;
+        self
+    }
+
+    /// Sets `nesterov`.
+    #[must_use]
+    pub fn nesterov(mut self, nesterov: bool) -> Self {
+        self.nesterov = nesterov;
+        self
+    }
+
+    /// Sets `weight_decay` (L2 penalty added to the gradient).
+    #[must_use]
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_hyper("learning rate", self.lr, self.lr >= 0.0, "must be >= 0")?;
+        check_hyper(
+            "momentum",
+            self.momentum,
+            self.momentum >= 0.0,
+            "must be >= 0",
+        )?;
+        check_hyper(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "must be >= 0",
+        )?;
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return Err(Error::InvalidArgument(
+                "Nesterov momentum requires a momentum and zero dampening".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, model: &mut dyn Module) -> Result<()> {
+        self.validate()?;
+        let lr = self.lr as f32;
+        let wd = self.weight_decay as f32;
+        let momentum = self.momentum as f32;
+        let dampening = self.dampening as f32;
+        let nesterov = self.nesterov;
+        let buffers = &mut self.buffers;
+        model.for_each_parameter_mut(&mut |p: &mut Param| {
+            let id = p.id();
+            let (value, Some(grad)) = p.value_and_grad() else {
+                return;
+            };
+            if momentum == 0.0 {
+                for (w, g) in value.iter_mut().zip(grad.iter()) {
+                    let d = g + wd * *w;
+                    *w -= lr * d;
+                }
+                return;
+            }
+            match buffers.get_mut(&id) {
+                None => {
+                    let mut buf = grad.clone();
+                    for (w, (g, b)) in value.iter_mut().zip(grad.iter().zip(buf.iter_mut())) {
+                        let d = g + wd * *w;
+                        *b = d;
+                        let dir = if nesterov { d + momentum * d } else { d };
+                        *w -= lr * dir;
+                    }
+                    buffers.insert(id, buf);
+                }
+                Some(buf) => {
+                    for (w, (g, b)) in value.iter_mut().zip(grad.iter().zip(buf.iter_mut())) {
+                        let d = g + wd * *w;
+                        *b = momentum * *b + (1.0 - dampening) * d;
+                        let dir = if nesterov { d + momentum * *b } else { *b };
+                        *w -= lr * dir;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AdamState {
+    step: i32,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Option<Tensor>,
+}
+
+/// PyTorch's `torch.optim.Adam` (and, with [`Adam::adamw`], `AdamW`):
+/// betas, eps, weight decay and AMSGrad, with PyTorch's defaults
+/// (`betas=(0.9, 0.999)`, `eps=1e-8`, weight decay 0 for Adam and 0.01 for
+/// AdamW).
+///
+/// Per step `t`: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+/// `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`. Adam adds
+/// `weight_decay * p` to `g`; AdamW instead multiplies `p` by
+/// `1 - lr * weight_decay` first.
+#[derive(Debug, Clone)]
+pub struct Adam {
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+    decoupled: bool,
+    state: HashMap<u64, AdamState>,
+}
+
+impl Adam {
+    /// `Adam(params, lr)` with PyTorch's defaults.
+    #[must_use]
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            decoupled: false,
+            state: HashMap::new(),
+        }
+    }
+
+    /// `AdamW(params, lr)` with PyTorch's defaults (weight decay 0.01).
+    #[must_use]
+    pub fn adamw(lr: f64) -> Self {
+        Self {
+            weight_decay: 0.01,
+            decoupled: true,
+            ..Self::new(lr)
+        }
+    }
+
+    /// Sets `betas`.
+    #[must_use]
+    pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.betas = (beta1, beta2);
+        self
+    }
+
+    /// Sets `eps`.
+    #[must_use]
+    pub fn eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Sets `weight_decay`.
+    #[must_use]
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// Sets `amsgrad`.
+    #[must_use]
+    pub fn amsgrad(mut self, amsgrad: bool) -> Self {
+        self.amsgrad = amsgrad;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let (b1, b2) = self.betas;
+        check_hyper("learning rate", self.lr, self.lr >= 0.0, "must be >= 0")?;
+        check_hyper("epsilon", self.eps, self.eps >= 0.0, "must be >= 0")?;
+        check_hyper("beta1", b1, (0.0..1.0).contains(&b1), "must be in [0, 1)")?;
+        check_hyper("beta2", b2, (0.0..1.0).contains(&b2), "must be in [0, 1)")?;
+        check_hyper(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "must be >= 0",
+        )
+    }
+}
+
+/// `AdamW`: [`Adam`] with decoupled weight decay; build it with
+/// [`Adam::adamw`].
+pub type AdamW = Adam;
+
+impl Optimizer for Adam {
+    fn step(&mut self, model: &mut dyn Module) -> Result<()> {
+        self.validate()?;
+        let (b1, b2) = self.betas;
+        let (lr, eps, wd) = (self.lr, self.eps as f32, self.weight_decay as f32);
+        let (amsgrad, decoupled) = (self.amsgrad, self.decoupled);
+        let state = &mut self.state;
+        model.for_each_parameter_mut(&mut |p: &mut Param| {
+            let id = p.id();
+            let (value, Some(grad)) = p.value_and_grad() else {
+                return;
+            };
+            let st = state.entry(id).or_insert_with(|| AdamState {
+                step: 0,
+                exp_avg: Tensor::zeros(value.nrows(), value.ncols()),
+                exp_avg_sq: Tensor::zeros(value.nrows(), value.ncols()),
+                max_exp_avg_sq: amsgrad.then(|| Tensor::zeros(value.nrows(), value.ncols())),
+            });
+            st.step += 1;
+            let bias1 = 1.0 - b1.powi(st.step);
+            let bias2 = 1.0 - b2.powi(st.step);
+            let step_size = (lr / bias1) as f32;
+            let bias2_sqrt = bias2.sqrt() as f32;
+            let (one_b1, b2f, one_b2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
+            if decoupled {
+                let keep = (1.0 - lr * f64::from(wd)) as f32;
+                value.apply(|w| *w *= keep);
+            }
+            let mut max_iter = st.max_exp_avg_sq.as_mut().map(|m| m.iter_mut());
+            for (((w, g), m), v) in value
+                .iter_mut()
+                .zip(grad.iter())
+                .zip(st.exp_avg.iter_mut())
+                .zip(st.exp_avg_sq.iter_mut())
+            {
+                let g = if decoupled { *g } else { g + wd * *w };
+                *m += one_b1 * (g - *m);
+                *v = b2f * *v + one_b2 * g * g;
+                let v_used = match max_iter.as_mut().and_then(Iterator::next) {
+                    Some(mx) => {
+                        *mx = mx.max(*v);
+                        *mx
+                    }
+                    None => *v,
+                };
+                let denom = v_used.sqrt() / bias2_sqrt + eps;
+                *w -= step_size * *m / denom;
+            }
+        });
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+}
+
+/// A learning-rate schedule, stepped once per epoch as PyTorch's
+/// `scheduler.step()` is.
+pub trait LrScheduler {
+    /// Advances one epoch and sets the optimizer's learning rate.
+    fn step(&mut self, optimizer: &mut dyn Optimizer);
+}
+
+/// PyTorch's `StepLR`: the learning rate times `gamma` every `step_size`
+/// epochs.
+///
+/// # Example
+/// ```
+/// use nncore::{LrScheduler, Optimizer, Sgd, StepLr};
+/// let mut opt = Sgd::new(1.0);
+/// let mut sched = StepLr::new(&opt, 2, 0.1);
+/// for _ in 0..4 { sched.step(&mut opt); }
+/// assert!((opt.lr() - 0.01).abs() < 1e-12);
+/// ```
+#[derive(Debug, Clone)]
+pub struct StepLr {
+    base_lr: f64,
+    step_size: usize,
+    gamma: f64,
+    epoch: usize,
+}
+
+impl StepLr {
+    /// A schedule starting from the optimizer's current learning rate.
+    #[must_use]
+    pub fn new(optimizer: &dyn Optimizer, step_size: usize, gamma: f64) -> Self {
+        Self {
+            base_lr: optimizer.lr(),
+            step_size: step_size.max(1),
+            gamma,
+            epoch: 0,
+        }
+    }
+}
+
+impl LrScheduler for StepLr {
+    fn step(&mut self, optimizer: &mut dyn Optimizer) {
+        self.epoch += 1;
+        let k = (self.epoch / self.step_size) as i32;
+        optimizer.set_lr(self.base_lr * self.gamma.powi(k));
+    }
+}
+
+/// PyTorch's `CosineAnnealingLR`: `eta_min + (base - eta_min) * (1 +
+/// cos(pi * epoch / t_max)) / 2`.
+///
+/// # Example
+/// ```
+/// use nncore::{CosineAnnealingLr, LrScheduler, Optimizer, Sgd};
+/// let mut opt = Sgd::new(1.0);
+/// let mut sched = CosineAnnealingLr::new(&opt, 10, 0.0);
+/// for _ in 0..5 { sched.step(&mut opt); }
+/// assert!((opt.lr() - 0.5).abs() < 1e-12);
+/// ```
+#[derive(Debug, Clone)]
+pub struct CosineAnnealingLr {
+    base_lr: f64,
+    t_max: usize,
+    eta_min: f64,
+    epoch: usize,
+}
+
+impl CosineAnnealingLr {
+    /// A schedule starting from the optimizer's current learning rate.
+    #[must_use]
+    pub fn new(optimizer: &dyn Optimizer, t_max: usize, eta_min: f64) -> Self {
+        Self {
+            base_lr: optimizer.lr(),
+            t_max: t_max.max(1),
+            eta_min,
+            epoch: 0,
+        }
+    }
+}
+
+impl LrScheduler for CosineAnnealingLr {
+    fn step(&mut self, optimizer: &mut dyn Optimizer) {
+        self.epoch += 1;
+        let t = self.epoch as f64 / self.t_max as f64;
+        let lr = self.eta_min
+            + (self.base_lr - self.eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0;
+        optimizer.set_lr(lr);
+    }
+}

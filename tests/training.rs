@@ -1,0 +1,445 @@
+//! Training against real PyTorch: losses and their gradients, every
+//! parameter's gradient, gradient accumulation, and 5-step optimizer
+//! trajectories. Expected values: `tests/fixtures/training.json`, written by
+//! `scripts/gen_training_fixtures.py` with PyTorch.
+
+mod common;
+
+use common::*;
+use nncore::prelude::*;
+use nncore::{BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, Reduction};
+use serde_json::Value;
+use std::sync::Mutex;
+
+static SEED_LOCK: Mutex<()> = Mutex::new(());
+
+#[derive(Module)]
+struct SimpleNet {
+    fc1: Linear,
+    relu: ReLU,
+    fc2: Linear,
+}
+
+#[derive(Module)]
+struct Block {
+    fc: Linear,
+    act: ReLU,
+}
+
+#[derive(Module)]
+struct Encoder {
+    block: Block,
+    proj: Linear,
+}
+
+#[derive(Module)]
+struct Net {
+    encoder: Encoder,
+    head: Linear,
+}
+
+fn simple_net() -> SimpleNet {
+    SimpleNet {
+        fc1: Linear::new(6, 5),
+        relu: ReLU::new(),
+        fc2: Linear::new(5, 3),
+    }
+}
+
+fn nested() -> Net {
+    Net {
+        encoder: Encoder {
+            block: Block {
+                fc: Linear::new(8, 8),
+                act: ReLU::new(),
+            },
+            proj: Linear::new(8, 4),
+        },
+        head: Linear::new_no_bias(4, 2),
+    }
+}
+
+struct Case {
+    fx: Value,
+    x: Tensor,
+    x2: Tensor,
+    target: Tensor,
+    labels: Vec<i64>,
+}
+
+fn load(name: &str) -> Case {
+    let fx = fixture("training.json");
+    let c = case(&fx, name).clone();
+    let x = matrix(&c["input_shape"], &c["input"]);
+    let x2 = matrix(&c["input_shape"], &c["x2"]);
+    let target = matrix(&c["target_shape"], &c["target"]);
+    let labels = c["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    Case {
+        fx: c,
+        x,
+        x2,
+        target,
+        labels,
+    }
+}
+
+fn build<M>(seed: u64, make: fn() -> M) -> M {
+    let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    nncore::manual_seed(seed);
+    make()
+}
+
+fn check_grads<M: Module>(model: &M, expected: &Value, tol: f32, what: &str) {
+    let expected = expected.as_object().unwrap();
+    let params = model.named_parameters();
+    assert_eq!(params.len(), expected.len(), "{what}: parameter count");
+    for (name, p) in params {
+        let g = p
+            .grad()
+            .unwrap_or_else(|| panic!("{what}: {name} has no grad"));
+        let e = floats(&expected[&name]);
+        let got = if p.shape().len() == 2 {
+            row_major(g)
+        } else {
+            g.as_slice().to_vec()
+        };
+        assert_close(&got, &e, tol, &format!("{what}: {name}.grad"));
+    }
+}
+
+fn check_params<M: Module>(model: &M, expected: &Value, tol: f32, what: &str) {
+    let expected = expected.as_object().unwrap();
+    for (name, p) in model.named_parameters() {
+        assert_close(
+            &p.to_row_major(),
+            &floats(&expected[&name]),
+            tol,
+            &format!("{what}: {name}"),
+        );
+    }
+}
+
+fn loss_and_grad(kind: &str, out: &Tensor, c: &Case) -> (f32, Tensor) {
+    match kind {
+        "mse" => mse_loss(out, &c.target).unwrap(),
+        "ce" => cross_entropy(out, &c.labels).unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+fn run_case<M: Forward>(name: &str, make: fn() -> M) {
+    let c = load(name);
+    let seed = c.fx["seed"].as_u64().unwrap();
+
+    // Forward (inference and training forward agree).
+    let mut model = build(seed, make);
+    let y = model.forward(&c.x).unwrap();
+    assert_close(&row_major(&y), &floats(&c.fx["output"]), 1e-5, "output");
+    let y_train = model.forward_train(&c.x).unwrap().clone();
+    assert_eq!(y, y_train, "forward_train computes what forward does");
+
+    // Losses and dL/d output.
+    let losses = &c.fx["losses"];
+    let check_loss = |key: &str, out: nncore::LossOutput| {
+        let e = &losses[key];
+        let got_loss = if out.loss.ncols() == 1 {
+            out.loss.as_slice().to_vec()
+        } else {
+            row_major(&out.loss)
+        };
+        assert_close(&got_loss, &floats(&e["loss"]), 1e-5, &format!("{key} loss"));
+        assert_close(
+            &row_major(&out.grad),
+            &floats(&e["grad"]),
+            1e-5,
+            &format!("{key} grad"),
+        );
+    };
+    let bce_target = c.target.map(|t| if t > 0.0 { 1.0 } else { 0.0 });
+    check_loss("mse_mean", MSELoss::new().forward(&y, &c.target).unwrap());
+    check_loss(
+        "mse_sum",
+        MSELoss::new()
+            .reduction(Reduction::Sum)
+            .forward(&y, &c.target)
+            .unwrap(),
+    );
+    check_loss(
+        "mse_none",
+        MSELoss::new()
+            .reduction(Reduction::None)
+            .forward(&y, &c.target)
+            .unwrap(),
+    );
+    check_loss(
+        "ce_mean",
+        CrossEntropyLoss::new().forward(&y, &c.labels).unwrap(),
+    );
+    check_loss(
+        "ce_sum",
+        CrossEntropyLoss::new()
+            .reduction(Reduction::Sum)
+            .forward(&y, &c.labels)
+            .unwrap(),
+    );
+    check_loss(
+        "ce_none",
+        CrossEntropyLoss::new()
+            .reduction(Reduction::None)
+            .forward(&y, &c.labels)
+            .unwrap(),
+    );
+    check_loss(
+        "ce_smooth",
+        CrossEntropyLoss::new()
+            .label_smoothing(0.1)
+            .forward(&y, &c.labels)
+            .unwrap(),
+    );
+    check_loss(
+        "bce_mean",
+        BCEWithLogitsLoss::new().forward(&y, &bce_target).unwrap(),
+    );
+    check_loss(
+        "bce_none",
+        BCEWithLogitsLoss::new()
+            .reduction(Reduction::None)
+            .forward(&y, &bce_target)
+            .unwrap(),
+    );
+
+    // Parameter gradients and dL/dx.
+    for kind in ["mse", "ce"] {
+        model.zero_grad();
+        let out = model.forward_train(&c.x).unwrap().clone();
+        let (_, grad) = loss_and_grad(kind, &out, &c);
+        let dx = model.backward(&grad).unwrap().clone();
+        check_grads(&model, &c.fx[format!("grads_{kind}")], 1e-5, kind);
+        assert_close(
+            &row_major(&dx),
+            &floats(&c.fx[format!("grad_input_{kind}")]),
+            1e-5,
+            &format!("{kind} dL/dx"),
+        );
+    }
+
+    // Accumulation over two backward calls.
+    model.zero_grad();
+    for x in [&c.x, &c.x2] {
+        let out = model.forward_train(x).unwrap().clone();
+        let (_, grad) = mse_loss(&out, &c.target).unwrap();
+        model.backward(&grad).unwrap();
+    }
+    check_grads(&model, &c.fx["grads_accumulated_mse"], 1e-5, "accumulated");
+
+    // Optimizer trajectories.
+    let traj = c.fx["trajectories"].as_object().unwrap();
+    for (key, t) in traj {
+        let mut model = build(seed, make);
+        let mut opt: Box<dyn Optimizer> = match key.as_str() {
+            "sgd" => Box::new(Sgd::new(0.1)),
+            "sgd_momentum_wd" => Box::new(Sgd::new(0.1).momentum(0.9).weight_decay(0.01)),
+            "sgd_nesterov" => Box::new(Sgd::new(0.05).momentum(0.9).nesterov(true)),
+            "sgd_dampening" => Box::new(Sgd::new(0.05).momentum(0.5).dampening(0.3)),
+            "adam" => Box::new(Adam::new(0.01)),
+            "adam_wd_amsgrad" => Box::new(Adam::new(0.01).weight_decay(0.01).amsgrad(true)),
+            "adamw" => Box::new(Adam::adamw(0.01)),
+            "sgd_frozen" => {
+                let mut first = true;
+                model.visit_parameters_mut(&mut |_, p| {
+                    if first {
+                        p.set_requires_grad(false);
+                        first = false;
+                    }
+                });
+                Box::new(Sgd::new(0.1).momentum(0.9))
+            }
+            other => panic!("unknown trajectory {other}"),
+        };
+        let kind = t["loss"].as_str().unwrap();
+        for _ in 0..5 {
+            model.zero_grad();
+            let out = model.forward_train(&c.x).unwrap();
+            let (_, grad) = loss_and_grad(kind, out, &c);
+            model.backward(&grad).unwrap();
+            opt.step(&mut model).unwrap();
+        }
+        check_params(&model, &t["params"], 1e-4, key);
+    }
+}
+
+#[test]
+fn simple_net_training_matches_pytorch() {
+    run_case("simple_net", simple_net);
+}
+
+#[test]
+fn nested_training_matches_pytorch() {
+    run_case("nested", nested);
+}
+
+#[test]
+fn backward_misuse_is_an_error() {
+    let mut model = simple_net();
+    let g = Tensor::zeros(2, 3);
+    let err = model.backward(&g).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "SimpleNet.fc2 (Linear): backward called without a recorded forward (call `forward_train` before each `backward`)"
+    );
+    model.forward_train(&Tensor::zeros(2, 6)).unwrap();
+    let err = model.backward(&Tensor::zeros(2, 4)).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("SimpleNet.fc2 (Linear): expected gradient of shape [2, 3]"),
+        "{err}"
+    );
+    model.forward_train(&Tensor::zeros(2, 6)).unwrap();
+    model.backward(&g).unwrap();
+    // A second backward for one forward.
+    assert!(matches!(
+        model.backward(&g),
+        Err(nncore::Error::NoRecordedForward { .. })
+    ));
+}
+
+#[derive(Module)]
+#[module(custom_forward)]
+struct NoBackward {
+    fc: Linear,
+}
+
+impl Forward for NoBackward {
+    fn forward(&self, x: &Tensor) -> nncore::Result<Tensor> {
+        self.fc.forward(x)
+    }
+}
+
+#[derive(Module)]
+struct Outer {
+    inner: NoBackward,
+}
+
+#[test]
+fn backward_on_a_module_without_one_is_an_error() {
+    let mut m = Outer {
+        inner: NoBackward {
+            fc: Linear::new(2, 2),
+        },
+    };
+    let err = m.forward_train(&Tensor::zeros(1, 2)).unwrap_err();
+    assert!(matches!(err, nncore::Error::BackwardUnsupported { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("Outer.inner (NoBackward): backward is not implemented"),
+        "{err}"
+    );
+}
+
+#[test]
+fn frozen_module_gets_no_gradient_and_no_update() {
+    let mut model = simple_net();
+    model.fc1.requires_grad(false);
+    let before = model.fc1.weight().value().clone();
+    let mut opt = Sgd::new(0.5);
+    let x = Tensor::from_element(3, 6, 0.5);
+    let out = model.forward_train(&x).unwrap();
+    let (_, grad) = mse_loss(out, &Tensor::zeros(3, 3)).unwrap();
+    model.backward(&grad).unwrap();
+    assert!(model.fc1.weight().grad().is_none());
+    assert!(model.fc2.weight().grad().is_some());
+    opt.step(&mut model).unwrap();
+    assert_eq!(model.fc1.weight().value(), &before);
+}
+
+#[test]
+fn training_mode_does_not_change_forward() {
+    let mut model = simple_net();
+    let x = Tensor::from_fn(3, 6, |r, c| (r as f32 - c as f32) * 0.3);
+    let a = model.forward(&x).unwrap();
+    model.eval();
+    let b = model.forward(&x).unwrap();
+    model.train();
+    let out = model.forward_train(&x).unwrap().clone();
+    assert_eq!(a, b);
+    assert_eq!(a, out);
+}
+
+#[test]
+fn invalid_hyper_parameters_are_errors() {
+    let mut model = simple_net();
+    assert!(Sgd::new(-1.0).step(&mut model).is_err());
+    assert!(Sgd::new(0.1).nesterov(true).step(&mut model).is_err());
+    assert!(Adam::new(0.1).betas(1.0, 0.9).step(&mut model).is_err());
+}
+
+/// The residual pattern documented on `Forward`: a custom forward with a
+/// hand-written backward that calls the children's.
+#[derive(Module)]
+#[module(custom_forward)]
+struct Residual {
+    fc: Linear,
+    relu: ReLU,
+    #[module(skip)]
+    out: Tensor,
+    #[module(skip)]
+    grad_in: Tensor,
+}
+
+impl Forward for Residual {
+    fn forward(&self, x: &Tensor) -> nncore::Result<Tensor> {
+        let h = self.fc.forward(x).map_err(|e| e.within("fc", "Residual"))?;
+        Ok(self.relu.forward_owned(h)? + x)
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> nncore::Result<&'a Tensor> {
+        let h = self
+            .fc
+            .forward_train(x)
+            .map_err(|e| e.within("fc", "Residual"))?;
+        let h = self.relu.forward_train(h)?;
+        self.out = h + x;
+        Ok(&self.out)
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> nncore::Result<&'a Tensor> {
+        let g = self.relu.backward(grad)?;
+        let g = self
+            .fc
+            .backward(g)
+            .map_err(|e| e.within("fc", "Residual"))?;
+        self.grad_in = g + grad;
+        Ok(&self.grad_in)
+    }
+}
+
+#[test]
+fn residual_block_gradient_matches_finite_differences() {
+    let mut block = Residual {
+        fc: Linear::new(3, 3),
+        relu: ReLU::new(),
+        out: Tensor::zeros(0, 0),
+        grad_in: Tensor::zeros(0, 0),
+    };
+    let x = Tensor::from_fn(2, 3, |r, c| 0.3 + 0.2 * r as f32 - 0.25 * c as f32);
+    let target = Tensor::zeros(2, 3);
+    let out = block.forward_train(&x).unwrap();
+    let (_, g) = mse_loss(out, &target).unwrap();
+    let dx = block.backward(&g).unwrap().clone();
+    let eps = 1e-3;
+    for i in 0..x.len() {
+        let mut xp = x.clone();
+        xp[i] += eps;
+        let mut xm = x.clone();
+        xm[i] -= eps;
+        let lp = mse_loss(&block.forward(&xp).unwrap(), &target).unwrap().0;
+        let lm = mse_loss(&block.forward(&xm).unwrap(), &target).unwrap().0;
+        let fd = (lp - lm) / (2.0 * eps);
+        assert!((fd - dx[i]).abs() < 2e-3, "dx[{i}]: fd {fd} vs {}", dx[i]);
+    }
+}
