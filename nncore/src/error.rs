@@ -120,10 +120,28 @@ pub enum Error {
     /// Loading a state dict failed; the message lists every problem, as
     /// PyTorch's `load_state_dict` does.
     #[error("{0}")]
-    StateDict(String),
-    /// A weights file is malformed, truncated or hostile.
+    LoadStateDict(crate::LoadError),
+    /// A parameter holds NaN or an infinity (see `Module::check_finite`).
+    #[error("parameter {name} holds a non-finite value ({value} at flat index {index})")]
+    NonFinite {
+        /// The parameter's dotted name.
+        name: String,
+        /// The row-major index of the first such value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// Safetensors data is malformed, truncated or hostile.
     #[error("invalid safetensors data: {0}")]
     Format(String),
+    /// A safetensors file is malformed, truncated or hostile.
+    #[error("{}: invalid safetensors file: {message}", path.display())]
+    InvalidFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// An I/O error, with the file it concerned.
     #[error("{path}: {source}")]
     Io {

@@ -46,6 +46,7 @@ pub mod ops;
 mod optim;
 mod param;
 mod rng;
+mod serialize;
 
 pub use activation::ReLU;
 pub use error::{Error, ModulePath, Result};
@@ -58,6 +59,9 @@ pub use module::{add_indent, fmt_module, repr, Forward, Module};
 pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;
 pub use rng::{manual_seed, rand_uniform, with_default_generator, Generator, DEFAULT_SEED};
+pub use serialize::{
+    LoadError, LoadOptions, LoadReport, SaveDtype, SaveOptions, StateDict, TensorData,
+};
 
 /// `#[derive(Module)]`: see the [`Module`] trait and the crate's README.
 pub use nnmacro::Module;

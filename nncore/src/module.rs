@@ -1,7 +1,9 @@
 //! The [`Module`] and [`Forward`] traits and PyTorch's printing.
 
 use std::fmt;
+use std::path::Path;
 
+use crate::serialize::{self, LoadOptions, LoadReport, SaveOptions, StateDict};
 use crate::{Error, ModulePath, Param, Result, Tensor};
 
 /// A node of a model: its name, its direct parameters and its child
@@ -191,6 +193,93 @@ pub trait Module {
     /// module (PyTorch's `module.requires_grad_(flag)`).
     fn requires_grad(&mut self, requires_grad: bool) {
         self.for_each_parameter_mut(&mut |p| p.set_requires_grad(requires_grad));
+    }
+
+    /// PyTorch's `state_dict()`: every parameter under its dotted name,
+    /// row-major, in the model's order.
+    fn state_dict(&self) -> StateDict {
+        serialize::state_dict(self)
+    }
+
+    /// PyTorch's `load_state_dict(sd, strict)`. Every problem is reported
+    /// at once (missing and unexpected keys in strict mode, every size
+    /// mismatch), and a failed load leaves the model exactly as it was.
+    ///
+    /// # Errors
+    /// [`Error::LoadStateDict`] with PyTorch's message.
+    fn load_state_dict(&mut self, state_dict: &StateDict, strict: bool) -> Result<LoadReport> {
+        serialize::load_state_dict(self, state_dict, strict)
+    }
+
+    /// Writes the parameters as a safetensors file in `f32` (see
+    /// [`Module::save_safetensors_with`]).
+    ///
+    /// # Errors
+    /// I/O errors, with the path.
+    fn save_safetensors<P: AsRef<Path>>(&self, path: P) -> Result<()>
+    where
+        Self: Sized,
+    {
+        self.save_safetensors_with(path, SaveOptions::default())
+    }
+
+    /// Writes the parameters as a safetensors file, under PyTorch's names
+    /// and shapes, row-major, with the metadata `format: pt`. The write is
+    /// atomic: a temporary file in the same directory, flushed to disk,
+    /// then renamed over `path`.
+    ///
+    /// # Errors
+    /// I/O errors, with the path.
+    fn save_safetensors_with<P: AsRef<Path>>(&self, path: P, options: SaveOptions) -> Result<()>
+    where
+        Self: Sized,
+    {
+        self.state_dict().save_safetensors(path, options)
+    }
+
+    /// Loads a safetensors file strictly (PyTorch's
+    /// `load_state_dict(load_file(path))`). `f16`, `bf16` and `f64` tensors
+    /// are converted; files of 16 MiB and more are memory-mapped.
+    ///
+    /// # Errors
+    /// A malformed file ([`Error::Format`]), I/O errors, and everything
+    /// [`Module::load_state_dict`] reports.
+    fn load_safetensors<P: AsRef<Path>>(&mut self, path: P) -> Result<LoadReport>
+    where
+        Self: Sized,
+    {
+        self.load_safetensors_with(path, LoadOptions::strict())
+    }
+
+    /// Loads a safetensors file with options (strict or not).
+    ///
+    /// # Errors
+    /// As [`Module::load_safetensors`].
+    fn load_safetensors_with<P: AsRef<Path>>(
+        &mut self,
+        path: P,
+        options: LoadOptions,
+    ) -> Result<LoadReport>
+    where
+        Self: Sized,
+    {
+        serialize::load_file(self, path.as_ref(), options)
+    }
+
+    /// Loads safetensors data held in memory.
+    ///
+    /// # Errors
+    /// As [`Module::load_safetensors`].
+    fn load_safetensors_bytes(&mut self, bytes: &[u8], options: LoadOptions) -> Result<LoadReport> {
+        serialize::load_bytes(self, bytes, options)
+    }
+
+    /// `Err` naming the first parameter that holds NaN or an infinity.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`].
+    fn check_finite(&self) -> Result<()> {
+        serialize::check_finite(self)
     }
 }
 

@@ -179,6 +179,24 @@ impl Param {
         }
     }
 
+    /// Overwrites the values from an iterator in PyTorch's row-major (C)
+    /// order; stops early if it runs out.
+    pub fn fill_row_major(&mut self, values: impl Iterator<Item = f32>) {
+        if self.shape.len() == 2 {
+            let cols = self.value.ncols();
+            if cols == 0 {
+                return;
+            }
+            for (i, v) in values.take(self.value.len()).enumerate() {
+                self.value[(i / cols, i % cols)] = v;
+            }
+        } else {
+            for (d, v) in self.value.iter_mut().zip(values) {
+                *d = v;
+            }
+        }
+    }
+
     /// Overwrites the values from PyTorch's row-major (C) order.
     ///
     /// # Errors
@@ -192,17 +210,7 @@ impl Param {
                 got: vec![data.len()],
             });
         }
-        if self.shape.len() == 2 {
-            let (rows, cols) = self.value.shape();
-            for (r, row) in data.chunks_exact(cols).enumerate() {
-                for (c, v) in row.iter().enumerate() {
-                    self.value[(r, c)] = *v;
-                }
-            }
-            debug_assert_eq!(rows * cols, data.len());
-        } else {
-            self.value.as_mut_slice().copy_from_slice(data);
-        }
+        self.fill_row_major(data.iter().copied());
         Ok(())
     }
 }

@@ -1,0 +1,725 @@
+//! State dicts and safetensors files, interchangeable with PyTorch.
+//!
+//! Keys, shapes and element order are PyTorch's: `fc1.weight` has shape
+//! `[50, 100]` and is stored row-major. A file written by
+//! `safetensors.torch.save_file(model.state_dict(), path)` for the
+//! equivalent PyTorch model loads here unchanged, and a file written here
+//! loads into PyTorch with `model.load_state_dict(load_file(path))`.
+//!
+//! ```
+//! use nncore::prelude::*;
+//!
+//! #[derive(Module)]
+//! struct Net { fc: Linear }
+//!
+//! let dir = std::env::temp_dir().join(format!("nncore-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("net.safetensors");
+//!
+//! let net = Net { fc: Linear::new(3, 2) };
+//! net.save_safetensors(&path)?;
+//! let mut other = Net { fc: Linear::new(3, 2) };
+//! other.load_safetensors(&path)?;
+//! assert_eq!(net.fc.weight().value(), other.fc.weight().value());
+//!
+//! // A model of another shape is refused as a whole, and left untouched.
+//! let mut wrong = Net { fc: Linear::new(4, 2) };
+//! let err = wrong.load_safetensors(&path).unwrap_err();
+//! assert!(err.to_string().contains("size mismatch for fc.weight"));
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), nncore::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
+
+use crate::{Error, Module, Param, Result};
+
+/// One tensor of a [`StateDict`]: a PyTorch shape and its values in
+/// row-major (C) order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorData {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl TensorData {
+    /// A tensor of `shape` with row-major `data`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `data` does not have as many elements
+    /// as `shape` says (or the count overflows).
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if numel != Some(data.len()) {
+            return Err(Error::ShapeMismatch {
+                context: "TensorData::new: values for shape".into(),
+                expected: shape,
+                got: vec![data.len()],
+            });
+        }
+        Ok(Self { shape, data })
+    }
+
+    /// PyTorch's shape.
+    #[must_use]
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The values, row-major.
+    #[must_use]
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+}
+
+/// PyTorch's `state_dict()`: parameter names to tensors, in the model's
+/// order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateDict {
+    entries: Vec<(String, TensorData)>,
+}
+
+impl StateDict {
+    /// An empty state dict.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces `name`; returns the tensor it replaced.
+    pub fn insert(&mut self, name: impl Into<String>, tensor: TensorData) -> Option<TensorData> {
+        let name = name.into();
+        if let Some((_, t)) = self.entries.iter_mut().find(|(n, _)| *n == name) {
+            return Some(std::mem::replace(t, tensor));
+        }
+        self.entries.push((name, tensor));
+        None
+    }
+
+    /// Removes `name`.
+    pub fn remove(&mut self, name: &str) -> Option<TensorData> {
+        let i = self.entries.iter().position(|(n, _)| n == name)?;
+        Some(self.entries.remove(i).1)
+    }
+
+    /// The tensor called `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&TensorData> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// The names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Names and tensors, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &TensorData)> {
+        self.entries.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    /// The number of tensors.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no tensors.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the state dict as a safetensors file, atomically (see
+    /// [`Module::save_safetensors`]).
+    ///
+    /// # Errors
+    /// I/O errors, with the path.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>, options: SaveOptions) -> Result<()> {
+        let bytes = to_safetensors_bytes(self, options)?;
+        write_atomically(path.as_ref(), &bytes)
+    }
+
+    /// Reads every tensor of a safetensors file (floating-point dtypes are
+    /// converted to `f32`).
+    ///
+    /// # Errors
+    /// A malformed file; a tensor of an integer or boolean dtype.
+    pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = FileBytes::open(path)?;
+        Self::from_safetensors_bytes(bytes.as_slice()).map_err(|e| with_path(e, path))
+    }
+
+    /// Parses safetensors bytes, as [`StateDict::load_safetensors`].
+    ///
+    /// # Errors
+    /// As [`StateDict::load_safetensors`].
+    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Self> {
+        let entries = parse(bytes)?;
+        let mut out = Self::new();
+        for e in &entries.list {
+            let data = match e.source {
+                Source::Raw(dtype, bytes) => decode(dtype, bytes).ok_or_else(|| {
+                    Error::Format(format!(
+                        "tensor {} has dtype {dtype:?}; only floating-point tensors can be loaded",
+                        e.name
+                    ))
+                })?,
+                Source::F32(values) => values.to_vec(),
+            };
+            out.entries.push((
+                e.name.to_owned(),
+                TensorData {
+                    shape: e.shape.to_vec(),
+                    data,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// The element type to write a safetensors file in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SaveDtype {
+    /// 32-bit floats, as the model holds them.
+    #[default]
+    F32,
+    /// IEEE half precision (PyTorch's `float16`); rounds to nearest.
+    F16,
+    /// bfloat16 (PyTorch's `bfloat16`); rounds to nearest.
+    BF16,
+}
+
+/// Options for saving.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SaveOptions {
+    /// The element type of the file.
+    pub dtype: SaveDtype,
+}
+
+impl SaveOptions {
+    /// Saves in the given dtype.
+    #[must_use]
+    pub fn dtype(dtype: SaveDtype) -> Self {
+        Self { dtype }
+    }
+}
+
+/// Options for loading.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    strict: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self::strict()
+    }
+}
+
+impl LoadOptions {
+    /// PyTorch's `strict=True`: every parameter must be in the file and
+    /// every tensor of the file must be a parameter.
+    #[must_use]
+    pub fn strict() -> Self {
+        Self { strict: true }
+    }
+
+    /// PyTorch's `strict=False`: load what matches, report the rest.
+    /// Shape and dtype mismatches are still errors, as in PyTorch.
+    #[must_use]
+    pub fn non_strict() -> Self {
+        Self { strict: false }
+    }
+}
+
+/// What a load found (PyTorch's `_IncompatibleKeys`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Parameters of the model that the source did not hold.
+    pub missing_keys: Vec<String>,
+    /// Tensors of the source that the model has no parameter for.
+    pub unexpected_keys: Vec<String>,
+}
+
+/// Why a state dict could not be loaded; displays as PyTorch's
+/// `Error(s) in loading state_dict for Model:` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The model's type name.
+    pub model: String,
+    /// Missing keys (reported in strict mode).
+    pub missing_keys: Vec<String>,
+    /// Unexpected keys (reported in strict mode).
+    pub unexpected_keys: Vec<String>,
+    /// Size and dtype mismatches, one message each.
+    pub mismatches: Vec<String>,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quoted = |keys: &[String]| {
+            keys.iter()
+                .map(|k| format!("\"{k}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut msgs = Vec::new();
+        if !self.missing_keys.is_empty() {
+            msgs.push(format!(
+                "Missing key(s) in state_dict: {}. ",
+                quoted(&self.missing_keys)
+            ));
+        }
+        if !self.unexpected_keys.is_empty() {
+            msgs.push(format!(
+                "Unexpected key(s) in state_dict: {}. ",
+                quoted(&self.unexpected_keys)
+            ));
+        }
+        msgs.extend(self.mismatches.iter().cloned());
+        write!(
+            f,
+            "Error(s) in loading state_dict for {}:\n\t{}",
+            self.model,
+            msgs.join("\n\t")
+        )
+    }
+}
+
+/// PyTorch's `torch.Size([50, 100])`.
+fn torch_size(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    format!("torch.Size([{}])", dims.join(", "))
+}
+
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    F32(&'a [f32]),
+    Raw(StDtype, &'a [u8]),
+}
+
+struct Entry<'a> {
+    name: String,
+    shape: Vec<usize>,
+    source: Source<'a>,
+}
+
+struct Entries<'a> {
+    list: Vec<Entry<'a>>,
+}
+
+/// Floating-point bytes to `f32`; `None` for other dtypes.
+fn decode(dtype: StDtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let mut out = Vec::new();
+    decode_into(dtype, bytes, |v| out.push(v))?;
+    Some(out)
+}
+
+fn decode_into(dtype: StDtype, bytes: &[u8], mut f: impl FnMut(f32)) -> Option<()> {
+    match dtype {
+        StDtype::F32 => bytes
+            .chunks_exact(4)
+            .for_each(|c| f(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        StDtype::F16 => bytes
+            .chunks_exact(2)
+            .for_each(|c| f(half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        StDtype::BF16 => bytes
+            .chunks_exact(2)
+            .for_each(|c| f(half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        StDtype::F64 => bytes.chunks_exact(8).for_each(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            f(f64::from_le_bytes(a) as f32);
+        }),
+        _ => return None,
+    }
+    Some(())
+}
+
+fn is_float(dtype: StDtype) -> bool {
+    matches!(
+        dtype,
+        StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64
+    )
+}
+
+/// Rejects headers that name one tensor twice: JSON parsers keep the last
+/// value silently.
+fn check_duplicate_keys(bytes: &[u8]) -> Result<()> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut dup = None;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if dup.is_none() && !seen.insert(key.clone()) {
+                    dup = Some(key);
+                }
+            }
+            Ok(dup)
+        }
+    }
+
+    // The header was validated by the safetensors parser before this runs.
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()) as usize;
+    let header = &bytes[8..8 + n];
+    let mut de = serde_json::Deserializer::from_slice(header);
+    match de.deserialize_map(Keys) {
+        Ok(None) => Ok(()),
+        Ok(Some(key)) => Err(Error::Format(format!(
+            "the header names tensor \"{key}\" more than once"
+        ))),
+        Err(e) => Err(Error::Format(format!("header: {e}"))),
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Entries<'_>> {
+    if bytes.is_empty() {
+        return Err(Error::Format("the file is empty".into()));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format(e.to_string()))?;
+    check_duplicate_keys(bytes)?;
+    let mut list: Vec<Entry<'_>> = st
+        .iter()
+        .map(|(name, view)| Entry {
+            name: name.to_owned(),
+            shape: view.shape().to_vec(),
+            source: Source::Raw(view.dtype(), view.data()),
+        })
+        .collect();
+    // File order: by position of the data.
+    let base = bytes.as_ptr() as usize;
+    list.sort_by_key(|e| match e.source {
+        Source::Raw(_, b) => b.as_ptr() as usize - base,
+        Source::F32(_) => 0,
+    });
+    Ok(Entries { list })
+}
+
+impl StateDict {
+    fn entries(&self) -> Entries<'_> {
+        Entries {
+            list: self
+                .entries
+                .iter()
+                .map(|(n, t)| Entry {
+                    name: n.clone(),
+                    shape: t.shape.clone(),
+                    source: Source::F32(&t.data),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Checks every entry against the model, then (only if all is well)
+/// copies them in: a failed load leaves the model as it was.
+fn load_entries<M: Module + ?Sized>(
+    model: &mut M,
+    entries: &Entries<'_>,
+    strict: bool,
+) -> Result<LoadReport> {
+    let index: HashMap<&str, usize> = entries
+        .list
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.as_str(), i))
+        .collect();
+    let mut missing = Vec::new();
+    let mut mismatches = Vec::new();
+    let mut used = vec![false; entries.list.len()];
+    for (name, p) in model.named_parameters() {
+        let Some(&i) = index.get(name.as_str()) else {
+            missing.push(name);
+            continue;
+        };
+        used[i] = true;
+        let e = &entries.list[i];
+        if e.shape != p.shape() {
+            mismatches.push(format!(
+                "size mismatch for {name}: copying a param with shape {} from checkpoint, the shape in current model is {}.",
+                torch_size(&e.shape),
+                torch_size(p.shape())
+            ));
+        } else if let Source::Raw(dtype, _) = e.source {
+            if !is_float(dtype) {
+                mismatches.push(format!(
+                    "dtype mismatch for {name}: copying a tensor of dtype {dtype:?} from checkpoint, the param in current model is F32 (only F32, F16, BF16 and F64 can be loaded)."
+                ));
+            }
+        }
+    }
+    let unexpected: Vec<String> = entries
+        .list
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| !**u)
+        .map(|(e, _)| e.name.clone())
+        .collect();
+    if !mismatches.is_empty() || (strict && (!missing.is_empty() || !unexpected.is_empty())) {
+        return Err(Error::LoadStateDict(LoadError {
+            model: model.name().to_owned(),
+            missing_keys: if strict { missing } else { Vec::new() },
+            unexpected_keys: if strict { unexpected } else { Vec::new() },
+            mismatches,
+        }));
+    }
+    model.visit_parameters_mut(&mut |name, p| {
+        if let Some(&i) = index.get(name) {
+            copy_into(p, entries.list[i].source);
+        }
+    });
+    Ok(LoadReport {
+        missing_keys: missing,
+        unexpected_keys: unexpected,
+    })
+}
+
+/// Copies row-major values of the right count into `p` (checked by the
+/// caller).
+fn copy_into(p: &mut Param, source: Source<'_>) {
+    match source {
+        Source::F32(values) => p.fill_row_major(values.iter().copied()),
+        Source::Raw(dtype, bytes) => {
+            let mut values = Vec::new();
+            // Checked to be a float dtype by the caller.
+            let _ = decode_into(dtype, bytes, |v| values.push(v));
+            p.fill_row_major(values.into_iter());
+        }
+    }
+}
+
+/// The model's parameters as a state dict.
+pub(crate) fn state_dict<M: Module + ?Sized>(model: &M) -> StateDict {
+    StateDict {
+        entries: model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, p)| {
+                (
+                    n,
+                    TensorData {
+                        shape: p.shape().to_vec(),
+                        data: p.to_row_major(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn load_state_dict<M: Module + ?Sized>(
+    model: &mut M,
+    sd: &StateDict,
+    strict: bool,
+) -> Result<LoadReport> {
+    load_entries(model, &sd.entries(), strict)
+}
+
+pub(crate) fn load_bytes<M: Module + ?Sized>(
+    model: &mut M,
+    bytes: &[u8],
+    options: LoadOptions,
+) -> Result<LoadReport> {
+    load_entries(model, &parse(bytes)?, options.strict)
+}
+
+pub(crate) fn load_file<M: Module + ?Sized>(
+    model: &mut M,
+    path: &Path,
+    options: LoadOptions,
+) -> Result<LoadReport> {
+    let bytes = FileBytes::open(path)?;
+    load_bytes(model, bytes.as_slice(), options).map_err(|e| with_path(e, path))
+}
+
+fn with_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Format(message) => Error::InvalidFile {
+            path: path.to_owned(),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// A file's bytes: read into memory when small, memory-mapped when large
+/// so that loading holds no second copy of the weights.
+enum FileBytes {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+const MMAP_THRESHOLD: u64 = 16 << 20;
+
+impl FileBytes {
+    fn open(path: &Path) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < MMAP_THRESHOLD {
+            let mut buf = Vec::with_capacity(len as usize);
+            std::io::Read::read_to_end(&mut &file, &mut buf).map_err(io)?;
+            return Ok(Self::Owned(buf));
+        }
+        // SAFETY: the map is read-only and lives no longer than this
+        // value. Like every reader of memory-mapped weights (safetensors,
+        // candle), it assumes no other process truncates the file while it
+        // is being loaded.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Ok(Self::Mapped(map))
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Owned(v) => v,
+            Self::Mapped(m) => m,
+        }
+    }
+}
+
+struct SaveView {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &SaveView {
+    fn dtype(&self) -> StDtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn encode(values: &[f32], dtype: SaveDtype) -> (StDtype, Vec<u8>) {
+    match dtype {
+        SaveDtype::F32 => (
+            StDtype::F32,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        SaveDtype::F16 => (
+            StDtype::F16,
+            values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        ),
+        SaveDtype::BF16 => (
+            StDtype::BF16,
+            values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        ),
+    }
+}
+
+/// A state dict as safetensors bytes, with the `format: pt` metadata
+/// PyTorch-side tools expect.
+pub(crate) fn to_safetensors_bytes(sd: &StateDict, options: SaveOptions) -> Result<Vec<u8>> {
+    let views: Vec<(String, SaveView)> = sd
+        .entries
+        .iter()
+        .map(|(n, t)| {
+            let (dtype, bytes) = encode(&t.data, options.dtype);
+            (
+                n.clone(),
+                SaveView {
+                    dtype,
+                    shape: t.shape.clone(),
+                    bytes,
+                },
+            )
+        })
+        .collect();
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata))
+        .map_err(|e| Error::Format(e.to_string()))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, flushes it to disk and
+/// renames it over `path`: a crash or a full disk mid-save never destroys
+/// the previous file.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |source| Error::Io { path: p, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(
+        ".{}.{}.{nanos}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // Make the rename itself durable where the platform allows it.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The first parameter holding NaN or ±Inf.
+pub(crate) fn check_finite<M: Module + ?Sized>(model: &M) -> Result<()> {
+    for (name, p) in model.named_parameters() {
+        let values = p.to_row_major();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                name,
+                index: i,
+                value: values[i],
+            });
+        }
+    }
+    Ok(())
+}
