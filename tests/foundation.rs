@@ -7,10 +7,6 @@ mod common;
 
 use common::*;
 use nncore::prelude::*;
-use std::sync::Mutex;
-
-// manual_seed is process-wide; tests in this file take turns.
-static SEED_LOCK: Mutex<()> = Mutex::new(());
 
 #[derive(Module)]
 struct SimpleNet {
@@ -65,13 +61,21 @@ impl Net {
 #[derive(Module)]
 struct Empty {}
 
-/// Checks one fixture case against a model built after `manual_seed`.
+/// Checks one fixture case against a model built after seeding as
+/// `torch.manual_seed` (`with_seed` keeps the generator to this thread, so
+/// tests running in parallel do not draw from it).
 fn check_case<M: Forward + std::fmt::Display>(name: &str, make: impl FnOnce() -> M) {
     let fx = fixture("foundation.json");
     let case = case(&fx, name);
-    let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    nncore::manual_seed(case["seed"].as_u64().unwrap());
-    let model = make();
+    let (model, x) = nncore::with_seed(case["seed"].as_u64().unwrap(), || {
+        let model = make();
+        // The input was drawn from the same generator, after the weights.
+        let x = case.get("input_shape").map(|shape| {
+            let shape = usizes(shape);
+            nncore::rand_uniform(shape[0], shape[1], -1.0, 1.0)
+        });
+        (model, x)
+    });
 
     assert_eq!(
         model.to_string(),
@@ -111,10 +115,7 @@ fn check_case<M: Forward + std::fmt::Display>(name: &str, make: impl FnOnce() ->
         .collect();
     assert_eq!(modules, expected_modules, "{name}: named_modules");
 
-    if let Some(shape) = case.get("input_shape") {
-        let shape = usizes(shape);
-        // The input was drawn from the same generator, after the weights.
-        let x = nncore::rand_uniform(shape[0], shape[1], -1.0, 1.0);
+    if let Some(x) = x {
         assert_eq!(row_major(&x), floats(&case["input"]), "{name}: input");
         let y = model.forward(&x).unwrap();
         let out_shape = usizes(&case["output_shape"]);

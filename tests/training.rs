@@ -9,9 +9,6 @@ use common::*;
 use nncore::prelude::*;
 use nncore::{BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, Reduction};
 use serde_json::Value;
-use std::sync::Mutex;
-
-static SEED_LOCK: Mutex<()> = Mutex::new(());
 
 #[derive(Module)]
 struct SimpleNet {
@@ -89,9 +86,7 @@ fn load(name: &str) -> Case {
 }
 
 fn build<M>(seed: u64, make: fn() -> M) -> M {
-    let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    nncore::manual_seed(seed);
-    make()
+    nncore::with_seed(seed, make)
 }
 
 fn check_grads<M: Module>(model: &M, expected: &Value, tol: f32, what: &str) {

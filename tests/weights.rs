@@ -8,9 +8,6 @@ use common::*;
 use nncore::prelude::*;
 use nncore::{Error, LoadOptions, SaveDtype, SaveOptions, StateDict, TensorData};
 use std::path::PathBuf;
-use std::sync::Mutex;
-
-static SEED_LOCK: Mutex<()> = Mutex::new(());
 
 #[derive(Module)]
 struct SimpleNet {
@@ -29,9 +26,7 @@ impl SimpleNet {
     }
 
     fn seeded(seed: u64, i: usize, h: usize, o: usize) -> Self {
-        let _guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        nncore::manual_seed(seed);
-        Self::new(i, h, o)
+        nncore::with_seed(seed, || Self::new(i, h, o))
     }
 }
 

@@ -38,6 +38,8 @@
 extern crate self as nncore;
 
 mod activation;
+mod container;
+mod dropout;
 mod error;
 mod linear;
 mod loss;
@@ -47,21 +49,27 @@ mod optim;
 mod param;
 mod rng;
 mod serialize;
+mod summary;
 
-pub use activation::ReLU;
+pub use activation::{GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, GELU};
+pub use container::{Layer, Sequential};
+pub use dropout::Dropout;
 pub use error::{Error, ModulePath, Result};
 pub use linear::Linear;
 pub use loss::{
     bce_with_logits, cross_entropy, mse_loss, BCEWithLogitsLoss, CrossEntropyLoss, LossOutput,
     MSELoss, Reduction,
 };
-pub use module::{add_indent, fmt_module, repr, Forward, Module};
+pub use module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace};
 pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;
-pub use rng::{manual_seed, rand_uniform, with_default_generator, Generator, DEFAULT_SEED};
+pub use rng::{
+    manual_seed, rand_uniform, with_default_generator, with_seed, Generator, DEFAULT_SEED,
+};
 pub use serialize::{
     LoadError, LoadOptions, LoadReport, SaveDtype, SaveOptions, StateDict, TensorData,
 };
+pub use summary::{human_count, summary, Summary, SummaryRow};
 
 /// `#[derive(Module)]`: see the [`Module`] trait and the crate's README.
 pub use nnmacro::Module;
@@ -77,6 +85,7 @@ pub type Tensor = nalgebra::DMatrix<f32>;
 /// Re-exports the generated code uses; not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::module::Flow;
     pub use std::string::String;
 
     /// A child module as `dyn Module`; the derive calls it spanned on a
@@ -94,6 +103,43 @@ pub mod __private {
         fn as_module_mut(&mut self) -> &mut dyn crate::Module;
     }
 
+    /// A child's forward passes, for the derived forward chain: one trait,
+    /// so that a child without a forward pass is reported once.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` has no forward pass",
+        label = "`{Self}` does not implement `nncore::Forward`",
+        note = "implement `nncore::Forward` for it, mark a field that holds plain data with `#[module(skip)]`, or put `#[module(custom_forward)]` on the struct and write its forward yourself"
+    )]
+    pub trait ChildForward {
+        /// [`Flow::apply`].
+        fn flow<'a>(&self, x: Flow<'a>) -> crate::Result<Flow<'a>>;
+        /// `Forward::forward_train`.
+        fn train<'a>(&'a mut self, x: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor>;
+        /// `Forward::backward`.
+        fn back<'a>(&'a mut self, g: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor>;
+        /// `Forward::forward_traced`.
+        fn traced(&self, x: &crate::Tensor, t: &mut crate::Trace) -> crate::Result<crate::Tensor>;
+    }
+
+    impl<F: crate::Forward> ChildForward for F {
+        #[inline]
+        fn flow<'a>(&self, x: Flow<'a>) -> crate::Result<Flow<'a>> {
+            x.apply(self)
+        }
+        #[inline]
+        fn train<'a>(&'a mut self, x: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor> {
+            self.forward_train(x)
+        }
+        #[inline]
+        fn back<'a>(&'a mut self, g: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor> {
+            self.backward(g)
+        }
+        #[inline]
+        fn traced(&self, x: &crate::Tensor, t: &mut crate::Trace) -> crate::Result<crate::Tensor> {
+            self.forward_traced(x, t)
+        }
+    }
+
     impl<M: crate::Module> Child for M {
         #[inline]
         fn as_module(&self) -> &dyn crate::Module {
@@ -109,7 +155,8 @@ pub mod __private {
 /// What a model file needs: `use nncore::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        bce_with_logits, cross_entropy, mse_loss, Adam, Forward, Linear, LrScheduler, Module,
-        Optimizer, Param, ReLU, Sgd, Tensor,
+        bce_with_logits, cross_entropy, mse_loss, seq, Adam, Dropout, Forward, Identity, LeakyReLU,
+        Linear, LrScheduler, Module, Optimizer, Param, ReLU, Sequential, Sgd, Sigmoid, Softmax,
+        Tanh, Tensor, GELU,
     };
 }

@@ -491,6 +491,103 @@ pub trait Forward: Module {
             path: ModulePath::leaf(self.name()),
         })
     }
+
+    /// [`Forward::forward`] that also records every submodule's output
+    /// shape in `trace` (what [`summary`](crate::summary) prints). Derived
+    /// modules and containers trace their children; a hand-written forward
+    /// records only its own output unless it overrides this.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`].
+    fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        trace.record(&y);
+        Ok(y)
+    }
+}
+
+/// The output shapes seen during [`Forward::forward_traced`], by module
+/// path.
+#[derive(Debug, Default, Clone)]
+pub struct Trace {
+    path: String,
+    shapes: Vec<(String, (usize, usize))>,
+}
+
+impl Trace {
+    /// An empty trace.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` one level down, in child `name`.
+    pub fn child<R>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        let len = join(&mut self.path, name);
+        let r = f(self);
+        self.path.truncate(len);
+        r
+    }
+
+    /// Records `out` as the output of the module at the current path.
+    pub fn record(&mut self, out: &Tensor) {
+        self.shapes.push((self.path.clone(), out.shape()));
+    }
+
+    /// The recorded output shape of the module at `path` (`""` for the
+    /// model itself).
+    #[must_use]
+    pub fn shape_of(&self, path: &str) -> Option<(usize, usize)> {
+        self.shapes
+            .iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, s)| *s)
+    }
+}
+
+/// A tensor flowing through a forward chain: the caller's borrowed input
+/// until the first module runs, then owned outputs, so that in-place layers
+/// can reuse the buffer. Used by the derive and the containers.
+#[derive(Debug)]
+pub enum Flow<'a> {
+    /// The caller's input, not yet copied.
+    Borrowed(&'a Tensor),
+    /// An intermediate output owned by the chain.
+    Owned(Tensor),
+}
+
+impl Flow<'_> {
+    /// Applies `m`: `forward` on a borrowed input, `forward_owned` on an
+    /// owned one.
+    ///
+    /// # Errors
+    /// Whatever `m` reports.
+    #[inline]
+    pub fn apply<F: Forward + ?Sized>(self, m: &F) -> Result<Self> {
+        Ok(Flow::Owned(match self {
+            Flow::Borrowed(x) => m.forward(x)?,
+            Flow::Owned(x) => m.forward_owned(x)?,
+        }))
+    }
+
+    /// The tensor, copied only if no module ran.
+    #[must_use]
+    pub fn into_tensor(self) -> Tensor {
+        match self {
+            Flow::Borrowed(x) => x.clone(),
+            Flow::Owned(x) => x,
+        }
+    }
+
+    /// A view of the current tensor.
+    #[must_use]
+    pub fn as_tensor(&self) -> &Tensor {
+        match self {
+            Flow::Borrowed(x) => x,
+            Flow::Owned(x) => x,
+        }
+    }
 }
 
 impl fmt::Display for dyn Module + '_ {

@@ -88,11 +88,53 @@ pub fn manual_seed(seed: u64) {
     *default_generator() = Some(Generator::new(seed));
 }
 
-/// Runs `f` with the process-wide default generator (seeded with
-/// [`DEFAULT_SEED`] unless [`manual_seed`] was called).
+thread_local! {
+    static SCOPED: std::cell::RefCell<Option<Generator>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the default generator (seeded with [`DEFAULT_SEED`]
+/// unless [`manual_seed`] was called), or, inside [`with_seed`], with that
+/// scope's generator.
 pub fn with_default_generator<R>(f: impl FnOnce(&mut Generator) -> R) -> R {
-    let mut guard = default_generator();
-    f(guard.get_or_insert_with(|| Generator::new(DEFAULT_SEED)))
+    let mut f = Some(f);
+    let scoped = SCOPED.with(|s| {
+        let mut s = s.borrow_mut();
+        s.as_mut().map(|g| (f.take().expect("called once"))(g))
+    });
+    match (scoped, f) {
+        (Some(r), _) => r,
+        (None, Some(f)) => {
+            let mut guard = default_generator();
+            f(guard.get_or_insert_with(|| Generator::new(DEFAULT_SEED)))
+        }
+        (None, None) => unreachable!("the closure runs exactly once"),
+    }
+}
+
+/// Runs `f` with the default generator replaced, on this thread only, by
+/// one seeded with `seed`; the process-wide generator is neither used nor
+/// changed. Like `with torch.random.fork_rng(): torch.manual_seed(seed)`,
+/// but immune to other threads drawing at the same time (tests running in
+/// parallel, say).
+///
+/// # Example
+/// ```
+/// use nncore::{with_seed, Linear};
+/// let a = with_seed(7, || Linear::new(3, 2));
+/// let b = with_seed(7, || Linear::new(3, 2));
+/// assert_eq!(a.weight().value(), b.weight().value());
+/// ```
+pub fn with_seed<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Generator>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SCOPED.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let previous = SCOPED.with(|s| s.borrow_mut().replace(Generator::new(seed)));
+    let _restore = Restore(previous);
+    f()
 }
 
 impl Generator {

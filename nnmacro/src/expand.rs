@@ -44,10 +44,10 @@ fn fallback(input: &syn::DeriveInput) -> TokenStream {
     }
 }
 
-/// `where` clauses: the original ones plus `FieldType: Trait` for every
-/// child field whose type mentions a type parameter (`inner: L` gives
-/// `L: Module`). Fields of concrete types get no bound: a type that is not
-/// a module is reported at the field by the generated calls, which are
+/// `where` clauses: the original ones plus `ModuleType: Trait` for every
+/// child whose type mentions a type parameter (`inner: L` gives
+/// `L: Module`). Children of concrete types get no bound: a type that is
+/// not a module is reported at the field by the generated calls, which are
 /// spanned there.
 fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
     let existing = input
@@ -66,9 +66,9 @@ fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
         .collect();
     let field_bounds = input
         .children()
-        .filter(|f| mentions_any(f.ty.to_token_stream(), &params))
+        .filter(|f| mentions_any(f.module_ty().to_token_stream(), &params))
         .map(|f| {
-            let ty = f.ty;
+            let ty = f.module_ty();
             quote_spanned!(ty.span()=> #ty: #bound,)
         });
     quote!(where #existing #(#field_bounds)*)
@@ -82,26 +82,59 @@ fn mentions_any(tokens: TokenStream, params: &[String]) -> bool {
     })
 }
 
+/// `body` applied to the child module `__m` (a reference, `mut` or not),
+/// skipped with `otherwise` when an `Option` field is `None`.
+fn with_child(
+    f: &Field<'_>,
+    mutable: bool,
+    body: TokenStream,
+    otherwise: TokenStream,
+) -> TokenStream {
+    let member = &f.member;
+    let span = f.module_ty().span();
+    let mutability = if mutable {
+        quote!(mut)
+    } else {
+        TokenStream::new()
+    };
+    if f.optional.is_some() {
+        quote_spanned! {span=>
+            match &#mutability self.#member {
+                ::core::option::Option::Some(__m) => { #body }
+                ::core::option::Option::None => { #otherwise }
+            }
+        }
+    } else {
+        quote_spanned! {span=>
+            {
+                let __m = &#mutability self.#member;
+                #body
+            }
+        }
+    }
+}
+
 fn expand(input: &Input<'_>) -> TokenStream {
     let ident = input.ident;
     let name = ident.unraw().to_string();
     let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
     let module_where = where_clause(input, &quote!(::nncore::Module));
+    let children: Vec<&Field<'_>> = input.children().collect();
 
-    let children: Vec<_> = input.children().collect();
-    let names: Vec<String> = children
-        .iter()
-        .map(|f| f.ident.unraw().to_string())
-        .collect();
     // Spanned on the field's type, so that a field that is not a module is
     // reported there.
-    let visit = children.iter().zip(&names).map(|(f, name)| {
-        let (ident, ty) = (f.ident, f.ty);
-        quote_spanned!(ty.span()=> __f(#name, ::nncore::__private::Child::as_module(&self.#ident));)
+    let visit = children.iter().map(|f| {
+        let child = &f.name;
+        let span = f.module_ty().span();
+        let call = quote_spanned!(span=> __f(#child, ::nncore::__private::Child::as_module(__m)););
+        with_child(f, false, call, TokenStream::new())
     });
-    let visit_mut = children.iter().zip(&names).map(|(f, name)| {
-        let (ident, ty) = (f.ident, f.ty);
-        quote_spanned!(ty.span()=> __f(#name, ::nncore::__private::Child::as_module_mut(&mut self.#ident));)
+    let visit_mut = children.iter().map(|f| {
+        let child = &f.name;
+        let span = f.module_ty().span();
+        let call =
+            quote_spanned!(span=> __f(#child, ::nncore::__private::Child::as_module_mut(__m)););
+        with_child(f, true, call, TokenStream::new())
     });
 
     let extra_repr = input.attrs.extra_repr.as_ref().map(|path| {
@@ -161,89 +194,101 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
     let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
     let forward_where = where_clause(input, &quote!(::nncore::Forward));
 
-    // One call of `method` on a child, spanned on the child's type so that
-    // a child without a forward pass is reported at the field, with the
-    // error given the child's place in the path.
-    let call = |f: &Field<'_>, method: &str, arg: TokenStream| {
-        let (ident, ty) = (f.ident, f.ty);
-        let field = ident.unraw().to_string();
-        let method = syn::Ident::new(method, ty.span());
-        let mutability = if method == "forward_train" || method == "backward" {
-            quote!(mut)
-        } else {
-            TokenStream::new()
+    // Each step is spanned on the child's type, so that a child without a
+    // forward pass is reported at the field, and gives errors the child's
+    // place in the module path.
+    let step = |f: &Field<'_>, mutable: bool, call: TokenStream, var: TokenStream| {
+        let child = &f.name;
+        let span = f.module_ty().span();
+        let body = quote_spanned! {span=>
+            #call.map_err(|__e| __e.within(#child, #name))?
         };
-        quote_spanned! {ty.span()=>
-            ::nncore::Forward::#method(&#mutability self.#ident, #arg)
-                .map_err(|__e| __e.within(#field, #name))?
-        }
+        let step = with_child(f, mutable, body, var.clone());
+        quote!(let #var = #step;)
     };
 
-    let (forward, forward_owned, forward_train, backward) = match children.split_first() {
-        None => (
-            quote!(::core::result::Result::Ok(::core::clone::Clone::clone(__x))),
-            quote!(::core::result::Result::Ok(__x)),
-            quote!(::core::result::Result::Ok(__x)),
-            quote!(::core::result::Result::Ok(__g)),
-        ),
-        Some((first, rest)) => {
-            let first_call = call(first, "forward", quote!(__x));
-            let rest_calls = rest.iter().map(|f| call(f, "forward_owned", quote!(__x)));
-            let owned_calls = children
-                .iter()
-                .map(|f| call(f, "forward_owned", quote!(__x)));
-            let train_calls = children
-                .iter()
-                .map(|f| call(f, "forward_train", quote!(__x)));
-            let back_calls = children
-                .iter()
-                .rev()
-                .map(|f| call(f, "backward", quote!(__g)));
-            (
-                quote! {
-                    let __x = #first_call;
-                    #( let __x = #rest_calls; )*
-                    ::core::result::Result::Ok(__x)
-                },
-                quote! {
-                    #( let __x = #owned_calls; )*
-                    ::core::result::Result::Ok(__x)
-                },
-                quote! {
-                    #( let __x = #train_calls; )*
-                    ::core::result::Result::Ok(__x)
-                },
-                quote! {
-                    #( let __g = #back_calls; )*
-                    ::core::result::Result::Ok(__g)
-                },
+    let flow_steps: Vec<_> = children
+        .iter()
+        .map(|f| {
+            let span = f.module_ty().span();
+            step(
+                f,
+                false,
+                quote_spanned!(span=> ::nncore::__private::ChildForward::flow(__m, __x)),
+                quote!(__x),
             )
-        }
-    };
+        })
+        .collect();
+    let train_steps = children.iter().map(|f| {
+        let span = f.module_ty().span();
+        step(
+            f,
+            true,
+            quote_spanned!(span=> ::nncore::__private::ChildForward::train(__m, __x)),
+            quote!(__x),
+        )
+    });
+    let back_steps = children.iter().rev().map(|f| {
+        let span = f.module_ty().span();
+        step(
+            f,
+            true,
+            quote_spanned!(span=> ::nncore::__private::ChildForward::back(__m, __g)),
+            quote!(__g),
+        )
+    });
+    let traced_steps = children.iter().map(|f| {
+        let child = &f.name;
+        let span = f.module_ty().span();
+        let call = quote_spanned! {span=>
+            __trace
+                .child(#child, |__t| ::nncore::__private::ChildForward::traced(__m, __x.as_tensor(), __t))
+                .map(::nncore::__private::Flow::Owned)
+        };
+        step(f, false, call, quote!(__x))
+    });
 
     quote! {
         #[automatically_derived]
         impl #impl_generics ::nncore::Forward for #ident #ty_generics #forward_where {
             fn forward(&self, __x: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                #forward
+                let __x = ::nncore::__private::Flow::Borrowed(__x);
+                #( #flow_steps )*
+                ::core::result::Result::Ok(__x.into_tensor())
             }
 
             fn forward_owned(&self, __x: ::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                #forward_owned
+                let __x = ::nncore::__private::Flow::Owned(__x);
+                #( #flow_steps )*
+                ::core::result::Result::Ok(__x.into_tensor())
             }
 
             fn forward_train<'__a>(
                 &'__a mut self,
                 __x: &'__a ::nncore::Tensor,
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                #forward_train
+                #( #train_steps )*
+                ::core::result::Result::Ok(__x)
             }
 
             fn backward<'__a>(
                 &'__a mut self,
                 __g: &'__a ::nncore::Tensor,
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                #backward
+                #( #back_steps )*
+                ::core::result::Result::Ok(__g)
+            }
+
+            fn forward_traced(
+                &self,
+                __x: &::nncore::Tensor,
+                __trace: &mut ::nncore::Trace,
+            ) -> ::nncore::Result<::nncore::Tensor> {
+                let __x = ::nncore::__private::Flow::Borrowed(__x);
+                #( #traced_steps )*
+                let __y = __x.into_tensor();
+                __trace.record(&__y);
+                ::core::result::Result::Ok(__y)
             }
         }
     }

@@ -19,6 +19,11 @@ use proc_macro::TokenStream;
 /// Derives `nncore::Module`, `nncore::Forward` and `Display` for a struct
 /// whose fields are modules.
 ///
+/// Named fields give children of those names; a tuple struct's children
+/// are named `0`, `1`, ... as in `nn.Sequential`. A field of type
+/// `Option<M>` is a child only when `Some` (PyTorch's submodule set to
+/// `None`). `Vec<M>` and `[M; N]` fields are `ModuleList`s.
+///
 /// - Parameters are registered under PyTorch's dotted names, in field
 ///   order (`fc1.weight`, `fc1.bias`, ...).
 /// - `Display` prints exactly what PyTorch's `print(model)` prints.

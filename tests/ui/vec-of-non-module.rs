@@ -1,6 +1,9 @@
 use nncore::prelude::*;
 
 #[derive(Module)]
-struct Mlp(Linear, ReLU, Linear);
+struct Net {
+    layers: Vec<usize>,
+    fc: Linear,
+}
 
 fn main() {}

@@ -1,0 +1,364 @@
+//! Containers: `Vec<M>` and `[M; N]` as PyTorch's `nn.ModuleList`, and
+//! [`Sequential`], PyTorch's `nn.Sequential`.
+
+use std::fmt;
+
+use crate::module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace};
+use crate::{Result, Tensor};
+
+/// `Forward` through `items` in order; errors get the element's index.
+fn chain_forward<'m, F: Forward + ?Sized + 'm>(
+    items: impl Iterator<Item = &'m F>,
+    mut flow: Flow<'_>,
+    owner: &str,
+) -> Result<Tensor> {
+    for (i, m) in items.enumerate() {
+        flow = flow.apply(m).map_err(|e| e.within(&i.to_string(), owner))?;
+    }
+    Ok(flow.into_tensor())
+}
+
+fn chain_forward_train<'a, F: Forward + ?Sized + 'a>(
+    items: impl Iterator<Item = &'a mut F>,
+    x: &'a Tensor,
+    owner: &str,
+) -> Result<&'a Tensor> {
+    let mut h = x;
+    for (i, m) in items.enumerate() {
+        h = m
+            .forward_train(h)
+            .map_err(|e| e.within(&i.to_string(), owner))?;
+    }
+    Ok(h)
+}
+
+fn chain_backward<'a, F: Forward + ?Sized + 'a>(
+    items: impl DoubleEndedIterator<Item = &'a mut F> + ExactSizeIterator,
+    grad: &'a Tensor,
+    owner: &str,
+) -> Result<&'a Tensor> {
+    let mut g = grad;
+    for (i, m) in items.enumerate().rev() {
+        g = m.backward(g).map_err(|e| e.within(&i.to_string(), owner))?;
+    }
+    Ok(g)
+}
+
+fn chain_traced<'m, F: Forward + ?Sized + 'm>(
+    items: impl Iterator<Item = &'m F>,
+    x: &Tensor,
+    trace: &mut Trace,
+    owner: &str,
+) -> Result<Tensor> {
+    let mut flow = Flow::Borrowed(x);
+    for (i, m) in items.enumerate() {
+        let name = i.to_string();
+        let y = trace
+            .child(&name, |t| m.forward_traced(flow.as_tensor(), t))
+            .map_err(|e| e.within(&name, owner))?;
+        flow = Flow::Owned(y);
+    }
+    let y = flow.into_tensor();
+    trace.record(&y);
+    Ok(y)
+}
+
+/// PyTorch's `ModuleList.__repr__`: consecutive children that print the
+/// same are collapsed into `(0-2): 3 x Linear(...)`; `ModuleList()` when
+/// empty.
+fn fmt_module_list<'m, M: Module + 'm>(
+    items: impl Iterator<Item = &'m M>,
+    f: &mut fmt::Formatter<'_>,
+) -> fmt::Result {
+    let reprs: Vec<String> = items.map(|m| repr(m)).collect();
+    if reprs.is_empty() {
+        return f.write_str("ModuleList()");
+    }
+    f.write_str("ModuleList(")?;
+    let mut start = 0;
+    while start < reprs.len() {
+        let mut end = start;
+        while end + 1 < reprs.len() && reprs[end + 1] == reprs[start] {
+            end += 1;
+        }
+        let line = if start == end {
+            format!("({start}): {}", reprs[start])
+        } else {
+            format!("({start}-{end}): {} x {}", end - start + 1, reprs[start])
+        };
+        f.write_str("\n  ")?;
+        f.write_str(&add_indent(&line, 2))?;
+        start = end + 1;
+    }
+    f.write_str("\n)")
+}
+
+/// Implements `Module` and `Forward` for a list type of modules.
+macro_rules! module_list {
+    ($($generics:tt)*) => {
+        /// A list of modules is PyTorch's `nn.ModuleList`: children `0`,
+        /// `1`, ... (parameters `blocks.0.weight`), printed with PyTorch's
+        /// collapsing of repeats, applied in order by the derived forward.
+        impl<$($generics)*> Module for ModuleListOf!($($generics)*) {
+            fn name(&self) -> &str {
+                "ModuleList"
+            }
+
+            fn visit_children<'a>(&'a self, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+                for (i, m) in self.iter().enumerate() {
+                    f(&i.to_string(), m);
+                }
+            }
+
+            fn visit_children_mut(&mut self, f: &mut dyn FnMut(&str, &mut dyn Module)) {
+                for (i, m) in self.iter_mut().enumerate() {
+                    f(&i.to_string(), m);
+                }
+            }
+
+            fn fmt_repr(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt_module_list(self.iter(), f)
+            }
+        }
+
+        /// The elements applied in order; the identity when empty.
+        impl<$($generics)*> Forward for ModuleListOf!($($generics)*)
+        where
+            M: Forward,
+        {
+            fn forward(&self, x: &Tensor) -> Result<Tensor> {
+                chain_forward(self.iter(), Flow::Borrowed(x), "ModuleList")
+            }
+
+            fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+                chain_forward(self.iter(), Flow::Owned(x), "ModuleList")
+            }
+
+            fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+                chain_forward_train(self.iter_mut(), x, "ModuleList")
+            }
+
+            fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+                chain_backward(self.iter_mut(), grad, "ModuleList")
+            }
+
+            fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+                chain_traced(self.iter(), x, trace, "ModuleList")
+            }
+        }
+    };
+}
+
+macro_rules! ModuleListOf {
+    (M: Module) => { Vec<M> };
+    (M: Module, const N: usize) => { [M; N] };
+}
+
+module_list!(M: Module);
+module_list!(M: Module, const N: usize);
+
+/// A boxed module is a module: `Vec<Box<dyn Layer>>` is a ModuleList of
+/// layers of different types.
+impl<T: Module + ?Sized> Module for Box<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn extra_repr(&self) -> String {
+        (**self).extra_repr()
+    }
+    fn visit_children<'a>(&'a self, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        (**self).visit_children(f);
+    }
+    fn visit_children_mut(&mut self, f: &mut dyn FnMut(&str, &mut dyn Module)) {
+        (**self).visit_children_mut(f);
+    }
+    fn visit_own_parameters<'a>(&'a self, f: &mut dyn FnMut(&str, &'a crate::Param)) {
+        (**self).visit_own_parameters(f);
+    }
+    fn visit_own_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut crate::Param)) {
+        (**self).visit_own_parameters_mut(f);
+    }
+    fn fmt_repr(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt_repr(f)
+    }
+    fn set_training(&mut self, training: bool) {
+        (**self).set_training(training);
+    }
+    fn is_training(&self) -> bool {
+        (**self).is_training()
+    }
+}
+
+impl<T: Forward + ?Sized> Forward for Box<T> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        (**self).forward(x)
+    }
+    fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+        (**self).forward_owned(x)
+    }
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        (**self).forward_train(x)
+    }
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        (**self).backward(grad)
+    }
+    fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+        (**self).forward_traced(x, trace)
+    }
+}
+
+/// A layer that a [`Sequential`] can hold: any `Forward` module that can
+/// be shared across threads. Implemented for every such type.
+pub trait Layer: Forward + Send + Sync {
+    /// `self` as a `Module`.
+    fn as_module(&self) -> &dyn Module;
+    /// `self` as a mutable `Module`.
+    fn as_module_mut(&mut self) -> &mut dyn Module;
+}
+
+impl<T: Forward + Send + Sync> Layer for T {
+    fn as_module(&self) -> &dyn Module {
+        self
+    }
+    fn as_module_mut(&mut self) -> &mut dyn Module {
+        self
+    }
+}
+
+/// PyTorch's `nn.Sequential`: layers of different types, chosen at run
+/// time, applied in order. Children are named `0`, `1`, ... (parameters
+/// `0.weight`) and printed one per line, never collapsed.
+///
+/// Shapes: whatever the first layer takes to whatever the last gives.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// use nncore::seq;
+///
+/// let model = seq![Linear::new(4, 8), ReLU::new(), Linear::new(8, 2)];
+/// assert_eq!(model.len(), 3);
+/// assert_eq!(model.named_parameters()[0].0, "0.weight");
+/// assert_eq!(model.forward(&Tensor::zeros(5, 4))?.shape(), (5, 2));
+/// assert!(model.to_string().starts_with("Sequential(\n  (0): Linear(in_features=4"));
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<Box<dyn Layer>>,
+}
+
+impl Sequential {
+    /// An empty `Sequential` (the identity).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a layer (builder style).
+    #[must_use]
+    pub fn push<L: Layer + 'static>(mut self, layer: L) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Appends a layer.
+    pub fn add<L: Layer + 'static>(&mut self, layer: L) {
+        self.layers.push(Box::new(layer));
+    }
+
+    /// The number of layers.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether there are no layers.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The layer at `index`.
+    #[must_use]
+    pub fn get(&self, index: usize) -> Option<&dyn Layer> {
+        self.layers.get(index).map(|l| &**l)
+    }
+
+    /// The layer at `index`, mutably.
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut dyn Layer> {
+        match self.layers.get_mut(index) {
+            Some(l) => Some(&mut **l),
+            None => None,
+        }
+    }
+}
+
+impl fmt::Debug for Sequential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_module(self, f)
+    }
+}
+
+impl fmt::Display for Sequential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_module(self, f)
+    }
+}
+
+impl Module for Sequential {
+    fn name(&self) -> &str {
+        "Sequential"
+    }
+
+    fn visit_children<'a>(&'a self, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        for (i, l) in self.layers.iter().enumerate() {
+            f(&i.to_string(), l.as_module());
+        }
+    }
+
+    fn visit_children_mut(&mut self, f: &mut dyn FnMut(&str, &mut dyn Module)) {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            f(&i.to_string(), l.as_module_mut());
+        }
+    }
+}
+
+impl Forward for Sequential {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        chain_forward(
+            self.layers.iter().map(|l| &**l),
+            Flow::Borrowed(x),
+            "Sequential",
+        )
+    }
+
+    fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+        chain_forward(
+            self.layers.iter().map(|l| &**l),
+            Flow::Owned(x),
+            "Sequential",
+        )
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        chain_forward_train(self.layers.iter_mut().map(|l| &mut **l), x, "Sequential")
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        chain_backward(self.layers.iter_mut().map(|l| &mut **l), grad, "Sequential")
+    }
+
+    fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+        chain_traced(self.layers.iter().map(|l| &**l), x, trace, "Sequential")
+    }
+}
+
+/// Builds a [`Sequential`] from layers: `seq![Linear::new(4, 8),
+/// ReLU::new()]`.
+#[macro_export]
+macro_rules! seq {
+    ($($layer:expr),* $(,)?) => {
+        $crate::Sequential::new()$(.push($layer))*
+    };
+}

@@ -1,0 +1,189 @@
+//! Dropout.
+
+use std::fmt;
+
+use crate::activation::py_float;
+use crate::module::{Forward, Module};
+use crate::ops::ensure_shape;
+use crate::{with_default_generator, Error, Generator, ModulePath, Result, Tensor};
+
+/// PyTorch's `nn.Dropout(p)`: in training, each element is zeroed with
+/// probability `p` and the survivors are scaled by `1 / (1 - p)`.
+///
+/// Dropout acts only in [`Forward::forward_train`] while the module is in
+/// training mode (`model.train()`, the default). [`Forward::forward`] is
+/// inference and always the identity, whatever the mode: in nncore,
+/// training state never changes what `forward` returns, so that a model can
+/// serve predictions from several threads while another one trains.
+///
+/// The masks are drawn from the default generator at each training forward,
+/// as PyTorch draws them (so `nncore::manual_seed` makes them
+/// reproducible, and building a `Dropout` draws nothing, keeping the other
+/// layers' initial weights equal to PyTorch's), or from the layer's own
+/// generator given with [`Dropout::with_generator`]. The masks are not
+/// PyTorch's bit for bit.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// use nncore::Dropout;
+/// let mut d = Dropout::new(0.5)?;
+/// assert_eq!(d.to_string(), "Dropout(p=0.5, inplace=False)");
+/// let x = Tensor::from_element(4, 100, 1.0);
+/// let y = d.forward_train(&x)?.clone();
+/// assert!(y.iter().all(|v| *v == 0.0 || *v == 2.0));
+/// d.eval();
+/// assert_eq!(d.forward_train(&x)?, &x);
+/// assert_eq!(d.forward(&x)?, x);
+/// assert!(Dropout::new(1.5).is_err());
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Dropout {
+    p: f64,
+    training: bool,
+    generator: Option<Generator>,
+    mask: Tensor,
+    output: Tensor,
+    grad_input: Tensor,
+    /// What the last `forward_train` did: `None` before any, `Some(true)`
+    /// when it applied a mask, `Some(false)` when it was the identity.
+    recorded: Option<bool>,
+}
+
+impl Dropout {
+    /// `nn.Dropout(p)`, drawing its masks from the default generator.
+    ///
+    /// # Errors
+    /// `p` outside `[0, 1]` (PyTorch's message).
+    pub fn new(p: f64) -> Result<Self> {
+        Self::build(p, None)
+    }
+
+    /// `nn.Dropout(p)` drawing its masks from its own `generator`.
+    ///
+    /// # Errors
+    /// `p` outside `[0, 1]`.
+    pub fn with_generator(p: f64, generator: Generator) -> Result<Self> {
+        Self::build(p, Some(generator))
+    }
+
+    fn build(p: f64, generator: Option<Generator>) -> Result<Self> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::InvalidArgument(format!(
+                "dropout probability has to be between 0 and 1, but got {}",
+                py_float(p)
+            )));
+        }
+        Ok(Self {
+            p,
+            training: true,
+            generator,
+            mask: Tensor::zeros(0, 0),
+            output: Tensor::zeros(0, 0),
+            grad_input: Tensor::zeros(0, 0),
+            recorded: None,
+        })
+    }
+
+    /// The drop probability.
+    #[must_use]
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+}
+
+impl Module for Dropout {
+    fn name(&self) -> &str {
+        "Dropout"
+    }
+
+    fn extra_repr(&self) -> String {
+        format!("p={}, inplace=False", py_float(self.p))
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+impl Forward for Dropout {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+        Ok(x)
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        if !self.training || self.p == 0.0 {
+            self.recorded = Some(false);
+            return Ok(x);
+        }
+        ensure_shape(&mut self.mask, x.nrows(), x.ncols());
+        ensure_shape(&mut self.output, x.nrows(), x.ncols());
+        let p = self.p as f32;
+        let scale = if self.p >= 1.0 {
+            0.0
+        } else {
+            (1.0 / (1.0 - self.p)) as f32
+        };
+        let (mask, output) = (&mut self.mask, &mut self.output);
+        let mut fill = |g: &mut Generator| {
+            for ((m, o), v) in mask.iter_mut().zip(output.iter_mut()).zip(x.iter()) {
+                *m = if g.uniform(0.0, 1.0) < p { 0.0 } else { scale };
+                *o = *v * *m;
+            }
+        };
+        match &mut self.generator {
+            Some(g) => fill(g),
+            None => with_default_generator(fill),
+        }
+        self.recorded = Some(true);
+        Ok(&self.output)
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        match self.recorded.take() {
+            None => Err(Error::NoRecordedForward {
+                path: ModulePath::leaf("Dropout"),
+            }),
+            Some(false) => Ok(grad),
+            Some(true) => {
+                if grad.shape() != self.mask.shape() {
+                    return Err(Error::InvalidInput {
+                        path: ModulePath::leaf("Dropout"),
+                        message: format!(
+                            "expected gradient of shape [{}, {}], got [{}, {}]",
+                            self.mask.nrows(),
+                            self.mask.ncols(),
+                            grad.nrows(),
+                            grad.ncols()
+                        ),
+                    });
+                }
+                ensure_shape(&mut self.grad_input, grad.nrows(), grad.ncols());
+                for ((d, g), m) in self
+                    .grad_input
+                    .iter_mut()
+                    .zip(grad.iter())
+                    .zip(self.mask.iter())
+                {
+                    *d = *g * *m;
+                }
+                Ok(&self.grad_input)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Dropout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_repr(f)
+    }
+}

@@ -1,0 +1,406 @@
+//! Containers and standard layers against real PyTorch: printing,
+//! parameter names, initial weights, forward outputs and gradients.
+//! Expected values: `tests/fixtures/composition.json`, written by
+//! `scripts/gen_composition_fixtures.py` with PyTorch.
+
+mod common;
+
+use common::*;
+use nncore::prelude::*;
+use nncore::{GeluApproximate, Layer};
+
+#[derive(Module)]
+struct Stack {
+    blocks: Vec<Linear>,
+    act: ReLU,
+}
+
+#[derive(Module)]
+struct EmptyList {
+    blocks: Vec<Linear>,
+    fc: Linear,
+}
+
+#[derive(Module)]
+struct Block {
+    fc: Linear,
+    act: ReLU,
+}
+
+impl Block {
+    fn new(n: usize) -> Self {
+        Block {
+            fc: Linear::new(n, n),
+            act: ReLU::new(),
+        }
+    }
+}
+
+#[derive(Module)]
+struct Blocks {
+    layers: [Block; 2],
+}
+
+#[derive(Module)]
+struct Mlp(Linear, ReLU, Linear);
+
+#[derive(Module)]
+struct WithSeq {
+    features: Sequential,
+    norm: Option<Tanh>,
+    head: Linear,
+}
+
+impl WithSeq {
+    fn new(with_norm: bool) -> Self {
+        WithSeq {
+            features: seq![
+                Linear::new(6, 8),
+                GELU::new(),
+                Block::new(8),
+                Dropout::new(0.1).unwrap()
+            ],
+            norm: with_norm.then(Tanh::new),
+            head: Linear::new(8, 3),
+        }
+    }
+}
+
+#[derive(Module)]
+struct Layers {
+    identity: Identity,
+    sigmoid: Sigmoid,
+    tanh: Tanh,
+    leaky: LeakyReLU,
+    leaky_default: LeakyReLU,
+    gelu: GELU,
+    gelu_tanh: GELU,
+    softmax: Softmax,
+    softmax_last: Softmax,
+    dropout: Dropout,
+    dropout_default: Dropout,
+}
+
+#[derive(Module)]
+struct Deep {
+    stages: Vec<Sequential>,
+    heads: Sequential,
+}
+
+fn check<M: Forward>(name: &str, make: impl FnOnce() -> M) {
+    let fx = fixture("composition.json");
+    let case = case(&fx, name);
+    let (mut model, x) = nncore::with_seed(case["seed"].as_u64().unwrap(), || {
+        let model = make();
+        let x = case.get("input_shape").map(|shape| {
+            let shape = usizes(shape);
+            nncore::rand_uniform(shape[0], shape[1], -1.0, 1.0)
+        });
+        (model, x)
+    });
+    model.eval();
+    assert_eq!(
+        nncore::repr(&model),
+        case["repr"].as_str().unwrap(),
+        "{name}: print"
+    );
+    let params = model.named_parameters();
+    let expected = case["params"].as_array().unwrap();
+    let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    let expected_names: Vec<&str> = expected
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, expected_names, "{name}: parameter names");
+    for ((pname, p), e) in params.iter().zip(expected) {
+        assert_eq!(p.shape(), usizes(&e["shape"]).as_slice(), "{pname}");
+        assert_eq!(
+            p.to_row_major(),
+            floats(&case["values"][pname.as_str()]),
+            "{name}: {pname} initial values"
+        );
+    }
+    assert_eq!(
+        model.num_parameters() as u64,
+        case["num_parameters"].as_u64().unwrap()
+    );
+    if let Some(x) = x {
+        assert_eq!(row_major(&x), floats(&case["input"]));
+        let y = model.forward(&x).unwrap();
+        assert_close(&row_major(&y), &floats(&case["output"]), 1e-5, name);
+        // The training forward (eval mode: dropout off) agrees.
+        let y2 = model.forward_train(&x).unwrap();
+        assert_close(&row_major(y2), &floats(&case["output"]), 1e-5, name);
+    }
+}
+
+#[test]
+fn module_list_collapses_repeats_like_pytorch() {
+    check("stack", || {
+        // Built in PyTorch's order: the three 16x16 layers first.
+        let mut blocks: Vec<Linear> = (0..3).map(|_| Linear::new(16, 16)).collect();
+        blocks.push(Linear::new(16, 4));
+        Stack {
+            blocks,
+            act: ReLU::new(),
+        }
+    });
+}
+
+#[test]
+fn empty_module_list_prints_like_pytorch() {
+    check("empty_list", || EmptyList {
+        blocks: Vec::new(),
+        fc: Linear::new(3, 2),
+    });
+}
+
+#[test]
+fn arrays_of_derived_modules_are_module_lists() {
+    check("blocks", || Blocks {
+        layers: [Block::new(6), Block::new(6)],
+    });
+}
+
+#[test]
+fn tuple_structs_name_children_by_index() {
+    check("mlp_tuple", || {
+        Mlp(Linear::new(5, 7), ReLU::new(), Linear::new(7, 3))
+    });
+}
+
+#[test]
+fn optional_children_and_sequential_fields() {
+    check("with_seq_none", || WithSeq::new(false));
+    check("with_seq_some", || WithSeq::new(true));
+}
+
+#[test]
+fn every_standard_layer_prints_like_pytorch() {
+    check("layers", || Layers {
+        identity: Identity::new(),
+        sigmoid: Sigmoid::new(),
+        tanh: Tanh::new(),
+        leaky: LeakyReLU::new(0.2),
+        leaky_default: LeakyReLU::default(),
+        gelu: GELU::new(),
+        gelu_tanh: GELU::with_approximate(GeluApproximate::Tanh),
+        softmax: Softmax::new(1),
+        softmax_last: Softmax::new(-1),
+        dropout: Dropout::new(0.3).unwrap(),
+        dropout_default: Dropout::new(0.5).unwrap(),
+    });
+}
+
+#[test]
+fn containers_nest_two_levels_deep() {
+    check("deep", || Deep {
+        stages: (0..2)
+            .map(|_| seq![Linear::new(4, 4), LeakyReLU::new(0.1)])
+            .collect(),
+        heads: seq![seq![Linear::new(4, 2), Sigmoid::new()], Identity::new()],
+    });
+}
+
+#[test]
+fn sequential_prints_like_pytorch() {
+    check("sequential", || {
+        seq![Linear::new(4, 8), ReLU::new(), Linear::new(8, 2)]
+    });
+    check("sequential_empty", Sequential::new);
+}
+
+#[test]
+fn boxed_layers_make_a_heterogeneous_module_list() {
+    check("module_list_top", || {
+        let v: Vec<Box<dyn Layer>> = vec![
+            Box::new(ReLU::new()),
+            Box::new(ReLU::new()),
+            Box::new(Linear::new(2, 2)),
+            Box::new(ReLU::new()),
+        ];
+        v
+    });
+}
+
+fn layer_for(name: &str) -> Box<dyn Layer> {
+    match name {
+        "identity" => Box::new(Identity::new()),
+        "sigmoid" => Box::new(Sigmoid::new()),
+        "tanh" => Box::new(Tanh::new()),
+        "leaky_relu" => Box::new(LeakyReLU::new(0.2)),
+        "gelu" => Box::new(GELU::new()),
+        "gelu_tanh" => Box::new(GELU::with_approximate(GeluApproximate::Tanh)),
+        "softmax_1" => Box::new(Softmax::new(1)),
+        "softmax_0" => Box::new(Softmax::new(0)),
+        "relu" => Box::new(ReLU::new()),
+        other => panic!("no layer {other}"),
+    }
+}
+
+#[test]
+fn layer_outputs_and_gradients_match_pytorch() {
+    let fx = fixture("composition.json");
+    for case in fx["layers"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let mut layer = layer_for(name);
+        let x = Tensor::from_row_slice(4, 5, &floats(&case["input"]));
+        let w = Tensor::from_row_slice(4, 5, &floats(&case["w"]));
+        let y = layer.forward(&x).unwrap();
+        assert_close(&row_major(&y), &floats(&case["output"]), 1e-5, name);
+        let y_train = layer.forward_train(&x).unwrap().clone();
+        assert_eq!(y, y_train, "{name}");
+        let dx = layer.backward(&w).unwrap();
+        assert_close(&row_major(dx), &floats(&case["grad_input"]), 1e-5, name);
+        // In place through forward_owned gives the same numbers.
+        assert_eq!(layer.forward_owned(x.clone()).unwrap(), y, "{name}");
+    }
+}
+
+#[test]
+fn gradients_through_containers_match_pytorch() {
+    let fx = fixture("composition.json");
+    let t = &fx["train"];
+    let mut model = nncore::with_seed(t["seed"].as_u64().unwrap(), || WithSeq::new(true));
+    model.eval();
+    let x = Tensor::from_row_slice(5, 6, &floats(&t["input"]));
+    let target = Tensor::from_row_slice(5, 3, &floats(&t["target"]));
+    let out = model.forward_train(&x).unwrap();
+    let (_, g) = mse_loss(out, &target).unwrap();
+    model.backward(&g).unwrap();
+    for (name, p) in model.named_parameters() {
+        let got = if p.shape().len() == 2 {
+            row_major(p.grad().unwrap())
+        } else {
+            p.grad().unwrap().as_slice().to_vec()
+        };
+        assert_close(&got, &floats(&t["grads"][name.as_str()]), 1e-5, &name);
+    }
+}
+
+#[test]
+fn dropout_drops_at_rate_p_scales_and_reuses_its_mask_in_backward() {
+    // Dropout draws its masks from the default generator: seed it on this
+    // thread only.
+    let x = Tensor::from_element(200, 50, 1.0);
+    let (y, dx) = nncore::with_seed(5, || {
+        let mut d = Dropout::new(0.25).unwrap();
+        let y = d.forward_train(&x).unwrap().clone();
+        let g = Tensor::from_element(200, 50, 3.0);
+        let dx = d.backward(&g).unwrap().clone();
+        (y, dx)
+    });
+    let dropped = y.iter().filter(|v| **v == 0.0).count() as f64 / y.len() as f64;
+    assert!((dropped - 0.25).abs() < 0.02, "dropped {dropped}");
+    assert!(y.iter().all(|v| *v == 0.0 || (*v - 4.0 / 3.0).abs() < 1e-6));
+    for (a, b) in dx.iter().zip(y.iter()) {
+        assert_eq!(*a, 3.0 * *b);
+    }
+    // Seeded: the same seed gives the same mask; another seed another one.
+    let again = nncore::with_seed(5, || {
+        Dropout::new(0.25)
+            .unwrap()
+            .forward_train(&x)
+            .unwrap()
+            .clone()
+    });
+    assert_eq!(again, y);
+    let other = nncore::with_seed(6, || {
+        Dropout::new(0.25)
+            .unwrap()
+            .forward_train(&x)
+            .unwrap()
+            .clone()
+    });
+    assert_ne!(other, y);
+    // Its own generator works too.
+    let mut own = Dropout::with_generator(0.5, nncore::Generator::new(1)).unwrap();
+    assert!(own.forward_train(&x).unwrap().iter().any(|v| *v == 0.0));
+    // p = 1 zeroes everything; eval and p = 0 are the identity.
+    let mut all = Dropout::new(1.0).unwrap();
+    assert!(all.forward_train(&x).unwrap().iter().all(|v| *v == 0.0));
+    let mut none = Dropout::new(0.0).unwrap();
+    assert_eq!(none.forward_train(&x).unwrap(), &x);
+    let mut eval = Dropout::new(0.9).unwrap();
+    eval.eval();
+    assert_eq!(eval.forward_train(&x).unwrap(), &x);
+    let err = Dropout::new(-0.1).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "dropout probability has to be between 0 and 1, but got -0.1"
+    );
+}
+
+#[test]
+fn container_errors_name_the_element() {
+    let model = Stack {
+        blocks: vec![Linear::new(4, 4), Linear::new(5, 4)],
+        act: ReLU::new(),
+    };
+    let err = model.forward(&Tensor::zeros(2, 4)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Stack.blocks.1 (Linear): expected input with 5 features, got 4"
+    );
+    let s = seq![Linear::new(3, 3), ReLU::new(), Linear::new(4, 1)];
+    let err = s.forward(&Tensor::zeros(1, 3)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Sequential.2 (Linear): expected input with 4 features, got 3"
+    );
+}
+
+#[test]
+fn train_eval_reach_into_containers() {
+    let mut m = WithSeq::new(true);
+    m.eval();
+    assert!(!m.features.get(3).unwrap().is_training());
+    m.train();
+    assert!(m.features.get(3).unwrap().is_training());
+    assert!(m.is_training());
+}
+
+#[test]
+fn summary_lists_layers_shapes_and_counts() {
+    let model = WithSeq::new(true);
+    let s = nncore::summary(&model, (32, 6)).unwrap();
+    type Row<'a> = (&'a str, &'a str, Option<(usize, usize)>, usize);
+    let rows: Vec<Row<'_>> = s
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.path.as_str(),
+                r.type_name.as_str(),
+                r.output_shape,
+                r.params,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("", "WithSeq", Some((32, 3)), 56 + 72 + 27),
+            ("features", "Sequential", Some((32, 8)), 56 + 72),
+            ("features.0", "Linear", Some((32, 8)), 56),
+            ("features.1", "GELU", Some((32, 8)), 0),
+            ("features.2", "Block", Some((32, 8)), 72),
+            ("features.2.fc", "Linear", Some((32, 8)), 72),
+            ("features.2.act", "ReLU", Some((32, 8)), 0),
+            ("features.3", "Dropout", Some((32, 8)), 0),
+            ("norm", "Tanh", Some((32, 8)), 0),
+            ("head", "Linear", Some((32, 3)), 27),
+        ]
+    );
+    let mut frozen = WithSeq::new(false);
+    frozen.head.requires_grad(false);
+    let s = nncore::summary(&frozen, (1, 6)).unwrap();
+    assert_eq!(s.total_params, 155);
+    assert_eq!(s.frozen_params, 27);
+    assert_eq!(s.trainable_params, 128);
+    let text = s.to_string();
+    assert!(text.contains("Total params: 155 (155)"), "{text}");
+    assert!(text.contains("Non-trainable params: 27"), "{text}");
+    assert!(text.contains("  features.2.fc (Linear)"), "{text}");
+    assert!(nncore::summary(&frozen, (1, 7)).is_err());
+}

@@ -1,0 +1,9 @@
+use nncore::prelude::*;
+
+#[derive(Module)]
+struct Net {
+    fc: Linear,
+    norm: Option<f32>,
+}
+
+fn main() {}
