@@ -5,6 +5,8 @@
 
 pub use nncore;
 
+pub mod workloads;
+
 /// The README's Rust code blocks, run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -60,9 +60,7 @@ impl Cache {
             self.input.copy_from(x);
         }
         ensure_shape(&mut self.output, x.nrows(), x.ncols());
-        for (o, v) in self.output.iter_mut().zip(x.iter()) {
-            *o = f(*v);
-        }
+        crate::kernels::map_into(x.as_slice(), self.output.as_mut_slice(), f);
         self.recorded = true;
         &self.output
     }
@@ -104,22 +102,21 @@ impl Cache {
         if uses_input {
             for (((d, g), x), y) in self
                 .grad_input
+                .as_mut_slice()
                 .iter_mut()
-                .zip(grad.iter())
-                .zip(self.input.iter())
-                .zip(self.output.iter())
+                .zip(grad.as_slice())
+                .zip(self.input.as_slice())
+                .zip(self.output.as_slice())
             {
                 *d = *g * df(*x, *y);
             }
         } else {
-            for ((d, g), y) in self
-                .grad_input
-                .iter_mut()
-                .zip(grad.iter())
-                .zip(self.output.iter())
-            {
-                *d = *g * df(0.0, *y);
-            }
+            crate::kernels::zip_map_into(
+                grad.as_slice(),
+                self.output.as_slice(),
+                self.grad_input.as_mut_slice(),
+                |g, y| g * df(0.0, y),
+            );
         }
         Ok(&self.grad_input)
     }
@@ -166,15 +163,14 @@ macro_rules! elementwise {
         impl Forward for $name {
             fn forward(&self, x: &Tensor) -> Result<Tensor> {
                 let $s = self;
-                Ok(x.map(|$x| $f))
+                let mut out = Tensor::zeros(x.nrows(), x.ncols());
+                crate::kernels::map_into(x.as_slice(), out.as_mut_slice(), |$x| $f);
+                Ok(out)
             }
 
             fn forward_owned(&self, mut x: Tensor) -> Result<Tensor> {
                 let $s = self;
-                x.apply(|v| {
-                    let $x = *v;
-                    *v = $f;
-                });
+                crate::kernels::map_in_place(x.as_mut_slice(), |$x| $f);
                 Ok(x)
             }
 

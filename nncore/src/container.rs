@@ -44,6 +44,22 @@ fn chain_backward<'a, F: Forward + ?Sized + 'a>(
     Ok(g)
 }
 
+fn chain_backward_params<'a, F: Forward + ?Sized + 'a>(
+    items: impl DoubleEndedIterator<Item = &'a mut F> + ExactSizeIterator,
+    grad: &Tensor,
+    owner: &str,
+) -> Result<()> {
+    let mut items = items.enumerate();
+    let Some((_, first)) = items.next() else {
+        return Ok(());
+    };
+    let mut g = grad;
+    for (i, m) in items.rev() {
+        g = m.backward(g).map_err(|e| e.within(&i.to_string(), owner))?;
+    }
+    first.backward_params(g).map_err(|e| e.within("0", owner))
+}
+
 fn chain_traced<'m, F: Forward + ?Sized + 'm>(
     items: impl Iterator<Item = &'m F>,
     x: &Tensor,
@@ -142,6 +158,10 @@ macro_rules! module_list {
                 chain_backward(self.iter_mut(), grad, "ModuleList")
             }
 
+            fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+                chain_backward_params(self.iter_mut(), grad, "ModuleList")
+            }
+
             fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
                 chain_traced(self.iter(), x, trace, "ModuleList")
             }
@@ -201,6 +221,9 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     }
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
         (**self).backward(grad)
+    }
+    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+        (**self).backward_params(grad)
     }
     fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
         (**self).forward_traced(x, trace)
@@ -347,6 +370,10 @@ impl Forward for Sequential {
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
         chain_backward(self.layers.iter_mut().map(|l| &mut **l), grad, "Sequential")
+    }
+
+    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+        chain_backward_params(self.layers.iter_mut().map(|l| &mut **l), grad, "Sequential")
     }
 
     fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {

@@ -135,7 +135,12 @@ impl Forward for Dropout {
         };
         let (mask, output) = (&mut self.mask, &mut self.output);
         let mut fill = |g: &mut Generator| {
-            for ((m, o), v) in mask.iter_mut().zip(output.iter_mut()).zip(x.iter()) {
+            for ((m, o), v) in mask
+                .as_mut_slice()
+                .iter_mut()
+                .zip(output.as_mut_slice())
+                .zip(x.as_slice())
+            {
                 *m = if g.uniform(0.0, 1.0) < p { 0.0 } else { scale };
                 *o = *v * *m;
             }
@@ -170,9 +175,10 @@ impl Forward for Dropout {
                 ensure_shape(&mut self.grad_input, grad.nrows(), grad.ncols());
                 for ((d, g), m) in self
                     .grad_input
+                    .as_mut_slice()
                     .iter_mut()
-                    .zip(grad.iter())
-                    .zip(self.mask.iter())
+                    .zip(grad.as_slice())
+                    .zip(self.mask.as_slice())
                 {
                     *d = *g * *m;
                 }

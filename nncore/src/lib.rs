@@ -41,6 +41,7 @@ mod activation;
 mod container;
 mod dropout;
 mod error;
+pub mod kernels;
 mod linear;
 mod loss;
 mod module;
@@ -117,6 +118,8 @@ pub mod __private {
         fn train<'a>(&'a mut self, x: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor>;
         /// `Forward::backward`.
         fn back<'a>(&'a mut self, g: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor>;
+        /// `Forward::backward_params`.
+        fn back_params(&mut self, g: &crate::Tensor) -> crate::Result<()>;
         /// `Forward::forward_traced`.
         fn traced(&self, x: &crate::Tensor, t: &mut crate::Trace) -> crate::Result<crate::Tensor>;
     }
@@ -133,6 +136,10 @@ pub mod __private {
         #[inline]
         fn back<'a>(&'a mut self, g: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor> {
             self.backward(g)
+        }
+        #[inline]
+        fn back_params(&mut self, g: &crate::Tensor) -> crate::Result<()> {
+            self.backward_params(g)
         }
         #[inline]
         fn traced(&self, x: &crate::Tensor, t: &mut crate::Trace) -> crate::Result<crate::Tensor> {

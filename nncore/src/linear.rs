@@ -167,10 +167,9 @@ impl Linear {
         let beta = match &self.bias {
             Some(b) => {
                 let b = b.value().as_slice();
-                for (col, bj) in out.column_iter_mut().zip(b) {
-                    for v in col {
-                        *v = *bj;
-                    }
+                let rows = out.nrows().max(1);
+                for (col, bj) in out.as_mut_slice().chunks_exact_mut(rows).zip(b) {
+                    col.fill(*bj);
                 }
                 1.0
             }
@@ -228,8 +227,28 @@ impl Module for Linear {
 impl Forward for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
-        let mut out = Tensor::zeros(x.nrows(), self.out_features());
-        self.compute(x, &mut out);
+        let (rows, cols) = (x.nrows(), self.out_features());
+        // The output starts as the broadcast bias, written once, and the
+        // product is accumulated onto it.
+        let (mut out, beta) = match &self.bias {
+            Some(b) => {
+                let mut data = Vec::with_capacity(rows * cols);
+                for bj in b.value().as_slice() {
+                    data.extend(std::iter::repeat_n(*bj, rows));
+                }
+                (Tensor::from_vec(rows, cols, data), 1.0)
+            }
+            None => (Tensor::zeros(rows, cols), 0.0),
+        };
+        matmul(
+            1.0,
+            x,
+            Trans::No,
+            self.weight.value(),
+            Trans::Yes,
+            beta,
+            &mut out,
+        );
         Ok(out)
     }
 
@@ -246,6 +265,30 @@ impl Forward for Linear {
     }
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        self.param_grads(grad)?;
+        let in_features = self.in_features();
+        ensure_shape(&mut self.grad_input, grad.nrows(), in_features);
+        matmul(
+            1.0,
+            grad,
+            Trans::No,
+            self.weight.value(),
+            Trans::No,
+            0.0,
+            &mut self.grad_input,
+        );
+        Ok(&self.grad_input)
+    }
+
+    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+        self.param_grads(grad)
+    }
+}
+
+impl Linear {
+    /// The weight and bias gradients of a backward pass (`dW = g^T x`,
+    /// `db` = column sums of `g`), accumulated into the parameters.
+    fn param_grads(&mut self, grad: &Tensor) -> Result<()> {
         if !self.recorded {
             return Err(Error::NoRecordedForward {
                 path: ModulePath::leaf("Linear"),
@@ -271,23 +314,17 @@ impl Forward for Linear {
             matmul(1.0, grad, Trans::Yes, &self.input, Trans::No, beta, dw);
         }
         if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
-            for (d, col) in db.iter_mut().zip(grad.column_iter()) {
-                let s: f32 = col.iter().sum();
+            let rows = grad.nrows().max(1);
+            for (d, col) in db
+                .as_mut_slice()
+                .iter_mut()
+                .zip(grad.as_slice().chunks_exact(rows))
+            {
+                let s = crate::kernels::sum(col);
                 *d = if acc { *d + s } else { s };
             }
         }
-        let in_features = self.in_features();
-        ensure_shape(&mut self.grad_input, grad.nrows(), in_features);
-        matmul(
-            1.0,
-            grad,
-            Trans::No,
-            self.weight.value(),
-            Trans::No,
-            0.0,
-            &mut self.grad_input,
-        );
-        Ok(&self.grad_input)
+        Ok(())
     }
 }
 

@@ -62,7 +62,7 @@ fn shape_check(context: &str, input: &Tensor, target: &Tensor) -> Result<()> {
 }
 
 fn finite_targets(context: &str, target: &Tensor) -> Result<()> {
-    if let Some(i) = target.iter().position(|v| v.is_nan()) {
+    if let Some(i) = target.as_slice().iter().position(|v| v.is_nan()) {
         return Err(Error::InvalidArgument(format!(
             "{context}: target holds NaN (at row {}, column {})",
             i % target.nrows(),
@@ -142,6 +142,35 @@ impl MSELoss {
         let losses = diff.map(|d| d * d);
         let grad = diff * 2.0;
         Ok(reduce(self.reduction, losses, grad, input.len()))
+    }
+}
+
+impl MSELoss {
+    /// The reduced loss, with `dL/d input` written into `grad` (resized as
+    /// needed; no allocation once it has the input's shape). For
+    /// [`Reduction::None`] the returned value is the sum.
+    ///
+    /// # Errors
+    /// As [`MSELoss::forward`].
+    pub fn forward_into(&self, input: &Tensor, target: &Tensor, grad: &mut Tensor) -> Result<f32> {
+        shape_check("MSELoss", input, target)?;
+        finite_targets("MSELoss", target)?;
+        crate::ops::ensure_shape(grad, input.nrows(), input.ncols());
+        let scale = match self.reduction {
+            Reduction::Mean if !input.is_empty() => 1.0 / input.len() as f32,
+            _ => 1.0,
+        };
+        let sum = crate::kernels::squared_error(
+            input.as_slice(),
+            target.as_slice(),
+            grad.as_mut_slice(),
+            scale,
+        );
+        Ok(match self.reduction {
+            Reduction::Mean if input.is_empty() => f32::NAN,
+            Reduction::Mean => (sum / input.len() as f64) as f32,
+            _ => sum as f32,
+        })
     }
 }
 

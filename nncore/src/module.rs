@@ -492,6 +492,21 @@ pub trait Forward: Module {
         })
     }
 
+    /// [`Forward::backward`] without computing `dL/d input`: what training
+    /// needs when the input is data, not a parameter (PyTorch skips the
+    /// input's gradient when the input does not require one). Derived
+    /// modules and containers pass it to their first child, so a model's
+    /// first `Linear` skips one of its three matrix products.
+    ///
+    /// # Errors
+    /// As [`Forward::backward`].
+    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+        // `backward` ties the gradient's lifetime to `self`; copy-free
+        // callers go through the derived and container impls.
+        let grad = grad.clone();
+        self.backward(&grad).map(|_| ())
+    }
+
     /// [`Forward::forward`] that also records every submodule's output
     /// shape in `trace` (what [`summary`](crate::summary) prints). Derived
     /// modules and containers trace their children; a hand-written forward

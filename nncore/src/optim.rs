@@ -155,16 +155,17 @@ impl Optimizer for Sgd {
                 return;
             };
             if momentum == 0.0 {
-                for (w, g) in value.iter_mut().zip(grad.iter()) {
-                    let d = g + wd * *w;
-                    *w -= lr * d;
-                }
+                crate::kernels::sgd_update(value.as_mut_slice(), grad.as_slice(), lr, wd);
                 return;
             }
             match buffers.get_mut(&id) {
                 None => {
                     let mut buf = grad.clone();
-                    for (w, (g, b)) in value.iter_mut().zip(grad.iter().zip(buf.iter_mut())) {
+                    for (w, (g, b)) in value
+                        .as_mut_slice()
+                        .iter_mut()
+                        .zip(grad.as_slice().iter().zip(buf.as_mut_slice()))
+                    {
                         let d = g + wd * *w;
                         *b = d;
                         let dir = if nesterov { d + momentum * d } else { d };
@@ -173,7 +174,11 @@ impl Optimizer for Sgd {
                     buffers.insert(id, buf);
                 }
                 Some(buf) => {
-                    for (w, (g, b)) in value.iter_mut().zip(grad.iter().zip(buf.iter_mut())) {
+                    for (w, (g, b)) in value
+                        .as_mut_slice()
+                        .iter_mut()
+                        .zip(grad.as_slice().iter().zip(buf.as_mut_slice()))
+                    {
                         let d = g + wd * *w;
                         *b = momentum * *b + (1.0 - dampening) * d;
                         let dir = if nesterov { d + momentum * *b } else { *b };
@@ -322,12 +327,16 @@ impl Optimizer for Adam {
                 let keep = (1.0 - lr * f64::from(wd)) as f32;
                 value.apply(|w| *w *= keep);
             }
-            let mut max_iter = st.max_exp_avg_sq.as_mut().map(|m| m.iter_mut());
+            let mut max_iter = st
+                .max_exp_avg_sq
+                .as_mut()
+                .map(|m| m.as_mut_slice().iter_mut());
             for (((w, g), m), v) in value
+                .as_mut_slice()
                 .iter_mut()
-                .zip(grad.iter())
-                .zip(st.exp_avg.iter_mut())
-                .zip(st.exp_avg_sq.iter_mut())
+                .zip(grad.as_slice())
+                .zip(st.exp_avg.as_mut_slice())
+                .zip(st.exp_avg_sq.as_mut_slice())
             {
                 let g = if decoupled { *g } else { g + wd * *w };
                 *m += one_b1 * (g - *m);

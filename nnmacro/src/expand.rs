@@ -237,6 +237,26 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
             quote!(__g),
         )
     });
+    // backward_params: the children after the first pass gradients on;
+    // the first only accumulates its parameters' gradients.
+    let params_steps = children.iter().skip(1).rev().map(|f| {
+        let span = f.module_ty().span();
+        step(
+            f,
+            true,
+            quote_spanned!(span=> ::nncore::__private::ChildForward::back(__m, __g)),
+            quote!(__g),
+        )
+    });
+    let params_first = children.first().map(|f| {
+        let child = &f.name;
+        let span = f.module_ty().span();
+        let body = quote_spanned! {span=>
+            ::nncore::__private::ChildForward::back_params(__m, __g)
+                .map_err(|__e| __e.within(#child, #name))?
+        };
+        with_child(f, true, body, TokenStream::new())
+    });
     let traced_steps = children.iter().map(|f| {
         let child = &f.name;
         let span = f.module_ty().span();
@@ -277,6 +297,12 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
                 #( #back_steps )*
                 ::core::result::Result::Ok(__g)
+            }
+
+            fn backward_params(&mut self, __g: &::nncore::Tensor) -> ::nncore::Result<()> {
+                #( #params_steps )*
+                #params_first;
+                ::core::result::Result::Ok(())
             }
 
             fn forward_traced(

@@ -1,0 +1,535 @@
+//! nncore's own kernels for a row times a matrix (batch 1), where faer's
+//! general GEMM spends most of its time in set-up: 0.44 us for the
+//! 1x100 by 100x50 product of SimpleNet's first layer, against about 0.1 us
+//! here (`benches/gemm.rs`).
+//!
+//! Each kernel is one portable body compiled three times: for AVX-512F, for
+//! AVX2 with FMA, and for the baseline target; the best the CPU supports is
+//! picked at run time. The tests run every variant the machine has, the
+//! portable one included.
+
+use std::sync::OnceLock;
+
+/// Which compiled variant runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// x86-64 with AVX-512F (and FMA).
+    Avx512,
+    /// x86-64 with AVX2 and FMA.
+    Avx2,
+    /// Any CPU.
+    Portable,
+}
+
+/// The variants this CPU can run, best first.
+#[must_use]
+pub fn available_variants() -> Vec<Variant> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            v.push(Variant::Avx512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            v.push(Variant::Avx2);
+        }
+    }
+    v.push(Variant::Portable);
+    v
+}
+
+fn best() -> Variant {
+    static BEST: OnceLock<Variant> = OnceLock::new();
+    *BEST.get_or_init(|| available_variants()[0])
+}
+
+/// `y = beta * y + sum_p a[p] * b[p * row_stride .. p * row_stride + n]`
+/// with `n = y.len()`: a row times a matrix whose rows are contiguous.
+///
+/// # Panics
+/// When `b` is too short for `a.len()` rows of `y.len()` values.
+pub fn row_axpy(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
+    row_axpy_with(best(), y, a, b, row_stride, beta);
+}
+
+/// [`row_axpy`] with a chosen variant (for tests and benches).
+///
+/// # Panics
+/// As [`row_axpy`], and when the CPU cannot run `variant`.
+pub fn row_axpy_with(
+    variant: Variant,
+    y: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    row_stride: usize,
+    beta: f32,
+) {
+    let n = y.len();
+    if let Some(last) = a.len().checked_sub(1) {
+        assert!(b.len() >= last * row_stride + n, "row_axpy: b too short");
+    }
+    match variant {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => {
+            assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+            // SAFETY: the CPU supports the features (checked above).
+            unsafe { row_axpy_avx512(y, a, b, row_stride, beta) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => {
+            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+            // SAFETY: the CPU supports the features (checked above).
+            unsafe { row_axpy_avx2(y, a, b, row_stride, beta) }
+        }
+        _ => row_axpy_portable(y, a, b, row_stride, beta),
+    }
+}
+
+/// `y[j] = beta * y[j] + dot(a, b[j * col_stride .. j * col_stride + k])`
+/// with `k = a.len()`: a row times a matrix whose columns are contiguous.
+///
+/// # Panics
+/// When `b` is too short for `y.len()` columns of `a.len()` values.
+pub fn row_dot(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
+    row_dot_with(best(), y, a, b, col_stride, beta);
+}
+
+/// [`row_dot`] with a chosen variant (for tests and benches).
+///
+/// # Panics
+/// As [`row_dot`], and when the CPU cannot run `variant`.
+pub fn row_dot_with(
+    variant: Variant,
+    y: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    col_stride: usize,
+    beta: f32,
+) {
+    let k = a.len();
+    if let Some(last) = y.len().checked_sub(1) {
+        assert!(b.len() >= last * col_stride + k, "row_dot: b too short");
+    }
+    match variant {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => {
+            assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+            // SAFETY: the CPU supports the features (checked above).
+            unsafe { row_dot_avx512(y, a, b, col_stride, beta) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => {
+            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+            // SAFETY: the CPU supports the features (checked above).
+            unsafe { row_dot_avx2(y, a, b, col_stride, beta) }
+        }
+        _ => row_dot_portable(y, a, b, col_stride, beta),
+    }
+}
+
+/// The bodies, written so that LLVM vectorizes them for whatever features
+/// the enclosing function enables. `$fma` chooses `mul_add` (one rounding,
+/// where the hardware has FMA) or a multiply then an add.
+///
+/// `row_axpy` keeps a block of up to 64 outputs in two sets of
+/// accumulators (registers, not memory) across all rows of `b`, so that
+/// no iteration waits for the previous one's store. A block may read past
+/// the end of a row (into the next one) when the buffer allows it; those
+/// lanes are never stored.
+macro_rules! bodies {
+    ($axpy:ident, $block:ident, $dot:ident, $fma:tt) => {
+        #[inline(always)]
+        fn $block<const W: usize>(
+            y: &mut [f32],
+            a: &[f32],
+            b: &[f32],
+            row_stride: usize,
+            j0: usize,
+            beta: f32,
+        ) {
+            let valid = (y.len() - j0).min(W);
+            let load = |start: usize| -> [f32; W] {
+                if start + W <= b.len() {
+                    let mut t = [0.0f32; W];
+                    t.copy_from_slice(&b[start..start + W]);
+                    t
+                } else {
+                    let mut t = [0.0f32; W];
+                    let avail = b.len().saturating_sub(start).min(W);
+                    t[..avail].copy_from_slice(&b[start..start + avail]);
+                    t
+                }
+            };
+            let mut acc0 = [0.0f32; W];
+            let mut acc1 = [0.0f32; W];
+            let k = a.len();
+            // Rows whose block lies wholly inside `b` are read in place; the
+            // last few, whose block would run past the end, through a
+            // zero-padded copy.
+            let direct = if b.len() >= j0 + W {
+                ((b.len() - j0 - W) / row_stride.max(1) + 1).min(k)
+            } else {
+                0
+            };
+            let mut p = 0;
+            while p + 2 <= direct {
+                let s0 = p * row_stride + j0;
+                let s1 = s0 + row_stride;
+                let r0: &[f32; W] = b[s0..s0 + W].try_into().expect("in bounds");
+                let r1: &[f32; W] = b[s1..s1 + W].try_into().expect("in bounds");
+                let (a0, a1) = (a[p], a[p + 1]);
+                for l in 0..W {
+                    acc0[l] = bodies!(@madd $fma, r0[l], a0, acc0[l]);
+                    acc1[l] = bodies!(@madd $fma, r1[l], a1, acc1[l]);
+                }
+                p += 2;
+            }
+            while p < k {
+                let r0 = load(p * row_stride + j0);
+                for l in 0..W {
+                    acc0[l] = bodies!(@madd $fma, r0[l], a[p], acc0[l]);
+                }
+                p += 1;
+            }
+            let out = &mut y[j0..j0 + valid];
+            if beta == 0.0 {
+                for (l, o) in out.iter_mut().enumerate() {
+                    *o = acc0[l] + acc1[l];
+                }
+            } else {
+                for (l, o) in out.iter_mut().enumerate() {
+                    *o = beta * *o + (acc0[l] + acc1[l]);
+                }
+            }
+        }
+
+        #[inline(always)]
+        pub(super) fn $axpy(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
+            let n = y.len();
+            let mut j0 = 0;
+            while j0 < n {
+                let left = n - j0;
+                if left > 32 {
+                    $block::<64>(y, a, b, row_stride, j0, beta);
+                    j0 += 64;
+                } else if left > 16 {
+                    $block::<32>(y, a, b, row_stride, j0, beta);
+                    j0 += 32;
+                } else {
+                    $block::<16>(y, a, b, row_stride, j0, beta);
+                    j0 += 16;
+                }
+            }
+        }
+
+        #[inline(always)]
+        pub(super) fn $dot(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
+            let k = a.len();
+            for (j, yj) in y.iter_mut().enumerate() {
+                let col = &b[j * col_stride..j * col_stride + k];
+                // Sixteen partial sums let the loop vectorize without
+                // reassociating floats behind the programmer's back.
+                let mut acc = [0.0f32; 16];
+                let chunks = k / 16;
+                for c in 0..chunks {
+                    for l in 0..16 {
+                        let i = c * 16 + l;
+                        acc[l] = bodies!(@madd $fma, a[i], col[i], acc[l]);
+                    }
+                }
+                let mut s: f32 = acc.iter().sum();
+                for i in chunks * 16..k {
+                    s = bodies!(@madd $fma, a[i], col[i], s);
+                }
+                *yj = if beta == 0.0 { s } else { beta * *yj + s };
+            }
+        }
+    };
+    (@madd fma, $x:expr, $y:expr, $acc:expr) => { $x.mul_add($y, $acc) };
+    (@madd nofma, $x:expr, $y:expr, $acc:expr) => { $acc + $x * $y };
+}
+
+#[allow(clippy::assign_op_pattern, clippy::needless_range_loop)]
+mod generated {
+    bodies!(axpy_fma, block_fma, dot_fma, fma);
+    bodies!(axpy_plain, block_plain, dot_plain, nofma);
+}
+use generated::{axpy_fma, axpy_plain, dot_fma, dot_plain};
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn row_axpy_avx512(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
+    axpy_fma(y, a, b, row_stride, beta);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_axpy_avx2(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
+    axpy_fma(y, a, b, row_stride, beta);
+}
+
+fn row_axpy_portable(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
+    axpy_plain(y, a, b, row_stride, beta);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn row_dot_avx512(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
+    dot_fma(y, a, b, col_stride, beta);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_dot_avx2(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
+    dot_fma(y, a, b, col_stride, beta);
+}
+
+fn row_dot_portable(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
+    dot_plain(y, a, b, col_stride, beta);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_matches_a_plain_loop() {
+        for &(k, n, stride_pad) in &[(100, 50, 0), (7, 3, 2), (1, 1, 0), (33, 17, 5), (0, 4, 0)] {
+            let a: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+            // Row-contiguous: k rows of n, stride n + pad.
+            let rs = n + stride_pad;
+            let b: Vec<f32> = (0..k * rs + n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let expected: Vec<f32> = (0..n)
+                .map(|j| 0.5 * 1.0 + (0..k).map(|p| a[p] * b[p * rs + j]).sum::<f32>())
+                .collect();
+            // Column-contiguous: n columns of k, stride k + pad.
+            let cs = k + stride_pad;
+            let b2: Vec<f32> = (0..n * cs + k).map(|i| (i as f32 * 0.07).sin()).collect();
+            let expected2: Vec<f32> = (0..n)
+                .map(|j| 0.5 + (0..k).map(|p| a[p] * b2[j * cs + p]).sum::<f32>())
+                .collect();
+            for v in available_variants() {
+                let mut y = vec![1.0f32; n];
+                row_axpy_with(v, &mut y, &a, &b, rs, 0.5);
+                for (g, e) in y.iter().zip(&expected) {
+                    assert!((g - e).abs() < 1e-4, "{v:?} axpy k={k} n={n}: {g} vs {e}");
+                }
+                let mut y = vec![1.0f32; n];
+                row_dot_with(v, &mut y, &a, &b2, cs, 0.5);
+                for (g, e) in y.iter().zip(&expected2) {
+                    assert!((g - e).abs() < 1e-4, "{v:?} dot k={k} n={n}: {g} vs {e}");
+                }
+                let mut y = vec![f32::NAN; n];
+                row_axpy_with(v, &mut y, &a, &b, rs, 0.0);
+                assert!(
+                    y.iter().all(|v| v.is_finite()),
+                    "beta = 0 ignores old values"
+                );
+            }
+        }
+    }
+}
+
+/// Defines a function `$name` that runs `$body` compiled for the best
+/// variant the CPU has (AVX-512F, AVX2+FMA, or the baseline), picked once
+/// at run time, plus `$with` to choose the variant (tests use it).
+macro_rules! multiversion {
+    (
+        $(#[$doc:meta])*
+        pub fn $name:ident / $with:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)? $body:block
+    ) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            $with(best(), $($arg),*)
+        }
+
+        /// The same, with a chosen variant.
+        ///
+        /// # Panics
+        /// When the CPU cannot run `variant`.
+        pub fn $with(variant: Variant, $($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,fma")]
+            fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+            match variant {
+                #[cfg(target_arch = "x86_64")]
+                Variant::Avx512 => {
+                    assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+                    // SAFETY: the CPU supports the features (checked above).
+                    unsafe { avx512($($arg),*) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                Variant::Avx2 => {
+                    assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+                    // SAFETY: the CPU supports the features (checked above).
+                    unsafe { avx2($($arg),*) }
+                }
+                _ => body($($arg),*),
+            }
+        }
+    };
+}
+
+multiversion! {
+    /// The sum of `x`, in 16 interleaved partial sums (so it vectorizes;
+    /// the order of additions is fixed, the same for every variant).
+    pub fn sum / sum_with(x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 16];
+        let chunks = x.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for l in 0..16 {
+                acc[l] += c[l];
+            }
+        }
+        let mut s = 0.0f32;
+        for (l, a) in acc.iter().enumerate() {
+            s += a + rest.get(l).copied().unwrap_or(0.0);
+        }
+        s
+    }
+}
+
+multiversion! {
+    /// SGD without momentum: `w -= lr * (g + weight_decay * w)`.
+    pub fn sgd_update / sgd_update_with(w: &mut [f32], g: &[f32], lr: f32, weight_decay: f32) {
+        for (w, g) in w.iter_mut().zip(g) {
+            let d = g + weight_decay * *w;
+            *w -= lr * d;
+        }
+    }
+}
+
+multiversion! {
+    /// `sum((x - t)^2)` in f64 partial sums, with `grad = scale * 2 (x - t)`.
+    pub fn squared_error / squared_error_with(x: &[f32], t: &[f32], grad: &mut [f32], scale: f32) -> f64 {
+        let mut acc = [0.0f32; 16];
+        let mut total = 0.0f64;
+        let n = x.len().min(t.len()).min(grad.len());
+        let mut i = 0;
+        while i < n {
+            // Blocks of 1024 in f32 lanes, then into f64: accurate and fast.
+            let end = (i + 1024).min(n);
+            let (xs, ts, gs) = (&x[i..end], &t[i..end], &mut grad[i..end]);
+            let mut j = 0;
+            while j + 16 <= xs.len() {
+                for l in 0..16 {
+                    let d = xs[j + l] - ts[j + l];
+                    acc[l] += d * d;
+                    gs[j + l] = 2.0 * d * scale;
+                }
+                j += 16;
+            }
+            for l in j..xs.len() {
+                let d = xs[l] - ts[l];
+                acc[l - j] += d * d;
+                gs[l] = 2.0 * d * scale;
+            }
+            total += acc.iter().map(|v| f64::from(*v)).sum::<f64>();
+            acc = [0.0; 16];
+            i = end;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod elementwise_tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_sums_updates_and_squares() {
+        let x: Vec<f32> = (0..1037).map(|i| (i as f32 * 0.3).sin()).collect();
+        let t: Vec<f32> = (0..1037).map(|i| (i as f32 * 0.7).cos()).collect();
+        let exact: f64 = x.iter().map(|v| f64::from(*v)).sum();
+        let sq: f64 = x
+            .iter()
+            .zip(&t)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        for v in available_variants() {
+            assert!((f64::from(sum_with(v, &x)) - exact).abs() < 1e-3, "{v:?}");
+            assert_eq!(sum_with(v, &[]), 0.0);
+            assert_eq!(sum_with(v, &[1.0, 2.0, 3.0]), 6.0);
+            let mut w = x.clone();
+            sgd_update_with(v, &mut w, &t, 0.5, 0.1);
+            for ((w, x), g) in w.iter().zip(&x).zip(&t) {
+                assert!((w - (x - 0.5 * (g + 0.1 * x))).abs() < 1e-6);
+            }
+            let mut grad = vec![0.0; x.len()];
+            let s = squared_error_with(v, &x, &t, &mut grad, 0.5);
+            assert!((s - sq).abs() < 1e-3 * sq, "{v:?}: {s} vs {sq}");
+            assert!((grad[5] - (x[5] - t[5])).abs() < 1e-6);
+        }
+    }
+}
+
+/// `out[i] = f(x[i])`, compiled for the best variant the CPU has (the
+/// closure is inlined into each).
+pub fn map_into<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
+    #[inline(always)]
+    fn body<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = f(*v);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    fn avx512<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
+        body(x, out, f);
+    }
+    match best() {
+        // SAFETY: `best` only returns variants the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { avx512(x, out, f) },
+        _ => body(x, out, f),
+    }
+}
+
+/// `x[i] = f(x[i])` in place, compiled for the best variant.
+pub fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    #[inline(always)]
+    fn body<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+        for v in x.iter_mut() {
+            *v = f(*v);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    fn avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+        body(x, f);
+    }
+    match best() {
+        // SAFETY: `best` only returns variants the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { avx512(x, f) },
+        _ => body(x, f),
+    }
+}
+
+/// `out[i] = f(a[i], b[i])`, compiled for the best variant.
+pub fn zip_map_into<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+    #[inline(always)]
+    fn body<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(*x, *y);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    fn avx512<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+        body(a, b, out, f);
+    }
+    match best() {
+        // SAFETY: `best` only returns variants the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { avx512(a, b, out, f) },
+        _ => body(a, b, out, f),
+    }
+}

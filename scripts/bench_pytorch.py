@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""The five speed workloads in PyTorch, on this machine, beside nncore's.
+
+Runs each workload in PyTorch (CPU, one thread by default) and, unless
+--no-rust is given, `cargo bench --bench workloads` for nncore, then prints a
+side-by-side table of median times with the ratio PyTorch / nncore.
+Not part of CI. Needs `pip install torch`.
+
+    python scripts/bench_pytorch.py [--threads N] [--no-rust]
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def simple_net():
+    return nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+
+
+def median_time(fn, min_time=2.0, min_iters=20):
+    for _ in range(10):
+        fn()
+    samples = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_time or len(samples) < min_iters:
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def pytorch_times():
+    torch.manual_seed(0)
+    out = {}
+    net = simple_net().eval()
+    big = mlp().eval()
+    x1 = torch.empty(1, 100).uniform_(-1, 1)
+    x64 = torch.empty(64, 100).uniform_(-1, 1)
+    x256 = torch.empty(256, 784).uniform_(-1, 1)
+    with torch.inference_mode():
+        out["simple_b1_fwd"] = median_time(lambda: net(x1))
+        out["simple_b64_fwd"] = median_time(lambda: net(x64))
+        out["mlp_b256_fwd"] = median_time(lambda: big(x256))
+
+    def train_step(model, x, target, opt):
+        def step():
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), target)
+            loss.backward()
+            opt.step()
+        return step
+
+    net_t = simple_net().train()
+    t64 = torch.empty(64, 10).uniform_(-1, 1)
+    out["simple_b64_train"] = median_time(train_step(net_t, x64, t64, torch.optim.SGD(net_t.parameters(), lr=0.01)))
+    big_t = mlp().train()
+    t256 = torch.empty(256, 10).uniform_(-1, 1)
+    out["mlp_b256_train"] = median_time(train_step(big_t, x256, t256, torch.optim.SGD(big_t.parameters(), lr=0.01)))
+    return out
+
+
+UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def rust_times(threads):
+    env = dict(os.environ, NNRS_THREADS=str(threads))
+    root = os.path.join(os.path.dirname(__file__), "..")
+    proc = subprocess.run(
+        ["cargo", "bench", "--bench", "workloads"], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
+    out = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^(\w+?)(?:_t\d+)?\s+time:\s+\[\S+ \S+ (\S+) (\S+)", line.strip())
+        if m:
+            out[m.group(1)] = float(m.group(2)) * UNITS[m.group(3)]
+    return out
+
+
+def fmt(t):
+    if t < 1e-3:
+        return f"{t * 1e6:.2f} µs"
+    return f"{t * 1e3:.2f} ms"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-rust", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    py = pytorch_times()
+    rs = {} if args.no_rust else rust_times(args.threads)
+    flops = {"mlp_b256_fwd": 2 * 256 * (784 * 1024 + 1024 * 1024 + 1024 * 10)}
+    flops["mlp_b256_train"] = 3 * flops["mlp_b256_fwd"]
+    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    print(f"{'workload':<18} {'PyTorch':>12} {'nncore':>12} {'PyTorch/nncore':>15}")
+    for k, t in py.items():
+        r = rs.get(k)
+        extra = f"   ({flops[k] / t / 1e9:.0f} vs {flops[k] / r / 1e9:.0f} GFLOP/s)" if k in flops and r else ""
+        print(f"{k:<18} {fmt(t):>12} {fmt(r) if r else '-':>12} {(t / r) if r else float('nan'):>14.2f}x{extra}")
+    json.dump({"pytorch": py, "nncore": rs}, sys.stderr)
+    print(file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
