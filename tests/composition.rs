@@ -404,3 +404,54 @@ fn summary_lists_layers_shapes_and_counts() {
     assert!(text.contains("  features.2.fc (Linear)"), "{text}");
     assert!(nncore::summary(&frozen, (1, 7)).is_err());
 }
+
+#[test]
+fn forward_into_and_backward_params_agree_with_forward_and_backward() {
+    let mut model = nncore::with_seed(3, || Net2 {
+        stem: seq![Linear::new(5, 6), GELU::new()],
+        blocks: vec![Block::new(6), Block::new(6)],
+        gate: Some(Sigmoid::new()),
+        skip: None,
+        head: Linear::new(6, 2),
+    });
+    model.eval();
+    let x = nncore::with_seed(4, || nncore::rand_uniform(3, 5, -1.0, 1.0));
+    let mut out = Tensor::zeros(0, 0);
+    let mut ws = nncore::Workspace::new();
+    model.forward_into(&x, &mut out, &mut ws).unwrap();
+    assert_eq!(out, model.forward(&x).unwrap());
+    let g = Tensor::from_element(3, 2, 0.25);
+    model.zero_grad();
+    model.forward_train(&x).unwrap();
+    model.backward(&g).unwrap();
+    let full: Vec<Tensor> = model
+        .parameters()
+        .iter()
+        .map(|p| p.grad().unwrap().clone())
+        .collect();
+    model.zero_grad();
+    model.forward_train(&x).unwrap();
+    model.backward_params(&g).unwrap();
+    let params_only: Vec<Tensor> = model
+        .parameters()
+        .iter()
+        .map(|p| p.grad().unwrap().clone())
+        .collect();
+    assert_eq!(full, params_only);
+    let err = model
+        .forward_into(&Tensor::zeros(1, 4), &mut out, &mut ws)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Net2.stem.0 (Linear): expected input with 5 features, got 4"
+    );
+}
+
+#[derive(Module)]
+struct Net2 {
+    stem: Sequential,
+    blocks: Vec<Block>,
+    gate: Option<Sigmoid>,
+    skip: Option<Identity>,
+    head: Linear,
+}

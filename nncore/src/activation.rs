@@ -54,7 +54,7 @@ impl Default for Cache {
 
 impl Cache {
     /// `output = f(x)`, keeping `x` too when `save_input`.
-    fn forward(&mut self, x: &Tensor, save_input: bool, f: impl Fn(f32) -> f32) -> &Tensor {
+    fn forward(&mut self, x: &Tensor, save_input: bool, f: impl Fn(f32) -> f32 + Sync) -> &Tensor {
         if save_input {
             ensure_shape(&mut self.input, x.nrows(), x.ncols());
             self.input.copy_from(x);
@@ -96,7 +96,7 @@ impl Cache {
         name: &str,
         grad: &Tensor,
         uses_input: bool,
-        df: impl Fn(f32, f32) -> f32,
+        df: impl Fn(f32, f32) -> f32 + Sync,
     ) -> Result<&Tensor> {
         self.check(name, grad)?;
         if uses_input {
@@ -166,6 +166,18 @@ macro_rules! elementwise {
                 let mut out = Tensor::zeros(x.nrows(), x.ncols());
                 crate::kernels::map_into(x.as_slice(), out.as_mut_slice(), |$x| $f);
                 Ok(out)
+            }
+
+            fn forward_into(
+                &self,
+                x: &Tensor,
+                out: &mut Tensor,
+                _ws: &mut crate::Workspace,
+            ) -> Result<()> {
+                let $s = self;
+                ensure_shape(out, x.nrows(), x.ncols());
+                crate::kernels::map_into(x.as_slice(), out.as_mut_slice(), |$x| $f);
+                Ok(())
             }
 
             fn forward_owned(&self, mut x: Tensor) -> Result<Tensor> {
@@ -515,6 +527,12 @@ impl Forward for Identity {
         Ok(x)
     }
 
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
+        ensure_shape(out, x.nrows(), x.ncols());
+        out.copy_from(x);
+        Ok(())
+    }
+
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         Ok(x)
     }
@@ -636,6 +654,11 @@ impl Forward for Softmax {
         let mut out = Tensor::zeros(x.nrows(), x.ncols());
         self.compute(x, &mut out)?;
         Ok(out)
+    }
+
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
+        ensure_shape(out, x.nrows(), x.ncols());
+        self.compute(x, out)
     }
 
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace};
+use crate::module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace, Workspace};
 use crate::{Result, Tensor};
 
 /// `Forward` through `items` in order; errors get the element's index.
@@ -16,6 +16,22 @@ fn chain_forward<'m, F: Forward + ?Sized + 'm>(
         flow = flow.apply(m).map_err(|e| e.within(&i.to_string(), owner))?;
     }
     Ok(flow.into_tensor())
+}
+
+fn chain_forward_into<'m, F: Forward + ?Sized + 'm>(
+    items: impl Iterator<Item = &'m F>,
+    x: &Tensor,
+    out: &mut Tensor,
+    ws: &mut Workspace,
+    owner: &str,
+) -> Result<()> {
+    let mut cur = None;
+    for (i, m) in items.enumerate() {
+        ws.step(m, x, &mut cur)
+            .map_err(|e| e.within(&i.to_string(), owner))?;
+    }
+    ws.finish(x, cur, out);
+    Ok(())
 }
 
 fn chain_forward_train<'a, F: Forward + ?Sized + 'a>(
@@ -150,6 +166,10 @@ macro_rules! module_list {
                 chain_forward(self.iter(), Flow::Owned(x), "ModuleList")
             }
 
+            fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
+                chain_forward_into(self.iter(), x, out, ws, "ModuleList")
+            }
+
             fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
                 chain_forward_train(self.iter_mut(), x, "ModuleList")
             }
@@ -215,6 +235,9 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     }
     fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
         (**self).forward_owned(x)
+    }
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
+        (**self).forward_into(x, out, ws)
     }
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         (**self).forward_train(x)
@@ -362,6 +385,10 @@ impl Forward for Sequential {
             Flow::Owned(x),
             "Sequential",
         )
+    }
+
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
+        chain_forward_into(self.layers.iter().map(|l| &**l), x, out, ws, "Sequential")
     }
 
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {

@@ -120,6 +120,12 @@ impl Forward for Dropout {
         Ok(x)
     }
 
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
+        ensure_shape(out, x.nrows(), x.ncols());
+        out.copy_from(x);
+        Ok(())
+    }
+
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         if !self.training || self.p == 0.0 {
             self.recorded = Some(false);

@@ -61,7 +61,7 @@ pub use loss::{
     bce_with_logits, cross_entropy, mse_loss, BCEWithLogitsLoss, CrossEntropyLoss, LossOutput,
     MSELoss, Reduction,
 };
-pub use module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace};
+pub use module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace, Workspace};
 pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;
 pub use rng::{
@@ -118,6 +118,13 @@ pub mod __private {
         fn train<'a>(&'a mut self, x: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor>;
         /// `Forward::backward`.
         fn back<'a>(&'a mut self, g: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor>;
+        /// One `Forward::forward_into` step of a chain.
+        fn step_into(
+            &self,
+            x: &crate::Tensor,
+            cur: &mut Option<crate::Tensor>,
+            ws: &mut crate::Workspace,
+        ) -> crate::Result<()>;
         /// `Forward::backward_params`.
         fn back_params(&mut self, g: &crate::Tensor) -> crate::Result<()>;
         /// `Forward::forward_traced`.
@@ -136,6 +143,15 @@ pub mod __private {
         #[inline]
         fn back<'a>(&'a mut self, g: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor> {
             self.backward(g)
+        }
+        #[inline]
+        fn step_into(
+            &self,
+            x: &crate::Tensor,
+            cur: &mut Option<crate::Tensor>,
+            ws: &mut crate::Workspace,
+        ) -> crate::Result<()> {
+            ws.step(self, x, cur)
         }
         #[inline]
         fn back_params(&mut self, g: &crate::Tensor) -> crate::Result<()> {

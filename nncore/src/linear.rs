@@ -252,6 +252,13 @@ impl Forward for Linear {
         Ok(out)
     }
 
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
+        self.check_input(x)?;
+        ensure_shape(out, x.nrows(), self.out_features());
+        self.compute(x, out);
+        Ok(())
+    }
+
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         self.check_input(x)?;
         ensure_shape(&mut self.input, x.nrows(), x.ncols());

@@ -492,6 +492,35 @@ pub trait Forward: Module {
         })
     }
 
+    /// Inference into `out` (resized as needed), with intermediate buffers
+    /// taken from and returned to `ws`: once `out` and `ws` have served one
+    /// call of the same shapes, a call allocates nothing. Computes what
+    /// [`Forward::forward`] does.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`].
+    ///
+    /// # Example
+    /// ```
+    /// use nncore::prelude::*;
+    /// use nncore::Workspace;
+    ///
+    /// #[derive(Module)]
+    /// struct Net { fc: Linear, act: ReLU }
+    ///
+    /// let net = Net { fc: Linear::new(4, 3), act: ReLU::new() };
+    /// let x = Tensor::from_element(2, 4, 0.5);
+    /// let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+    /// net.forward_into(&x, &mut out, &mut ws)?;
+    /// assert_eq!(out, net.forward(&x)?);
+    /// # Ok::<(), nncore::Error>(())
+    /// ```
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
+        let _ = ws;
+        *out = self.forward(x)?;
+        Ok(())
+    }
+
     /// [`Forward::backward`] without computing `dL/d input`: what training
     /// needs when the input is data, not a parameter (PyTorch skips the
     /// input's gradient when the input does not require one). Derived
@@ -518,6 +547,60 @@ pub trait Forward: Module {
         let y = self.forward(x)?;
         trace.record(&y);
         Ok(y)
+    }
+}
+
+/// Buffers reused across calls of [`Forward::forward_into`].
+#[derive(Debug, Default)]
+pub struct Workspace {
+    pool: Vec<Tensor>,
+}
+
+impl Workspace {
+    /// An empty workspace; it grows on first use.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A buffer (of unspecified shape and contents) to write into.
+    pub fn take(&mut self) -> Tensor {
+        self.pool.pop().unwrap_or_else(|| Tensor::zeros(0, 0))
+    }
+
+    /// Returns a buffer for later calls.
+    pub fn give(&mut self, t: Tensor) {
+        self.pool.push(t);
+    }
+
+    /// One step of a forward chain: runs `m` on the current tensor (`x`
+    /// until a step has run) into a fresh buffer, which becomes current.
+    ///
+    /// # Errors
+    /// Whatever `m` reports.
+    pub fn step<F: Forward + ?Sized>(
+        &mut self,
+        m: &F,
+        x: &Tensor,
+        cur: &mut Option<Tensor>,
+    ) -> Result<()> {
+        let mut next = self.take();
+        let r = m.forward_into(cur.as_ref().unwrap_or(x), &mut next, self);
+        if let Some(prev) = cur.replace(next) {
+            self.give(prev);
+        }
+        r
+    }
+
+    /// Ends a forward chain: copies the current tensor (or `x` if no step
+    /// ran) into `out` and keeps the buffer.
+    pub fn finish(&mut self, x: &Tensor, cur: Option<Tensor>, out: &mut Tensor) {
+        let src = cur.as_ref().unwrap_or(x);
+        crate::ops::ensure_shape(out, src.nrows(), src.ncols());
+        out.copy_from(src);
+        if let Some(t) = cur {
+            self.give(t);
+        }
     }
 }
 

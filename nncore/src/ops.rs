@@ -30,7 +30,7 @@ static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// Products with at least this many multiply-adds are split across
 /// threads; smaller ones run on the calling thread, where spreading them
 /// would cost more than it gains.
-pub const PARALLEL_THRESHOLD: usize = 1 << 22;
+pub const PARALLEL_THRESHOLD: usize = 1 << 21;
 
 /// Sets how many threads large matrix products use (PyTorch's
 /// `torch.set_num_threads`). `0` restores the default: the machine's
@@ -42,19 +42,78 @@ pub fn set_num_threads(n: usize) {
 /// The number of threads large matrix products use.
 #[must_use]
 pub fn num_threads() -> usize {
+    static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match NUM_THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        0 => *DEFAULT.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)),
         n => n,
     }
 }
 
-fn parallelism(m: usize, n: usize, k: usize) -> faer::Par {
+/// How many parts to split a product into: one below
+/// [`PARALLEL_THRESHOLD`] multiply-adds, else the thread count.
+fn parts(m: usize, n: usize, k: usize) -> usize {
     let threads = num_threads();
     if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
-        faer::Par::rayon(threads)
+        threads
     } else {
-        faer::Par::Seq
+        1
     }
+}
+
+/// Runs `f` on matching chunks of `a` and `b`, split across threads when
+/// the slices are long enough to repay it (element-wise updates of large
+/// parameters, such as an optimizer step).
+pub(crate) fn for_chunks(a: &mut [f32], b: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    const MIN_PARALLEL: usize = 1 << 18;
+    let threads = num_threads();
+    if threads < 2 || a.len() < MIN_PARALLEL {
+        f(a, b);
+        return;
+    }
+    let chunk = a.len().div_ceil(threads).next_multiple_of(64);
+    rayon::scope(|s| {
+        let f = &f;
+        for (ca, cb) in a.chunks_mut(chunk).zip(b.chunks(chunk)) {
+            s.spawn(move |_| f(ca, cb));
+        }
+    });
+}
+
+/// Raw operand pointers that may cross to a worker thread: each worker
+/// writes a disjoint block of columns (or rows) of `c`.
+#[derive(Clone, Copy)]
+struct Shared {
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+}
+
+// SAFETY: the pointers are only used inside `matmul`'s scope, while the
+// borrows they come from are alive; workers read `a` and `b` and write
+// disjoint blocks of `c`.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+#[allow(clippy::too_many_arguments)]
+fn faer_block(
+    p: Shared,
+    (m, n, k): (usize, usize, usize),
+    (rsa, csa, rsb, csb): (isize, isize, isize, isize),
+    ldc: isize,
+    alpha: f32,
+    accum: faer::Accum,
+) {
+    // SAFETY: the caller derives `p` and the strides from live matrices
+    // and passes blocks within them.
+    let (av, bv, cv) = unsafe {
+        (
+            faer::MatRef::<f32>::from_raw_parts(p.a, m, k, rsa, csa),
+            faer::MatRef::<f32>::from_raw_parts(p.b, k, n, rsb, csb),
+            faer::MatMut::<f32>::from_raw_parts_mut(p.c, m, n, 1, ldc),
+        )
+    };
+    faer::linalg::matmul::matmul(cv, accum, av, bv, alpha, faer::Par::Seq);
 }
 
 fn operand(m: &Tensor, t: Trans) -> (usize, usize, isize, isize) {
@@ -102,18 +161,6 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
         }
         return;
     }
-    // SAFETY: the pointers come from live nalgebra matrices whose shapes
-    // were checked above, and the strides describe their column-major
-    // layout (or its transpose), so every view stays in bounds; `c` is
-    // borrowed mutably, so it aliases neither `a` nor `b`.
-    let (av, bv, cv) = unsafe {
-        (
-            faer::MatRef::<f32>::from_raw_parts(a.as_ptr(), m, k, rsa, csa),
-            faer::MatRef::<f32>::from_raw_parts(b.as_ptr(), k, n, rsb, csb),
-            faer::MatMut::<f32>::from_raw_parts_mut(c.as_mut_ptr(), m, n, 1, m as isize),
-        )
-    };
-    let mut cv = cv;
     let accum = if beta == 0.0 {
         faer::Accum::Replace
     } else {
@@ -121,14 +168,69 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
             for v in c.as_mut_slice() {
                 *v *= beta;
             }
-            // SAFETY: as above; the previous view is not used after this.
-            cv = unsafe {
-                faer::MatMut::<f32>::from_raw_parts_mut(c.as_mut_ptr(), m, n, 1, m as isize)
-            };
         }
         faer::Accum::Add
     };
-    faer::linalg::matmul::matmul(cv, accum, av, bv, alpha, parallelism(m, n, k));
+    let p = Shared {
+        a: a.as_ptr(),
+        b: b.as_ptr(),
+        c: c.as_mut_ptr(),
+    };
+    let strides = (rsa, csa, rsb, csb);
+    let ldc = m as isize;
+    let parts = parts(m, n, k);
+    if parts == 1 {
+        faer_block(p, (m, n, k), strides, ldc, alpha, accum);
+        return;
+    }
+    // Split the output into blocks of columns (of rows when it is narrow),
+    // one per thread: each computes a whole sub-product on one core, which
+    // scales better than splitting inside the kernel (1.8x on 2 cores for
+    // every workload shape, against 1.4x to 1.9x; `benches/gemm.rs`).
+    let (split_n, len) = if n >= 16 * parts {
+        (true, n)
+    } else {
+        (false, m)
+    };
+    let chunk = len.div_ceil(parts).next_multiple_of(16).min(len);
+    rayon::scope(|s| {
+        // Capture `p` whole (closures capture fields, which are not Send).
+        #[allow(clippy::redundant_locals)]
+        let p = p;
+        let mut start = 0;
+        while start < len {
+            let end = (start + chunk).min(len);
+            // SAFETY: offsets within the matrices: columns `start..end` of
+            // op(B) and C, or rows `start..end` of op(A) and C.
+            let (block, dims) = unsafe {
+                if split_n {
+                    (
+                        Shared {
+                            a: p.a,
+                            b: p.b.offset(start as isize * csb),
+                            c: p.c.add(start * m),
+                        },
+                        (m, end - start, k),
+                    )
+                } else {
+                    (
+                        Shared {
+                            a: p.a.offset(start as isize * rsa),
+                            b: p.b,
+                            c: p.c.add(start),
+                        },
+                        (end - start, n, k),
+                    )
+                }
+            };
+            if end == len {
+                faer_block(block, dims, strides, ldc, alpha, accum);
+            } else {
+                s.spawn(move |_| faer_block(block, dims, strides, ldc, alpha, accum));
+            }
+            start = end;
+        }
+    });
 }
 
 /// Makes `buf` a `rows x cols` matrix, reusing its allocation when it is
@@ -208,5 +310,32 @@ mod tests {
         assert_eq!(t.as_ptr(), p);
         ensure_shape(&mut t, 10, 10);
         assert_eq!(t.as_ptr(), p);
+    }
+}
+
+#[cfg(test)]
+mod parallel_tests {
+    use super::*;
+
+    #[test]
+    fn split_products_match_one_thread() {
+        // Large enough to be split; both split directions.
+        for &(m, k, n) in &[(64, 256, 300), (300, 256, 30)] {
+            let a = Tensor::from_fn(m, k, |r, c| ((r * 7 + c * 3) % 17) as f32 * 0.1 - 0.8);
+            let b = Tensor::from_fn(n, k, |r, c| ((r * 5 + c) % 13) as f32 * 0.1 - 0.6);
+            let mut one = Tensor::zeros(m, n);
+            let mut two = Tensor::from_element(m, n, 1.0);
+            set_num_threads(1);
+            matmul(1.0, &a, Trans::No, &b, Trans::Yes, 0.0, &mut one);
+            set_num_threads(3);
+            assert_eq!(parts(m, n, k), 3);
+            matmul(1.0, &a, Trans::No, &b, Trans::Yes, 1.0, &mut two);
+            set_num_threads(0);
+            let expected = one.add_scalar(1.0);
+            assert!(two
+                .iter()
+                .zip(expected.iter())
+                .all(|(x, y)| (x - y).abs() < 1e-4));
+        }
     }
 }

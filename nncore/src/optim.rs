@@ -155,7 +155,9 @@ impl Optimizer for Sgd {
                 return;
             };
             if momentum == 0.0 {
-                crate::kernels::sgd_update(value.as_mut_slice(), grad.as_slice(), lr, wd);
+                crate::ops::for_chunks(value.as_mut_slice(), grad.as_slice(), |w, g| {
+                    crate::kernels::sgd_update(w, g, lr, wd);
+                });
                 return;
             }
             match buffers.get_mut(&id) {

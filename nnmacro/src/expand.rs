@@ -219,6 +219,16 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
             )
         })
         .collect();
+    let step_intos = children.iter().map(|f| {
+        let child = &f.name;
+        let span = f.module_ty().span();
+        let body = quote_spanned! {span=>
+            ::nncore::__private::ChildForward::step_into(__m, __x, &mut __cur, __ws)
+                .map_err(|__e| __e.within(#child, #name))?
+        };
+        let step = with_child(f, false, body, TokenStream::new());
+        quote!(#step;)
+    });
     let train_steps = children.iter().map(|f| {
         let span = f.module_ty().span();
         step(
@@ -281,6 +291,19 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
                 let __x = ::nncore::__private::Flow::Owned(__x);
                 #( #flow_steps )*
                 ::core::result::Result::Ok(__x.into_tensor())
+            }
+
+            fn forward_into(
+                &self,
+                __x: &::nncore::Tensor,
+                __out: &mut ::nncore::Tensor,
+                __ws: &mut ::nncore::Workspace,
+            ) -> ::nncore::Result<()> {
+                #[allow(unused_mut)]
+                let mut __cur: ::core::option::Option<::nncore::Tensor> = ::core::option::Option::None;
+                #( #step_intos )*
+                __ws.finish(__x, __cur, __out);
+                ::core::result::Result::Ok(())
             }
 
             fn forward_train<'__a>(

@@ -1,0 +1,107 @@
+//! A steady-state training step (after the first) and inference into a
+//! caller-provided output allocate nothing: proved with a counting global
+//! allocator. One test function, so that no other test allocates at the
+//! same time.
+
+use nncore::prelude::*;
+use nncore::Workspace;
+use nnrs::workloads::{input, mlp, simple_net, TrainStep};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_in(f: impl FnOnce()) -> usize {
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    f();
+    COUNTING.store(false, Ordering::SeqCst);
+    ALLOCATIONS.load(Ordering::SeqCst)
+}
+
+#[test]
+fn steady_state_training_and_inference_into_allocate_nothing() {
+    // Large products would otherwise be split across rayon's threads.
+    nncore::ops::set_num_threads(1);
+    // The counter counts.
+    assert!(allocations_in(|| drop(std::hint::black_box(vec![1u8; 10]))) > 0);
+
+    let mut simple = TrainStep::new(simple_net(0), 64, 100, 10);
+    simple.step().unwrap();
+    simple.step().unwrap();
+    assert_eq!(
+        allocations_in(|| for _ in 0..3 {
+            simple.step().unwrap();
+        }),
+        0,
+        "SimpleNet training step"
+    );
+
+    let mut big = TrainStep::new(mlp(0), 256, 784, 10);
+    big.step().unwrap();
+    big.step().unwrap();
+    assert_eq!(
+        allocations_in(|| {
+            big.step().unwrap();
+        }),
+        0,
+        "MLP training step"
+    );
+
+    // The same with momentum: its buffers are made on the first step.
+    simple.opt = Sgd::new(0.01).momentum(0.9).weight_decay(1e-4);
+    simple.step().unwrap();
+    assert_eq!(
+        allocations_in(|| {
+            simple.step().unwrap();
+        }),
+        0,
+        "SGD with momentum"
+    );
+
+    // Inference into a caller-provided output.
+    let net = simple_net(0);
+    let mut ws = Workspace::new();
+    for batch in [1usize, 64] {
+        let x = input(batch, 100, 3);
+        let mut out = Tensor::zeros(0, 0);
+        net.forward_into(&x, &mut out, &mut ws).unwrap();
+        net.forward_into(&x, &mut out, &mut ws).unwrap();
+        assert_eq!(out, net.forward(&x).unwrap());
+        assert_eq!(
+            allocations_in(|| for _ in 0..3 {
+                net.forward_into(&x, &mut out, &mut ws).unwrap();
+            }),
+            0,
+            "SimpleNet forward_into, batch {batch}"
+        );
+    }
+}
