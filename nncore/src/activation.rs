@@ -73,16 +73,11 @@ impl Cache {
             });
         }
         if grad.shape() != self.output.shape() {
-            return Err(Error::InvalidInput {
-                path: ModulePath::leaf(name),
-                message: format!(
-                    "expected gradient of shape [{}, {}], got [{}, {}]",
-                    self.output.nrows(),
-                    self.output.ncols(),
-                    grad.nrows(),
-                    grad.ncols()
-                ),
-            });
+            return Err(Error::gradient_shape(
+                name,
+                self.output.shape(),
+                grad.shape(),
+            ));
         }
         self.recorded = false;
         ensure_shape(&mut self.grad_input, grad.nrows(), grad.ncols());

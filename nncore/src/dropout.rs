@@ -167,16 +167,11 @@ impl Forward for Dropout {
             Some(false) => Ok(grad),
             Some(true) => {
                 if grad.shape() != self.mask.shape() {
-                    return Err(Error::InvalidInput {
-                        path: ModulePath::leaf("Dropout"),
-                        message: format!(
-                            "expected gradient of shape [{}, {}], got [{}, {}]",
-                            self.mask.nrows(),
-                            self.mask.ncols(),
-                            grad.nrows(),
-                            grad.ncols()
-                        ),
-                    });
+                    return Err(Error::gradient_shape(
+                        "Dropout",
+                        self.mask.shape(),
+                        grad.shape(),
+                    ));
                 }
                 ensure_shape(&mut self.grad_input, grad.nrows(), grad.ncols());
                 for ((d, g), m) in self

@@ -166,6 +166,19 @@ impl Error {
         self
     }
 
+    /// A gradient handed to `module`'s backward whose shape is not its
+    /// output's.
+    #[must_use]
+    pub fn gradient_shape(module: &str, expected: (usize, usize), got: (usize, usize)) -> Self {
+        Error::InvalidInput {
+            path: ModulePath::leaf(module),
+            message: format!(
+                "expected gradient of shape [{}, {}], got [{}, {}]",
+                expected.0, expected.1, got.0, got.1
+            ),
+        }
+    }
+
     /// The module path the error carries, if it came from inside a module.
     #[must_use]
     pub fn path(&self) -> Option<&ModulePath> {

@@ -175,6 +175,11 @@ impl Linear {
             }
             None => 0.0,
         };
+        self.product(x, out, beta);
+    }
+
+    /// `out = x W^T + beta * out`.
+    fn product(&self, x: &Tensor, out: &mut Tensor, beta: f32) {
         matmul(
             1.0,
             x,
@@ -240,15 +245,7 @@ impl Forward for Linear {
             }
             None => (Tensor::zeros(rows, cols), 0.0),
         };
-        matmul(
-            1.0,
-            x,
-            Trans::No,
-            self.weight.value(),
-            Trans::Yes,
-            beta,
-            &mut out,
-        );
+        self.product(x, &mut out, beta);
         Ok(out)
     }
 
@@ -303,16 +300,7 @@ impl Linear {
         }
         let expected = (self.input.nrows(), self.out_features());
         if grad.shape() != expected {
-            return Err(Error::InvalidInput {
-                path: ModulePath::leaf("Linear"),
-                message: format!(
-                    "expected gradient of shape [{}, {}], got [{}, {}]",
-                    expected.0,
-                    expected.1,
-                    grad.nrows(),
-                    grad.ncols()
-                ),
-            });
+            return Err(Error::gradient_shape("Linear", expected, grad.shape()));
         }
         self.recorded = false;
         // dW = g^T x, db = column sums of g, dx = g W.
