@@ -97,6 +97,7 @@ def record(name, seed, make, in_features, batch, labels):
     x2 = torch.empty(batch, in_features).uniform_(-1.0, 1.0)
     labels_t = torch.tensor(labels)
     bce_target = (target > 0).float()
+    class_weight = torch.linspace(0.5, 2.0, y0.shape[1])
     entry = {
         "name": name,
         "seed": seed,
@@ -106,6 +107,7 @@ def record(name, seed, make, in_features, batch, labels):
         "target_shape": list(target.shape),
         "target": flat(target),
         "labels": labels,
+        "class_weight": flat(torch.linspace(0.5, 2.0, y0.shape[1])),
         "output": flat(y0),
     }
 
@@ -122,6 +124,9 @@ def record(name, seed, make, in_features, batch, labels):
         "ce_sum": lambda o: F.cross_entropy(o, labels_t, reduction="sum"),
         "ce_none": lambda o: F.cross_entropy(o, labels_t, reduction="none"),
         "ce_smooth": lambda o: F.cross_entropy(o, labels_t, label_smoothing=0.1),
+        "ce_weighted": lambda o: F.cross_entropy(o, labels_t, weight=class_weight),
+        "ce_weighted_smooth": lambda o: F.cross_entropy(o, labels_t, weight=class_weight, label_smoothing=0.2),
+        "ce_weighted_sum": lambda o: F.cross_entropy(o, labels_t, weight=class_weight, reduction="sum"),
         "bce_mean": lambda o: F.binary_cross_entropy_with_logits(o, bce_target),
         "bce_none": lambda o: F.binary_cross_entropy_with_logits(o, bce_target, reduction="none"),
     }.items():

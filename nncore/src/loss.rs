@@ -72,8 +72,18 @@ fn finite_targets(context: &str, target: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Reduces per-element losses (computed in f64) and scales the gradient.
-fn reduce(reduction: Reduction, losses: Tensor, mut grad: Tensor, count: usize) -> LossOutput {
+/// Reduces per-element losses (computed in f64) and scales the gradient;
+/// `count` is the mean's denominator.
+fn reduce(reduction: Reduction, losses: Tensor, grad: Tensor, count: usize) -> LossOutput {
+    reduce_by(reduction, losses, grad, count as f64)
+}
+
+fn reduce_by(
+    reduction: Reduction,
+    losses: Tensor,
+    mut grad: Tensor,
+    denominator: f64,
+) -> LossOutput {
     match reduction {
         Reduction::None => LossOutput { loss: losses, grad },
         Reduction::Sum => {
@@ -85,11 +95,18 @@ fn reduce(reduction: Reduction, losses: Tensor, mut grad: Tensor, count: usize) 
         }
         Reduction::Mean => {
             let s: f64 = losses.iter().map(|v| f64::from(*v)).sum();
-            let n = count.max(1) as f64;
-            let scale = (1.0 / n) as f32;
+            let scale = if denominator == 0.0 {
+                0.0
+            } else {
+                (1.0 / denominator) as f32
+            };
             grad.apply(|g| *g *= scale);
             // PyTorch gives NaN for the mean of nothing.
-            let mean = if count == 0 { f64::NAN } else { s / n };
+            let mean = if denominator == 0.0 {
+                f64::NAN
+            } else {
+                s / denominator
+            };
             LossOutput {
                 loss: Tensor::from_element(1, 1, mean as f32),
                 grad,
@@ -184,7 +201,8 @@ pub fn mse_loss(input: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
 }
 
 /// PyTorch's `nn.CrossEntropyLoss` on logits and class indices, with a
-/// numerically stable log-softmax, `ignore_index` and `label_smoothing`.
+/// numerically stable log-softmax, class `weight`s, `ignore_index` and
+/// `label_smoothing`.
 ///
 /// Shapes: `logits` `(batch, classes)`; one label per row.
 ///
@@ -197,11 +215,12 @@ pub fn mse_loss(input: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
 /// assert!(CrossEntropyLoss::new().forward(&logits, &[2usize]).is_err());
 /// # Ok::<(), nncore::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CrossEntropyLoss {
     reduction: Reduction,
     ignore_index: i64,
     label_smoothing: f32,
+    weight: Option<Vec<f32>>,
 }
 
 impl Default for CrossEntropyLoss {
@@ -210,6 +229,7 @@ impl Default for CrossEntropyLoss {
             reduction: Reduction::Mean,
             ignore_index: -100,
             label_smoothing: 0.0,
+            weight: None,
         }
     }
 }
@@ -245,11 +265,20 @@ impl CrossEntropyLoss {
         self
     }
 
+    /// PyTorch's `weight`: one rescaling weight per class. The mean is then
+    /// taken over the weights of the samples' classes, as in PyTorch.
+    #[must_use]
+    pub fn weight(mut self, weight: &[f32]) -> Self {
+        self.weight = Some(weight.to_vec());
+        self
+    }
+
     /// The loss and `dL/d logits`.
     ///
     /// # Errors
     /// A label count other than the batch size, a label out of `0..classes`
-    /// (that is not `ignore_index`), a label smoothing outside `[0, 1]`.
+    /// (that is not `ignore_index`), a label smoothing outside `[0, 1]`, a
+    /// class weight count other than the number of classes.
     pub fn forward<L>(&self, logits: &Tensor, labels: &[L]) -> Result<LossOutput>
     where
         L: Copy + TryInto<i64>,
@@ -268,6 +297,17 @@ impl CrossEntropyLoss {
                 self.label_smoothing
             )));
         }
+        if let Some(w) = &self.weight {
+            if w.len() != c {
+                return Err(Error::ShapeMismatch {
+                    context: "CrossEntropyLoss: one weight per class".into(),
+                    expected: vec![c],
+                    got: vec![w.len()],
+                });
+            }
+        }
+        let class_weight = |j: usize| self.weight.as_ref().map_or(1.0, |w| f64::from(w[j]));
+        let weight_sum: f64 = (0..c).map(class_weight).sum();
         let mut targets = Vec::with_capacity(n);
         for &l in labels {
             let t: i64 = l.try_into().map_err(|_| {
@@ -283,13 +323,12 @@ impl CrossEntropyLoss {
         let eps = f64::from(self.label_smoothing);
         let mut losses = Tensor::zeros(n, 1);
         let mut grad = Tensor::zeros(n, c);
-        let mut count = 0usize;
+        let mut denominator = 0.0f64;
         let mut row = vec![0.0f64; c];
         for (i, &t) in targets.iter().enumerate() {
             if t == self.ignore_index {
                 continue;
             }
-            count += 1;
             let max = (0..c)
                 .map(|j| f64::from(logits[(i, j)]))
                 .fold(f64::NEG_INFINITY, f64::max);
@@ -301,20 +340,28 @@ impl CrossEntropyLoss {
             let lse = sum.ln();
             // log p_j = r_j - lse
             let t = t as usize;
+            let wt = class_weight(t);
+            denominator += wt;
+            // loss = (1 - eps) w_t (-log p_t) + eps / C * sum_j w_j (-log p_j)
             let nll = -(row[t] - lse);
             let smooth = if eps > 0.0 {
-                -row.iter().map(|r| r - lse).sum::<f64>() / c as f64
+                -row.iter()
+                    .enumerate()
+                    .map(|(j, r)| class_weight(j) * (r - lse))
+                    .sum::<f64>()
+                    / c as f64
             } else {
                 0.0
             };
-            losses[(i, 0)] = ((1.0 - eps) * nll + eps * smooth) as f32;
+            losses[(i, 0)] = ((1.0 - eps) * wt * nll + eps * smooth) as f32;
             for (j, r) in row.iter().enumerate() {
                 let p = (r - lse).exp();
-                let target = if j == t { 1.0 - eps } else { 0.0 } + eps / c as f64;
-                grad[(i, j)] = (p - target) as f32;
+                let hard = if j == t { p - 1.0 } else { p };
+                let soft = (weight_sum * p - class_weight(j)) / c as f64;
+                grad[(i, j)] = ((1.0 - eps) * wt * hard + eps * soft) as f32;
             }
         }
-        Ok(reduce(self.reduction, losses, grad, count))
+        Ok(reduce_by(self.reduction, losses, grad, denominator))
     }
 }
 
