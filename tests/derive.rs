@@ -197,3 +197,21 @@ fn dyn_module_prints() {
     let d: &dyn Module = &b;
     assert_eq!(d.to_string(), b.to_string());
 }
+
+#[derive(Module)]
+struct Repeat<const N: usize> {
+    layers: [Linear; N],
+    act: ReLU,
+}
+
+#[test]
+fn const_generic_structs_derive() {
+    let m = Repeat::<3> {
+        layers: [Linear::new(2, 2), Linear::new(2, 2), Linear::new(2, 2)],
+        act: ReLU::new(),
+    };
+    assert_eq!(m.named_parameters().len(), 6);
+    assert_eq!(m.named_parameters()[4].0, "layers.2.weight");
+    assert!(m.to_string().contains("(0-2): 3 x Linear(in_features=2, out_features=2, bias=True)"));
+    assert_eq!(m.forward(&Tensor::zeros(4, 2)).unwrap().shape(), (4, 2));
+}

@@ -183,12 +183,18 @@ impl Param {
     /// order; stops early if it runs out.
     pub fn fill_row_major(&mut self, values: impl Iterator<Item = f32>) {
         if self.shape.len() == 2 {
-            let cols = self.value.ncols();
-            if cols == 0 {
-                return;
-            }
-            for (i, v) in values.take(self.value.len()).enumerate() {
-                self.value[(i / cols, i % cols)] = v;
+            // Row-major source into column-major storage: element (r, c)
+            // lives at r + c * rows.
+            let (rows, cols) = self.value.shape();
+            let data = self.value.as_mut_slice();
+            let mut values = values;
+            for r in 0..rows {
+                for c in 0..cols {
+                    match values.next() {
+                        Some(v) => data[r + c * rows] = v,
+                        None => return,
+                    }
+                }
             }
         } else {
             for (d, v) in self.value.iter_mut().zip(values) {

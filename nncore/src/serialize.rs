@@ -492,16 +492,29 @@ fn load_entries<M: Module + ?Sized>(
 }
 
 /// Copies row-major values of the right count into `p` (checked by the
-/// caller).
+/// caller), decoding straight from the file's bytes: no intermediate copy.
 fn copy_into(p: &mut Param, source: Source<'_>) {
     match source {
         Source::F32(values) => p.fill_row_major(values.iter().copied()),
-        Source::Raw(dtype, bytes) => {
-            let mut values = Vec::new();
-            // Checked to be a float dtype by the caller.
-            let _ = decode_into(dtype, bytes, |v| values.push(v));
-            p.fill_row_major(values.into_iter());
-        }
+        Source::Raw(StDtype::F32, b) => p.fill_row_major(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        Source::Raw(StDtype::F16, b) => p.fill_row_major(
+            b.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        Source::Raw(StDtype::BF16, b) => p.fill_row_major(
+            b.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        Source::Raw(StDtype::F64, b) => p.fill_row_major(b.chunks_exact(8).map(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            f64::from_le_bytes(a) as f32
+        })),
+        // Other dtypes are refused before anything is copied.
+        Source::Raw(..) => {}
     }
 }
 
