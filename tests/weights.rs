@@ -330,3 +330,20 @@ fn malformed_corpus_is_refused_without_panic() {
     }
     assert!(count >= 20, "corpus has {count} files");
 }
+
+#[test]
+fn large_files_load_through_the_memory_map() {
+    // 2048 x 2048 f32 weights: 16 MiB and more, so the loader maps the file.
+    let a = nncore::with_seed(9, || Linear::new(2048, 2048));
+    let dir = temp_dir("large");
+    let path = dir.join("large.safetensors");
+    a.save_safetensors(&path).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() >= 16 << 20);
+    let mut b = Linear::new_no_bias(2048, 2048);
+    assert!(b.load_safetensors(&path).is_err(), "a bias the model lacks is unexpected");
+    let mut b = Linear::new(2048, 2048);
+    b.load_safetensors(&path).unwrap();
+    assert_eq!(a.weight().value(), b.weight().value());
+    assert_eq!(a.bias().unwrap().value(), b.bias().unwrap().value());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
