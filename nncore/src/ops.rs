@@ -60,21 +60,48 @@ fn parts(m: usize, n: usize, k: usize) -> usize {
     }
 }
 
+/// The helper threads of split products: one fewer than the machine has
+/// cores, because the calling thread computes one block itself. (A pool as
+/// large as the machine would leave an idle helper spinning on the core
+/// that the caller needs for the serial work between products.)
+/// `None` when the threads cannot be started: products then run on the
+/// calling thread alone.
+fn helpers() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cores.saturating_sub(1).max(1))
+            .thread_name(|i| format!("nncore-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
 /// Runs `f` on matching chunks of `a` and `b`, split across threads when
 /// the slices are long enough to repay it (element-wise updates of large
 /// parameters, such as an optimizer step).
 pub(crate) fn for_chunks(a: &mut [f32], b: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
     const MIN_PARALLEL: usize = 1 << 18;
     let threads = num_threads();
-    if threads < 2 || a.len() < MIN_PARALLEL {
-        f(a, b);
-        return;
-    }
+    let pool = match helpers() {
+        Some(pool) if threads >= 2 && a.len() >= MIN_PARALLEL => pool,
+        _ => {
+            f(a, b);
+            return;
+        }
+    };
     let chunk = a.len().div_ceil(threads).next_multiple_of(64);
-    rayon::scope(|s| {
+    pool.in_place_scope(|s| {
         let f = &f;
-        for (ca, cb) in a.chunks_mut(chunk).zip(b.chunks(chunk)) {
+        let mut chunks = a.chunks_mut(chunk).zip(b.chunks(chunk));
+        let mine = chunks.next();
+        for (ca, cb) in chunks {
             s.spawn(move |_| f(ca, cb));
+        }
+        if let Some((ca, cb)) = mine {
+            f(ca, cb);
         }
     });
 }
@@ -179,10 +206,13 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
     let strides = (rsa, csa, rsb, csb);
     let ldc = m as isize;
     let parts = parts(m, n, k);
-    if parts == 1 {
-        faer_block(p, (m, n, k), strides, ldc, alpha, accum);
-        return;
-    }
+    let pool = match helpers() {
+        Some(pool) if parts > 1 => pool,
+        _ => {
+            faer_block(p, (m, n, k), strides, ldc, alpha, accum);
+            return;
+        }
+    };
     // Split the output into blocks of columns (of rows when it is narrow),
     // one per thread: each computes a whole sub-product on one core, which
     // scales better than splitting inside the kernel (1.8x on 2 cores for
@@ -193,7 +223,7 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
         (false, m)
     };
     let chunk = len.div_ceil(parts).next_multiple_of(16).min(len);
-    rayon::scope(|s| {
+    pool.in_place_scope(|s| {
         // Capture `p` whole (closures capture fields, which are not Send).
         #[allow(clippy::redundant_locals)]
         let p = p;
