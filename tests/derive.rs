@@ -212,6 +212,8 @@ fn const_generic_structs_derive() {
     };
     assert_eq!(m.named_parameters().len(), 6);
     assert_eq!(m.named_parameters()[4].0, "layers.2.weight");
-    assert!(m.to_string().contains("(0-2): 3 x Linear(in_features=2, out_features=2, bias=True)"));
+    assert!(m
+        .to_string()
+        .contains("(0-2): 3 x Linear(in_features=2, out_features=2, bias=True)"));
     assert_eq!(m.forward(&Tensor::zeros(4, 2)).unwrap().shape(), (4, 2));
 }

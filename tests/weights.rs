@@ -340,7 +340,10 @@ fn large_files_load_through_the_memory_map() {
     a.save_safetensors(&path).unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() >= 16 << 20);
     let mut b = Linear::new_no_bias(2048, 2048);
-    assert!(b.load_safetensors(&path).is_err(), "a bias the model lacks is unexpected");
+    assert!(
+        b.load_safetensors(&path).is_err(),
+        "a bias the model lacks is unexpected"
+    );
     let mut b = Linear::new(2048, 2048);
     b.load_safetensors(&path).unwrap();
     assert_eq!(a.weight().value(), b.weight().value());
