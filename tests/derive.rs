@@ -217,3 +217,21 @@ fn const_generic_structs_derive() {
         .contains("(0-2): 3 x Linear(in_features=2, out_features=2, bias=True)"));
     assert_eq!(m.forward(&Tensor::zeros(4, 2)).unwrap().shape(), (4, 2));
 }
+
+#[test]
+fn forward_runs_from_several_threads_at_once() {
+    let model = Block {
+        inner: Linear::new(8, 4),
+        act: ReLU::new(),
+    };
+    let x = Tensor::from_fn(16, 8, |r, c| (r as f32 - c as f32) * 0.1);
+    let expected = model.forward(&x).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| (0..50).map(|_| model.forward(&x).unwrap()).last().unwrap()))
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), expected);
+        }
+    });
+}
