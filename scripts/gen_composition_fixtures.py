@@ -20,23 +20,11 @@ import os
 
 import torch
 import torch.nn as nn
+
+from models import Block, flat
 import torch.nn.functional as F
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "composition.json")
-
-
-def flat(t):
-    return [float(v) for v in t.detach().reshape(-1).tolist()]
-
-
-class Block(nn.Module):
-    def __init__(self, n):
-        super().__init__()
-        self.fc = nn.Linear(n, n)
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        return self.act(self.fc(x))
 
 
 class Stack(nn.Module):

@@ -14,60 +14,15 @@ import os
 import torch
 import torch.nn as nn
 
+from models import SimpleNet, Block, Encoder, Net, flat
+
 torch.set_printoptions(precision=10)
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "foundation.json")
-
-
-class SimpleNet(nn.Module):
-    def __init__(self, input_size, hidden_size, output_size):
-        super().__init__()
-        self.fc1 = nn.Linear(input_size, hidden_size)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(hidden_size, output_size)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 8)
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        return self.act(self.fc(x))
-
-
-class Encoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.block = Block()
-        self.proj = nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.proj(self.block(x))
-
-
-class Net(nn.Module):
-    """Two levels of derived modules inside the model."""
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = Encoder()
-        self.head = nn.Linear(4, 2, bias=False)
-
-    def forward(self, x):
-        return self.head(self.encoder(x))
 
 
 class Empty(nn.Module):
     def forward(self, x):
         return x
-
-
-def flat(t):
-    return [float(v) for v in t.detach().reshape(-1).tolist()]
 
 
 def record(name, seed, make, in_features, batch):

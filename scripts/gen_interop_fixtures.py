@@ -25,20 +25,11 @@ import os
 
 import torch
 import torch.nn as nn
+
+from models import SimpleNet, flat
 from safetensors.torch import load_file, save_file
 
 FIX = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
-
-
-class SimpleNet(nn.Module):
-    def __init__(self, i, h, o):
-        super().__init__()
-        self.fc1 = nn.Linear(i, h)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(h, o)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(x)))
 
 
 def path(name):

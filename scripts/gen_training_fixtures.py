@@ -17,54 +17,11 @@ import os
 
 import torch
 import torch.nn as nn
+
+from models import SimpleNet, Block, Encoder, Net, flat
 import torch.nn.functional as F
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "training.json")
-
-
-class SimpleNet(nn.Module):
-    def __init__(self, i, h, o):
-        super().__init__()
-        self.fc1 = nn.Linear(i, h)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(h, o)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 8)
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        return self.act(self.fc(x))
-
-
-class Encoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.block = Block()
-        self.proj = nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.proj(self.block(x))
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encoder = Encoder()
-        self.head = nn.Linear(4, 2, bias=False)
-
-    def forward(self, x):
-        return self.head(self.encoder(x))
-
-
-def flat(t):
-    return [float(v) for v in t.detach().reshape(-1).tolist()]
 
 
 def grads(model):
