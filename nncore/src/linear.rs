@@ -258,8 +258,7 @@ impl Forward for Linear {
 
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         self.check_input(x)?;
-        ensure_shape(&mut self.input, x.nrows(), x.ncols());
-        self.input.copy_from(x);
+        crate::ops::copy_into(x, &mut self.input);
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
         ensure_shape(&mut out, x.nrows(), self.out_features());
         self.compute(x, &mut out);

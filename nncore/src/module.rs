@@ -595,9 +595,7 @@ impl Workspace {
     /// Ends a forward chain: copies the current tensor (or `x` if no step
     /// ran) into `out` and keeps the buffer.
     pub fn finish(&mut self, x: &Tensor, cur: Option<Tensor>, out: &mut Tensor) {
-        let src = cur.as_ref().unwrap_or(x);
-        crate::ops::ensure_shape(out, src.nrows(), src.ncols());
-        out.copy_from(src);
+        crate::ops::copy_into(cur.as_ref().unwrap_or(x), out);
         if let Some(t) = cur {
             self.give(t);
         }

@@ -263,6 +263,12 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
     });
 }
 
+/// Copies `src` into `dst`, resizing `dst` as [`ensure_shape`] does.
+pub fn copy_into(src: &Tensor, dst: &mut Tensor) {
+    ensure_shape(dst, src.nrows(), src.ncols());
+    dst.copy_from(src);
+}
+
 /// Makes `buf` a `rows x cols` matrix, reusing its allocation when it is
 /// large enough (so buffers that change shape between calls stop
 /// allocating once they have grown). The contents are unspecified
