@@ -65,6 +65,20 @@ fn check_hyper(name: &str, value: f64, ok: bool, what: &str) -> Result<()> {
 /// `buf = momentum * buf + (1 - dampening) * g`; the update direction is
 /// `g + momentum * buf` with Nesterov, else `buf` (or `g` without
 /// momentum); `p -= lr * direction`.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// let mut fc = Linear::from_weights(Tensor::from_element(1, 2, 1.0), None)?;
+/// let x = Tensor::from_row_slice(1, 2, &[1.0, 2.0]);
+/// let y = fc.forward_train(&x)?;                   // 3.0
+/// let (_, g) = nncore::mse_loss(y, &Tensor::zeros(1, 1))?; // dL/dy = 6
+/// fc.backward(&g)?;                                // dL/dW = [6, 12]
+/// Sgd::new(0.1).step(&mut fc)?;
+/// let w = fc.weight().value();
+/// assert!((w[(0, 0)] - 0.4).abs() < 1e-6 && (w[(0, 1)] + 0.2).abs() < 1e-6);
+/// # Ok::<(), nncore::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Sgd {
     lr: f64,
@@ -218,6 +232,19 @@ struct AdamState {
 /// `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`. Adam adds
 /// `weight_decay * p` to `g`; AdamW instead multiplies `p` by
 /// `1 - lr * weight_decay` first.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// let mut fc = Linear::from_weights(Tensor::from_element(1, 1, 1.0), None)?;
+/// let mut opt = Adam::new(0.1);
+/// fc.forward_train(&Tensor::from_element(1, 1, 1.0))?;
+/// fc.backward(&Tensor::from_element(1, 1, 5.0))?;
+/// opt.step(&mut fc)?;
+/// // Adam's first step moves each weight by lr against the gradient's sign.
+/// assert!((fc.weight().value()[(0, 0)] - 0.9).abs() < 1e-6);
+/// # Ok::<(), nncore::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Adam {
     lr: f64,

@@ -80,6 +80,22 @@ impl TensorData {
 
 /// PyTorch's `state_dict()`: parameter names to tensors, in the model's
 /// order.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// use nncore::TensorData;
+///
+/// let fc = Linear::new(3, 2);
+/// let mut sd = fc.state_dict();
+/// assert_eq!(sd.keys().collect::<Vec<_>>(), ["weight", "bias"]);
+/// assert_eq!(sd.get("weight").unwrap().shape(), &[2, 3]);
+/// sd.insert("bias", TensorData::new(vec![2], vec![0.5, -0.5])?);
+/// let mut other = Linear::new(3, 2);
+/// other.load_state_dict(&sd, true)?;
+/// assert_eq!(other.bias().unwrap().to_row_major(), vec![0.5, -0.5]);
+/// # Ok::<(), nncore::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StateDict {
     entries: Vec<(String, TensorData)>,
