@@ -241,3 +241,29 @@ fn forward_runs_from_several_threads_at_once() {
         }
     });
 }
+
+#[derive(Module)]
+struct Named<'a, L>
+where
+    L: Clone,
+{
+    #[module(skip)]
+    label: &'a str,
+    body: Block<L>,
+    head: Option<Linear>,
+}
+
+#[test]
+fn lifetimes_where_clauses_and_generic_children() {
+    let m = Named {
+        label: "net",
+        body: Block {
+            inner: Linear::new(3, 3),
+            act: ReLU::new(),
+        },
+        head: Some(Linear::new(3, 1)),
+    };
+    assert_eq!(m.label, "net");
+    assert_eq!(m.forward(&Tensor::zeros(2, 3)).unwrap().shape(), (2, 1));
+    assert_eq!(m.named_parameters()[2].0, "head.weight");
+}
