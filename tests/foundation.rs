@@ -5,58 +5,9 @@
 
 mod common;
 
+use common::models::{Net, SimpleNet};
 use common::*;
 use nncore::prelude::*;
-
-#[derive(Module)]
-struct SimpleNet {
-    fc1: Linear,
-    relu: ReLU,
-    fc2: Linear,
-}
-
-impl SimpleNet {
-    fn new(input_size: usize, hidden_size: usize, output_size: usize) -> Self {
-        Self {
-            fc1: Linear::new(input_size, hidden_size),
-            relu: ReLU::new(),
-            fc2: Linear::new(hidden_size, output_size),
-        }
-    }
-}
-
-#[derive(Module)]
-struct Block {
-    fc: Linear,
-    act: ReLU,
-}
-
-#[derive(Module)]
-struct Encoder {
-    block: Block,
-    proj: Linear,
-}
-
-#[derive(Module)]
-struct Net {
-    encoder: Encoder,
-    head: Linear,
-}
-
-impl Net {
-    fn new() -> Self {
-        Self {
-            encoder: Encoder {
-                block: Block {
-                    fc: Linear::new(8, 8),
-                    act: ReLU::new(),
-                },
-                proj: Linear::new(8, 4),
-            },
-            head: Linear::new_no_bias(4, 2),
-        }
-    }
-}
 
 #[derive(Module)]
 struct Empty {}

@@ -5,55 +5,18 @@
 
 mod common;
 
+use common::models::{Net, SimpleNet};
 use common::*;
 use nncore::prelude::*;
 use nncore::{BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, Reduction};
 use serde_json::Value;
 
-#[derive(Module)]
-struct SimpleNet {
-    fc1: Linear,
-    relu: ReLU,
-    fc2: Linear,
-}
-
-#[derive(Module)]
-struct Block {
-    fc: Linear,
-    act: ReLU,
-}
-
-#[derive(Module)]
-struct Encoder {
-    block: Block,
-    proj: Linear,
-}
-
-#[derive(Module)]
-struct Net {
-    encoder: Encoder,
-    head: Linear,
-}
-
 fn simple_net() -> SimpleNet {
-    SimpleNet {
-        fc1: Linear::new(6, 5),
-        relu: ReLU::new(),
-        fc2: Linear::new(5, 3),
-    }
+    SimpleNet::new(6, 5, 3)
 }
 
 fn nested() -> Net {
-    Net {
-        encoder: Encoder {
-            block: Block {
-                fc: Linear::new(8, 8),
-                act: ReLU::new(),
-            },
-            proj: Linear::new(8, 4),
-        },
-        head: Linear::new_no_bias(4, 2),
-    }
+    Net::new()
 }
 
 struct Case {

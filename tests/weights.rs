@@ -4,30 +4,15 @@
 
 mod common;
 
+use common::models::SimpleNet;
 use common::*;
 use nncore::prelude::*;
 use nncore::{Error, LoadOptions, SaveDtype, SaveOptions, StateDict, TensorData};
 use std::path::PathBuf;
 
-#[derive(Module)]
-struct SimpleNet {
-    fc1: Linear,
-    relu: ReLU,
-    fc2: Linear,
-}
-
-impl SimpleNet {
-    fn new(i: usize, h: usize, o: usize) -> Self {
-        Self {
-            fc1: Linear::new(i, h),
-            relu: ReLU::new(),
-            fc2: Linear::new(h, o),
-        }
-    }
-
-    fn seeded(seed: u64, i: usize, h: usize, o: usize) -> Self {
-        nncore::with_seed(seed, || Self::new(i, h, o))
-    }
+/// SimpleNet with the weights of `torch.manual_seed(seed)`.
+fn seeded(seed: u64, i: usize, h: usize, o: usize) -> SimpleNet {
+    nncore::with_seed(seed, || SimpleNet::new(i, h, o))
 }
 
 fn fx(name: &str) -> PathBuf {
@@ -65,10 +50,7 @@ fn pytorch_file_loads_and_matches_pytorch_outputs() {
         .unwrap();
     assert!(report.missing_keys.is_empty() && report.unexpected_keys.is_empty());
     // The file holds torch.manual_seed(0)'s weights, which nncore draws too.
-    assert_eq!(
-        snapshot(&model),
-        snapshot(&SimpleNet::seeded(0, 100, 50, 10))
-    );
+    assert_eq!(snapshot(&model), snapshot(&seeded(0, 100, 50, 10)));
     let io = StateDict::load_safetensors(fx("simple_net_io.safetensors")).unwrap();
     let y = model.forward(&io_tensor(&io, "input")).unwrap();
     assert_close(
@@ -81,7 +63,7 @@ fn pytorch_file_loads_and_matches_pytorch_outputs() {
 
 #[test]
 fn saved_file_is_byte_identical_to_pytorchs() {
-    let model = SimpleNet::seeded(0, 100, 50, 10);
+    let model = seeded(0, 100, 50, 10);
     let dir = temp_dir("bytes");
     let path = dir.join("m.safetensors");
     model.save_safetensors(&path).unwrap();
@@ -144,7 +126,7 @@ fn integer_tensor_is_an_error_naming_the_key_and_changes_nothing() {
 }
 
 fn broken_state_dict() -> StateDict {
-    let mut sd = SimpleNet::seeded(0, 100, 50, 10).state_dict();
+    let mut sd = seeded(0, 100, 50, 10).state_dict();
     sd.insert(
         "fc1.weight",
         TensorData::new(vec![50, 99], vec![0.0; 50 * 99]).unwrap(),
@@ -188,7 +170,7 @@ fn strict_load_reports_everything_like_pytorch_and_changes_nothing() {
 fn non_strict_load_takes_what_matches_and_lists_the_rest() {
     let expected = fixture("interop.json");
     let mut sd = broken_state_dict();
-    let good = SimpleNet::seeded(0, 100, 50, 10);
+    let good = seeded(0, 100, 50, 10);
     sd.insert(
         "fc1.weight",
         TensorData::new(vec![50, 100], good.fc1.weight().to_row_major()).unwrap(),

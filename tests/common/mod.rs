@@ -2,6 +2,8 @@
 //! written by the scripts under `scripts/`.
 #![allow(dead_code)]
 
+pub mod models;
+
 use nncore::Tensor;
 use serde_json::Value;
 
