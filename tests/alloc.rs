@@ -49,7 +49,6 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 
 #[test]
 fn steady_state_training_and_inference_into_allocate_nothing() {
-    // Large products would otherwise be split across rayon's threads.
     nncore::ops::set_num_threads(1);
     // The counter counts.
     assert!(allocations_in(|| drop(std::hint::black_box(vec![1u8; 10]))) > 0);
@@ -104,4 +103,29 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
             "SimpleNet forward_into, batch {batch}"
         );
     }
+
+    // Two threads: large products and the optimizer's update are split
+    // across the helper pool, which allocates nothing per step either.
+    nncore::ops::set_num_threads(2);
+    big.opt = Sgd::new(0.01);
+    big.step().unwrap();
+    big.step().unwrap();
+    assert_eq!(
+        allocations_in(|| {
+            big.step().unwrap();
+        }),
+        0,
+        "MLP training step, two threads"
+    );
+    let x = input(256, 784, 3);
+    let mut out = Tensor::zeros(0, 0);
+    big.model.forward_into(&x, &mut out, &mut ws).unwrap();
+    assert_eq!(
+        allocations_in(|| {
+            big.model.forward_into(&x, &mut out, &mut ws).unwrap();
+        }),
+        0,
+        "MLP forward_into, two threads"
+    );
+    nncore::ops::set_num_threads(0);
 }
