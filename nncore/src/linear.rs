@@ -36,6 +36,8 @@ pub struct Linear {
     weight: Param,
     bias: Option<Param>,
     training: bool,
+    // W^T for inference on large layers, keyed on the weight's version.
+    transposed: TransposedWeight,
     // Training buffers, reused across steps.
     input: Tensor,
     output: Tensor,
@@ -110,6 +112,7 @@ impl Linear {
             weight,
             bias,
             training: true,
+            transposed: TransposedWeight::default(),
             input: Tensor::zeros(0, 0),
             output: Tensor::zeros(0, 0),
             grad_input: Tensor::zeros(0, 0),
@@ -162,8 +165,9 @@ impl Linear {
         Ok(())
     }
 
-    /// `out = x W^T + b`, into a buffer of the right shape.
-    fn compute(&self, x: &Tensor, out: &mut Tensor) {
+    /// `out = x W^T + b`, into a buffer of the right shape; `infer` picks
+    /// the inference product ([`Linear::infer_product`]).
+    fn compute(&self, x: &Tensor, out: &mut Tensor, infer: bool) {
         let beta = match &self.bias {
             Some(b) => {
                 let b = b.value().as_slice();
@@ -175,7 +179,50 @@ impl Linear {
             }
             None => 0.0,
         };
-        self.product(x, out, beta);
+        if infer {
+            self.infer_product(x, out, beta);
+        } else {
+            self.product(x, out, beta);
+        }
+    }
+
+    /// `out = x W^T + beta * out` for inference: for large weights through
+    /// a transposed copy of the weight, made at the first inference after
+    /// the weight changed and kept until it changes again (training never
+    /// makes one). faer multiplies `x W^T` 11% to 25% faster when `W^T` is
+    /// column-major (PyTorch's row-major weight) than when it is a
+    /// transposed view of the column-major weight (256x784x1024 and
+    /// 256x1024x1024 on the AVX-512 VM), while the gradient products of
+    /// training want the weight as it is.
+    fn infer_product(&self, x: &Tensor, out: &mut Tensor, beta: f32) {
+        if x.nrows() < 2 || self.weight.numel() < TRANSPOSE_MIN {
+            self.product(x, out, beta);
+            return;
+        }
+        let version = self.weight.version();
+        {
+            let cached = self.transposed.read();
+            if let Some((v, wt)) = cached.as_ref() {
+                if *v == version {
+                    matmul(1.0, x, Trans::No, wt, Trans::No, beta, out);
+                    return;
+                }
+            }
+        }
+        let mut cached = self.transposed.write();
+        let w = self.weight.value();
+        match cached.as_mut() {
+            Some((v, wt)) => {
+                if *v != version {
+                    w.transpose_to(wt);
+                    *v = version;
+                }
+            }
+            None => *cached = Some((version, w.transpose())),
+        }
+        if let Some((_, wt)) = cached.as_ref() {
+            matmul(1.0, x, Trans::No, wt, Trans::No, beta, out);
+        }
     }
 
     /// `out = x W^T + beta * out`.
@@ -245,14 +292,14 @@ impl Forward for Linear {
             }
             None => (Tensor::zeros(rows, cols), 0.0),
         };
-        self.product(x, &mut out, beta);
+        self.infer_product(x, &mut out, beta);
         Ok(out)
     }
 
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
         self.check_input(x)?;
         ensure_shape(out, x.nrows(), self.out_features());
-        self.compute(x, out);
+        self.compute(x, out, true);
         Ok(())
     }
 
@@ -261,7 +308,7 @@ impl Forward for Linear {
         crate::ops::copy_into(x, &mut self.input);
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
         ensure_shape(&mut out, x.nrows(), self.out_features());
-        self.compute(x, &mut out);
+        self.compute(x, &mut out, false);
         self.output = out;
         self.recorded = true;
         Ok(&self.output)
@@ -322,8 +369,121 @@ impl Linear {
     }
 }
 
+/// Weights of at least this many elements get a transposed copy for
+/// inference (1 MiB: below it the two layouts multiply equally fast).
+const TRANSPOSE_MIN: usize = 1 << 18;
+
+/// The transposed weight of a layer and the weight version it was made
+/// from. Cloning a layer does not clone the copy: the clone makes its own
+/// when it needs one.
+#[derive(Default)]
+struct TransposedWeight(std::sync::RwLock<Option<(u64, Tensor)>>);
+
+impl TransposedWeight {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<(u64, Tensor)>> {
+        // A panic while the lock was held leaves at worst a stale or
+        // half-written copy whose version no longer matches.
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<(u64, Tensor)>> {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Clone for TransposedWeight {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for TransposedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransposedWeight")
+            .field("cached", &self.read().is_some())
+            .finish()
+    }
+}
+
 impl std::fmt::Display for Linear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.fmt_repr(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{Optimizer, Sgd};
+
+    fn close(a: &Tensor, b: &Tensor) -> bool {
+        a.shape() == b.shape()
+            && a.iter()
+                .zip(b.iter())
+                .all(|(x, y)| (x - y).abs() <= 1e-4 * y.abs().max(1.0))
+    }
+
+    /// The reference: `x W^T + b` by nalgebra.
+    fn reference(fc: &Linear, x: &Tensor) -> Tensor {
+        let mut y = x * fc.weight().value().transpose();
+        if let Some(b) = fc.bias() {
+            for (mut col, bj) in y.column_iter_mut().zip(b.value().iter()) {
+                col.add_scalar_mut(*bj);
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn inference_through_the_transposed_copy_follows_every_weight_change() {
+        let mut fc = crate::with_seed(3, || Linear::new(600, 500));
+        assert!(fc.weight().numel() >= TRANSPOSE_MIN);
+        let x = crate::Generator::new(1).uniform_tensor(8, 600, -1.0, 1.0);
+        let y = fc.forward(&x).unwrap();
+        assert!(close(&y, &reference(&fc, &x)));
+        assert!(fc.transposed.read().is_some());
+
+        // Through value_mut.
+        fc.weight_mut().value_mut()[(7, 11)] += 0.5;
+        assert!(close(&fc.forward(&x).unwrap(), &reference(&fc, &x)));
+
+        // Through an optimizer step.
+        fc.forward_train(&x).unwrap();
+        fc.backward_params(&Tensor::from_element(8, 500, 0.1))
+            .unwrap();
+        let before = fc.forward(&x).unwrap();
+        Sgd::new(0.5).step(&mut fc).unwrap();
+        let after = fc.forward(&x).unwrap();
+        assert!(close(&after, &reference(&fc, &x)));
+        assert!(!close(&after, &before));
+
+        // Through loading a state dict, and into a caller's buffer.
+        let other = crate::with_seed(4, || Linear::new(600, 500));
+        fc.load_state_dict(&other.state_dict(), true).unwrap();
+        let mut out = Tensor::zeros(0, 0);
+        fc.forward_into(&x, &mut out, &mut crate::Workspace::new())
+            .unwrap();
+        assert!(close(&out, &reference(&other, &x)));
+
+        // A clone starts without a copy and computes the same.
+        let twin = fc.clone();
+        assert!(twin.transposed.read().is_none());
+        assert_eq!(twin.forward(&x).unwrap(), fc.forward(&x).unwrap());
+    }
+
+    #[test]
+    fn small_layers_and_single_rows_use_the_weight_as_it_is() {
+        let fc = crate::with_seed(3, || Linear::new(100, 50));
+        let x = crate::Generator::new(1).uniform_tensor(8, 100, -1.0, 1.0);
+        assert!(close(&fc.forward(&x).unwrap(), &reference(&fc, &x)));
+        assert!(fc.transposed.read().is_none());
+        let big = crate::with_seed(3, || Linear::new(600, 500));
+        let row = crate::Generator::new(1).uniform_tensor(1, 600, -1.0, 1.0);
+        assert!(close(&big.forward(&row).unwrap(), &reference(&big, &row)));
+        assert!(big.transposed.read().is_none());
     }
 }

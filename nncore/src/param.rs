@@ -6,9 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::{Error, Result, Tensor};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
 fn fresh_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+fn fresh_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A learnable tensor with its PyTorch shape and room for its gradient:
@@ -39,6 +44,7 @@ pub struct Param {
     has_grad: bool,
     requires_grad: bool,
     id: u64,
+    version: u64,
 }
 
 impl Param {
@@ -66,6 +72,7 @@ impl Param {
             has_grad: false,
             requires_grad: true,
             id: fresh_id(),
+            version: fresh_version(),
         }
     }
 
@@ -90,6 +97,7 @@ impl Param {
 
     /// The value, mutably; the view cannot change the shape.
     pub fn value_mut(&mut self) -> nalgebra::DMatrixViewMut<'_, f32> {
+        self.version = fresh_version();
         self.value.as_view_mut()
     }
 
@@ -106,6 +114,7 @@ impl Param {
             });
         }
         self.value = value;
+        self.version = fresh_version();
         Ok(())
     }
 
@@ -145,6 +154,25 @@ impl Param {
         self.id
     }
 
+    /// A stamp that changes whenever the value may have changed (PyTorch's
+    /// `tensor._version`): every mutable access to the value takes a new,
+    /// process-unique stamp, so two reads giving the same stamp saw the
+    /// same values. Caches derived from the value (such as the transposed
+    /// weight [`Linear`](crate::Linear) keeps for inference) key on it.
+    ///
+    /// ```
+    /// use nncore::Param;
+    /// let mut p = Param::vector(&[1.0, 2.0]);
+    /// let v = p.version();
+    /// assert_eq!(p.version(), v);
+    /// p.value_mut()[0] = 3.0;
+    /// assert_ne!(p.version(), v);
+    /// ```
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The value and the gradient buffer at once, for layers computing a
     /// gradient from the value. Returns `None` when the parameter is
     /// frozen. The `bool` says whether the buffer already holds a gradient
@@ -165,6 +193,7 @@ impl Param {
 
     /// The value and the gradient (if any), for optimizers.
     pub fn value_and_grad(&mut self) -> (&mut Tensor, Option<&Tensor>) {
+        self.version = fresh_version();
         let grad = self.has_grad.then_some(&self.grad);
         (&mut self.value, grad)
     }
@@ -182,6 +211,7 @@ impl Param {
     /// Overwrites the values from an iterator in PyTorch's row-major (C)
     /// order; stops early if it runs out.
     pub fn fill_row_major(&mut self, values: impl Iterator<Item = f32>) {
+        self.version = fresh_version();
         if self.shape.len() == 2 {
             // Row-major source into column-major storage: element (r, c)
             // lives at r + c * rows.
@@ -230,6 +260,8 @@ impl Clone for Param {
             has_grad: self.has_grad,
             requires_grad: self.requires_grad,
             id: fresh_id(),
+            // Same values: a cache made from either is valid for both.
+            version: self.version,
         }
     }
 }
