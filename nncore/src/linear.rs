@@ -187,13 +187,17 @@ impl Linear {
     }
 
     /// `out = x W^T + beta * out` for inference: for large weights through
-    /// a transposed copy of the weight, made at the first inference after
-    /// the weight changed and kept until it changes again (training never
-    /// makes one). faer multiplies `x W^T` 11% to 25% faster when `W^T` is
-    /// column-major (PyTorch's row-major weight) than when it is a
-    /// transposed view of the column-major weight (256x784x1024 and
-    /// 256x1024x1024 on the AVX-512 VM), while the gradient products of
-    /// training want the weight as it is.
+    /// a transposed copy of the weight. faer multiplies `x W^T` 11% to 25%
+    /// faster when `W^T` is column-major (PyTorch's row-major weight) than
+    /// through a transposed view of the column-major weight (256x784x1024
+    /// and 256x1024x1024 on the AVX-512 VM), while the gradient products of
+    /// training want the weight as it is. Making the copy costs about what
+    /// 300 rows of product save, so it is made only once
+    /// [`TRANSPOSE_AFTER_ROWS`] rows have gone through the same weight
+    /// version, and then kept until the weight changes: inference on a
+    /// fixed model gets it from its second batch on, while a loop that
+    /// updates the weight between single forwards never pays for it.
+    /// Training (`forward_train`) never makes one.
     fn infer_product(&self, x: &Tensor, out: &mut Tensor, beta: f32) {
         if x.nrows() < 2 || self.weight.numel() < TRANSPOSE_MIN {
             self.product(x, out, beta);
@@ -209,20 +213,21 @@ impl Linear {
                 }
             }
         }
+        if !self.transposed.count(version, x.nrows()) {
+            self.product(x, out, beta);
+            return;
+        }
         let mut cached = self.transposed.write();
         let w = self.weight.value();
-        match cached.as_mut() {
-            Some((v, wt)) => {
-                if *v != version {
-                    w.transpose_to(wt);
-                    *v = version;
-                }
-            }
-            None => *cached = Some((version, w.transpose())),
+        let (rows, cols) = w.shape();
+        let wt = cached.get_or_insert_with(|| (0, Tensor::zeros(0, 0)));
+        if wt.0 != version {
+            ensure_shape(&mut wt.1, cols, rows);
+            // Column-major W (rows x cols) is a row-major cols x rows matrix.
+            transpose::transpose(w.as_slice(), wt.1.as_mut_slice(), rows, cols);
+            wt.0 = version;
         }
-        if let Some((_, wt)) = cached.as_ref() {
-            matmul(1.0, x, Trans::No, wt, Trans::No, beta, out);
-        }
+        matmul(1.0, x, Trans::No, &wt.1, Trans::No, beta, out);
     }
 
     /// `out = x W^T + beta * out`.
@@ -373,25 +378,48 @@ impl Linear {
 /// inference (1 MiB: below it the two layouts multiply equally fast).
 const TRANSPOSE_MIN: usize = 1 << 18;
 
+/// How many input rows must have gone through one version of a weight
+/// before its transposed copy is made (see [`Linear::infer_product`]).
+const TRANSPOSE_AFTER_ROWS: usize = 256;
+
 /// The transposed weight of a layer and the weight version it was made
-/// from. Cloning a layer does not clone the copy: the clone makes its own
-/// when it needs one.
+/// from, and how many rows went through the current version without it.
+/// Cloning a layer does not clone the copy: the clone makes its own when
+/// it needs one.
 #[derive(Default)]
-struct TransposedWeight(std::sync::RwLock<Option<(u64, Tensor)>>);
+struct TransposedWeight {
+    copy: std::sync::RwLock<Option<(u64, Tensor)>>,
+    rows_seen: std::sync::Mutex<(u64, usize)>,
+}
 
 impl TransposedWeight {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<(u64, Tensor)>> {
-        // A panic while the lock was held leaves at worst a stale or
-        // half-written copy whose version no longer matches.
-        self.0
+        // A panic while the lock was held leaves at worst a copy whose
+        // version no longer matches the weight's.
+        self.copy
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<(u64, Tensor)>> {
-        self.0
+        self.copy
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `rows` more rows through weight `version`; true when enough
+    /// went through it before these to make the copy.
+    fn count(&self, version: u64, rows: usize) -> bool {
+        let mut seen = self
+            .rows_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.0 != version {
+            *seen = (version, 0);
+        }
+        let before = seen.1;
+        seen.1 = before.saturating_add(rows);
+        before >= TRANSPOSE_AFTER_ROWS
     }
 }
 
@@ -438,36 +466,47 @@ mod tests {
         y
     }
 
+    /// Two forwards (the second through the copy), both checked.
+    fn infer_twice(fc: &Linear, x: &Tensor) -> Tensor {
+        let first = fc.forward(x).unwrap();
+        let second = fc.forward(x).unwrap();
+        assert!(close(&first, &reference(fc, x)));
+        assert!(close(&second, &reference(fc, x)));
+        second
+    }
+
     #[test]
     fn inference_through_the_transposed_copy_follows_every_weight_change() {
         let mut fc = crate::with_seed(3, || Linear::new(600, 500));
         assert!(fc.weight().numel() >= TRANSPOSE_MIN);
-        let x = crate::Generator::new(1).uniform_tensor(8, 600, -1.0, 1.0);
-        let y = fc.forward(&x).unwrap();
-        assert!(close(&y, &reference(&fc, &x)));
+        let x = crate::Generator::new(1).uniform_tensor(TRANSPOSE_AFTER_ROWS, 600, -1.0, 1.0);
+        fc.forward(&x).unwrap();
+        assert!(fc.transposed.read().is_none(), "made after one batch");
+        infer_twice(&fc, &x);
         assert!(fc.transposed.read().is_some());
 
         // Through value_mut.
         fc.weight_mut().value_mut()[(7, 11)] += 0.5;
-        assert!(close(&fc.forward(&x).unwrap(), &reference(&fc, &x)));
+        infer_twice(&fc, &x);
 
         // Through an optimizer step.
         fc.forward_train(&x).unwrap();
-        fc.backward_params(&Tensor::from_element(8, 500, 0.1))
+        fc.backward_params(&Tensor::from_element(TRANSPOSE_AFTER_ROWS, 500, 0.1))
             .unwrap();
         let before = fc.forward(&x).unwrap();
         Sgd::new(0.5).step(&mut fc).unwrap();
-        let after = fc.forward(&x).unwrap();
-        assert!(close(&after, &reference(&fc, &x)));
+        let after = infer_twice(&fc, &x);
         assert!(!close(&after, &before));
 
         // Through loading a state dict, and into a caller's buffer.
         let other = crate::with_seed(4, || Linear::new(600, 500));
         fc.load_state_dict(&other.state_dict(), true).unwrap();
         let mut out = Tensor::zeros(0, 0);
-        fc.forward_into(&x, &mut out, &mut crate::Workspace::new())
-            .unwrap();
-        assert!(close(&out, &reference(&other, &x)));
+        let mut ws = crate::Workspace::new();
+        for _ in 0..2 {
+            fc.forward_into(&x, &mut out, &mut ws).unwrap();
+            assert!(close(&out, &reference(&other, &x)));
+        }
 
         // A clone starts without a copy and computes the same.
         let twin = fc.clone();
@@ -476,13 +515,27 @@ mod tests {
     }
 
     #[test]
+    fn one_forward_per_weight_version_never_makes_the_copy() {
+        let mut fc = crate::with_seed(3, || Linear::new(600, 500));
+        let x = crate::Generator::new(1).uniform_tensor(2 * TRANSPOSE_AFTER_ROWS, 600, -1.0, 1.0);
+        for _ in 0..3 {
+            assert!(close(&fc.forward(&x).unwrap(), &reference(&fc, &x)));
+            fc.weight_mut().value_mut()[(0, 0)] += 0.25;
+        }
+        assert!(fc.transposed.read().is_none());
+    }
+
+    #[test]
     fn small_layers_and_single_rows_use_the_weight_as_it_is() {
         let fc = crate::with_seed(3, || Linear::new(100, 50));
-        let x = crate::Generator::new(1).uniform_tensor(8, 100, -1.0, 1.0);
-        assert!(close(&fc.forward(&x).unwrap(), &reference(&fc, &x)));
+        let x = crate::Generator::new(1).uniform_tensor(TRANSPOSE_AFTER_ROWS, 100, -1.0, 1.0);
+        infer_twice(&fc, &x);
         assert!(fc.transposed.read().is_none());
         let big = crate::with_seed(3, || Linear::new(600, 500));
         let row = crate::Generator::new(1).uniform_tensor(1, 600, -1.0, 1.0);
+        for _ in 0..2 * TRANSPOSE_AFTER_ROWS {
+            big.forward(&row).unwrap();
+        }
         assert!(close(&big.forward(&row).unwrap(), &reference(&big, &row)));
         assert!(big.transposed.read().is_none());
     }
