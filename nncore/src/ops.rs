@@ -196,26 +196,150 @@ fn operand(m: &Tensor, t: Trans) -> (usize, usize, isize, isize) {
 /// When the shapes do not agree: `op(a)` is `m x k`, `op(b)` is `k x n`
 /// and `c` must be `m x n`. Callers check shapes and report errors first.
 pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f32, c: &mut Tensor) {
-    let (m, k, rsa, csa) = operand(a, ta);
-    let (k2, n, rsb, csb) = operand(b, tb);
+    let dims = dims(a, ta, b, tb);
+    assert_eq!(c.shape(), (dims.0, dims.1), "matmul: output shape");
+    let init = if beta == 0.0 {
+        Init::Zero
+    } else {
+        Init::Scale(beta)
+    };
+    // SAFETY: `c` is an initialised matrix of the product's shape.
+    unsafe { gemm(alpha, (a, ta), (b, tb), init, c.as_mut_ptr()) };
+}
+
+/// `c = op(a) * op(b) + bias` with `bias` (`n` values) added to every row:
+/// a linear layer's `x W^T + b` in one pass over `c`, the bias written
+/// block by block by the thread that then accumulates the product onto
+/// it. The old contents of `c` are not read.
+///
+/// # Panics
+/// When the shapes do not agree (see [`matmul`]) or `bias` does not have
+/// one value per column of `c`.
+pub fn matmul_bias(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32], c: &mut Tensor) {
+    let dims = dims(a, ta, b, tb);
+    assert_eq!(c.shape(), dims, "matmul_bias: output shape");
+    assert_eq!(bias.len(), dims.1, "matmul_bias: bias length");
+    // SAFETY: `c` is a matrix of the product's shape.
+    unsafe { gemm(1.0, (a, ta), (b, tb), Init::RowBias(bias), c.as_mut_ptr()) };
+}
+
+/// [`matmul_bias`] into a new matrix, which is written only once (no
+/// zero-fill before the bias).
+///
+/// # Panics
+/// As [`matmul_bias`].
+#[must_use]
+pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32]) -> Tensor {
+    let (m, n) = dims(a, ta, b, tb);
+    assert_eq!(bias.len(), n, "matmul_bias: bias length");
+    let len = m * n;
+    let mut data: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: the buffer has room for the m x n result; `RowBias` writes
+    // every element before anything reads it.
+    unsafe {
+        gemm(
+            1.0,
+            (a, ta),
+            (b, tb),
+            Init::RowBias(bias),
+            data.as_mut_ptr(),
+        );
+        data.set_len(len);
+    }
+    Tensor::from_vec(m, n, data)
+}
+
+/// The output shape `(m, n)` of `op(a) * op(b)`.
+fn dims(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans) -> (usize, usize) {
+    let (m, k, _, _) = operand(a, ta);
+    let (k2, n, _, _) = operand(b, tb);
     assert_eq!(k, k2, "matmul: inner dimensions differ");
-    assert_eq!(c.shape(), (m, n), "matmul: output shape");
+    (m, n)
+}
+
+/// What a product starts from.
+#[derive(Clone, Copy)]
+enum Init<'a> {
+    /// Nothing: `c = alpha op(a) op(b)`, old contents ignored.
+    Zero,
+    /// `beta * c`.
+    Scale(f32),
+    /// `bias` in every row, old contents ignored (`c` may be
+    /// uninitialised).
+    RowBias(&'a [f32]),
+}
+
+/// Writes `bias[j]` into rows `rows` of columns `cols` of the column-major
+/// `m`-row matrix at `c`.
+///
+/// # Safety
+/// `c` must be valid for writes of the whole block.
+unsafe fn fill_bias(
+    c: *mut f32,
+    m: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    bias: &[f32],
+) {
+    for j in cols {
+        // SAFETY: the block lies inside the matrix (caller); a slice of
+        // MaybeUninit may cover uninitialised memory.
+        let col = unsafe {
+            std::slice::from_raw_parts_mut(
+                c.add(j * m + rows.start)
+                    .cast::<std::mem::MaybeUninit<f32>>(),
+                rows.len(),
+            )
+        };
+        col.fill(std::mem::MaybeUninit::new(bias[j]));
+    }
+}
+
+/// The product into the `m x n` column-major matrix at `c`.
+///
+/// # Safety
+/// `c` must be valid for writes of `m * n` elements, and initialised
+/// unless `init` is [`Init::RowBias`].
+unsafe fn gemm(
+    alpha: f32,
+    (a, ta): (&Tensor, Trans),
+    (b, tb): (&Tensor, Trans),
+    init: Init<'_>,
+    c: *mut f32,
+) {
+    let (m, k, rsa, csa) = operand(a, ta);
+    let (_, n, rsb, csb) = operand(b, tb);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        if beta == 0.0 {
-            c.fill(0.0);
-        } else {
-            *c *= beta;
+        match init {
+            // SAFETY: `c` holds m * n initialised elements (caller).
+            Init::Zero => unsafe { std::slice::from_raw_parts_mut(c, m * n) }.fill(0.0),
+            // SAFETY: as above.
+            Init::Scale(beta) => unsafe { std::slice::from_raw_parts_mut(c, m * n) }
+                .iter_mut()
+                .for_each(|v| *v *= beta),
+            // SAFETY: `c` is valid for the whole matrix (caller).
+            Init::RowBias(bias) => unsafe { fill_bias(c, m, 0..m, 0..n, bias) },
         }
         return;
     }
     if m == 1 && alpha == 1.0 && (csb == 1 || rsb == 1) {
         // One row times a matrix (batch 1): op(a) is contiguous whatever
         // `ta` is, since a 1 x k or k x 1 matrix is one run of memory.
+        let beta = match init {
+            Init::Zero => 0.0,
+            Init::Scale(beta) => beta,
+            Init::RowBias(bias) => {
+                // SAFETY: `c` is valid for the 1 x n row (caller).
+                unsafe { fill_bias(c, 1, 0..1, 0..n, bias) };
+                1.0
+            }
+        };
         let a_row = &a.as_slice()[..k];
-        let y = c.as_mut_slice();
+        // SAFETY: `c` now holds n initialised elements.
+        let y = unsafe { std::slice::from_raw_parts_mut(c, n) };
         if csb == 1 {
             crate::kernels::row_axpy(y, a_row, b.as_slice(), rsb as usize, beta);
         } else {
@@ -223,20 +347,27 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
         }
         return;
     }
-    let accum = if beta == 0.0 {
-        faer::Accum::Replace
-    } else {
-        if beta != 1.0 {
-            for v in c.as_mut_slice() {
-                *v *= beta;
+    let accum = match init {
+        Init::Zero => faer::Accum::Replace,
+        Init::Scale(beta) => {
+            if beta != 1.0 {
+                // SAFETY: `c` holds m * n initialised elements (caller).
+                for v in unsafe { std::slice::from_raw_parts_mut(c, m * n) } {
+                    *v *= beta;
+                }
             }
+            faer::Accum::Add
         }
-        faer::Accum::Add
+        Init::RowBias(_) => faer::Accum::Add,
+    };
+    let bias = match init {
+        Init::RowBias(bias) => Some(bias),
+        _ => None,
     };
     let p = Shared {
         a: a.as_ptr(),
         b: b.as_ptr(),
-        c: c.as_mut_ptr(),
+        c,
     };
     let strides = (rsa, csa, rsb, csb);
     let ldc = m as isize;
@@ -244,6 +375,10 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
     let pool = match helpers() {
         Some(pool) if parts > 1 => pool,
         _ => {
+            if let Some(bias) = bias {
+                // SAFETY: `c` is valid for the whole matrix (caller).
+                unsafe { fill_bias(c, m, 0..m, 0..n, bias) };
+            }
             faer_block(p, (m, n, k), strides, ldc, alpha, accum);
             return;
         }
@@ -266,30 +401,32 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
         let p = p;
         let start = i * chunk;
         let end = (start + chunk).min(len);
-        // SAFETY: offsets within the matrices: columns `start..end` of
-        // op(B) and C, or rows `start..end` of op(A) and C.
-        let (block, dims) = unsafe {
-            if split_n {
-                (
-                    Shared {
-                        a: p.a,
-                        b: p.b.offset(start as isize * csb),
-                        c: p.c.add(start * m),
-                    },
-                    (m, end - start, k),
-                )
-            } else {
-                (
-                    Shared {
-                        a: p.a.offset(start as isize * rsa),
-                        b: p.b,
-                        c: p.c.add(start),
-                    },
-                    (end - start, n, k),
-                )
+        let (rows, cols) = if split_n {
+            (0..m, start..end)
+        } else {
+            (start..end, 0..n)
+        };
+        if let Some(bias) = bias {
+            // SAFETY: the block lies inside the matrix; blocks are disjoint.
+            unsafe { fill_bias(p.c, m, rows.clone(), cols.clone(), bias) };
+        }
+        // SAFETY: offsets within the matrices: columns `cols` of op(B) and
+        // C, or rows `rows` of op(A) and C.
+        let block = unsafe {
+            Shared {
+                a: p.a.offset(rows.start as isize * rsa),
+                b: p.b.offset(cols.start as isize * csb),
+                c: p.c.add(rows.start + cols.start * m),
             }
         };
-        faer_block(block, dims, strides, ldc, alpha, accum);
+        faer_block(
+            block,
+            (rows.len(), cols.len(), k),
+            strides,
+            ldc,
+            alpha,
+            accum,
+        );
     });
 }
 
@@ -406,6 +543,68 @@ mod parallel_tests {
                 .iter()
                 .zip(expected.iter())
                 .all(|(x, y)| (x - y).abs() < 1e-4));
+        }
+    }
+}
+
+#[cfg(test)]
+mod bias_tests {
+    use super::*;
+
+    /// `op(a) op(b)` plus `bias` in every row, by nalgebra.
+    fn reference(a: &Tensor, b: &Tensor, tb: Trans, bias: &[f32]) -> Tensor {
+        let b = if tb == Trans::Yes {
+            b.transpose()
+        } else {
+            b.clone()
+        };
+        let mut y = a * b;
+        for (mut col, v) in y.column_iter_mut().zip(bias) {
+            col.add_scalar_mut(*v);
+        }
+        y
+    }
+
+    fn close(x: &Tensor, y: &Tensor) -> bool {
+        x.shape() == y.shape()
+            && x.iter()
+                .zip(y.iter())
+                .all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0))
+    }
+
+    #[test]
+    fn bias_products_match_nalgebra_serial_and_split() {
+        let _turn = super::parallel_tests::THREAD_SETTING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Batch 1 (row kernels), no inner dimension, small, and large
+        // enough to split by columns (n wide) and by rows (n narrow).
+        for &(m, k, n) in &[
+            (1, 7, 5),
+            (3, 0, 4),
+            (9, 5, 3),
+            (64, 256, 300),
+            (300, 256, 30),
+        ] {
+            for tb in [Trans::No, Trans::Yes] {
+                let a = Tensor::from_fn(m, k, |r, c| ((r * 7 + c * 3) % 17) as f32 * 0.1 - 0.8);
+                let b = if tb == Trans::No {
+                    Tensor::from_fn(k, n, |r, c| ((r * 5 + c) % 13) as f32 * 0.1 - 0.6)
+                } else {
+                    Tensor::from_fn(n, k, |r, c| ((r * 5 + c) % 13) as f32 * 0.1 - 0.6)
+                };
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 1.0).collect();
+                let expected = reference(&a, &b, tb, &bias);
+                for threads in [1, 3] {
+                    set_num_threads(threads);
+                    let mut c = Tensor::from_element(m, n, f32::NAN);
+                    matmul_bias(&a, Trans::No, &b, tb, &bias, &mut c);
+                    assert!(close(&c, &expected), "{m}x{k}x{n} {tb:?} {threads}");
+                    let fresh = matmul_bias_new(&a, Trans::No, &b, tb, &bias);
+                    assert!(close(&fresh, &expected), "new {m}x{k}x{n} {tb:?} {threads}");
+                }
+                set_num_threads(0);
+            }
         }
     }
 }
