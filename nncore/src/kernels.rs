@@ -471,8 +471,19 @@ mod elementwise_tests {
 }
 
 /// `out[i] = f(x[i])`, compiled for the best variant the CPU has (the
-/// closure is inlined into each).
-pub fn map_into<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
+/// closure is inlined into each), split across threads for large slices
+/// (see [`crate::ops::PARALLEL_ELEMENTS`]).
+///
+/// # Panics
+/// When the slices differ in length.
+pub fn map_into<F: Fn(f32) -> f32 + Sync>(x: &[f32], out: &mut [f32], f: F) {
+    assert_eq!(x.len(), out.len(), "map_into: lengths differ");
+    crate::ops::for_parts((x, out), &|(x, out): (&[f32], &mut [f32])| {
+        map_into_serial(x, out, &f);
+    });
+}
+
+fn map_into_serial<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
     #[inline(always)]
     fn body<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
         for (o, v) in out.iter_mut().zip(x) {
@@ -492,8 +503,13 @@ pub fn map_into<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
     }
 }
 
-/// `x[i] = f(x[i])` in place, compiled for the best variant.
-pub fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+/// `x[i] = f(x[i])` in place, compiled for the best variant, split
+/// across threads for large slices.
+pub fn map_in_place<F: Fn(f32) -> f32 + Sync>(x: &mut [f32], f: F) {
+    crate::ops::for_parts(x, &|x: &mut [f32]| map_in_place_serial(x, &f));
+}
+
+fn map_in_place_serial<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
     #[inline(always)]
     fn body<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
         for v in x.iter_mut() {
@@ -513,8 +529,23 @@ pub fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
     }
 }
 
-/// `out[i] = f(a[i], b[i])`, compiled for the best variant.
-pub fn zip_map_into<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+/// `out[i] = f(a[i], b[i])`, compiled for the best variant, split across
+/// threads for large slices.
+///
+/// # Panics
+/// When the slices differ in length.
+pub fn zip_map_into<F: Fn(f32, f32) -> f32 + Sync>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "zip_map_into: lengths differ"
+    );
+    crate::ops::for_parts(((a, b), out), &|((a, b), out): (
+        (&[f32], &[f32]),
+        &mut [f32],
+    )| zip_map_into_serial(a, b, out, &f));
+}
+
+fn zip_map_into_serial<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
     #[inline(always)]
     fn body<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
         for ((o, x), y) in out.iter_mut().zip(a).zip(b) {

@@ -104,40 +104,81 @@ fn run_parts(pool: &micropool::ThreadPool, lo: usize, hi: usize, f: &(dyn Fn(usi
     );
 }
 
-/// Runs `f` on matching chunks of `a` and `b`, split across threads when
-/// the slices are long enough to repay it (element-wise updates of large
-/// parameters, such as an optimizer step).
-pub(crate) fn for_chunks(a: &mut [f32], b: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
-    const MIN_PARALLEL: usize = 1 << 18;
-    let threads = num_threads();
-    match helpers() {
-        Some(pool) if threads >= 2 && a.len() >= MIN_PARALLEL => {
-            split_chunks(pool, threads, a, b, &f);
-        }
-        _ => f(a, b),
+/// Slices (or tuples of slices of one length) that [`for_parts`] can cut
+/// into pieces for threads.
+pub(crate) trait Split: Sized + Send {
+    /// The number of elements.
+    fn len(&self) -> usize;
+    /// The first `mid` elements and the rest.
+    fn split_at(self, mid: usize) -> (Self, Self);
+}
+
+impl Split for &[f32] {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        <[f32]>::split_at(self, mid)
     }
 }
 
-fn split_chunks(
+impl Split for &mut [f32] {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        self.split_at_mut(mid)
+    }
+}
+
+impl<A: Split, B: Split> Split for (A, B) {
+    fn len(&self) -> usize {
+        debug_assert_eq!(self.0.len(), self.1.len());
+        self.0.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (a0, a1) = self.0.split_at(mid);
+        let (b0, b1) = self.1.split_at(mid);
+        ((a0, b0), (a1, b1))
+    }
+}
+
+/// Element-wise work on at least this many elements (1 MiB of `f32`) is
+/// split across threads; below it the fork-join costs more than it saves.
+pub const PARALLEL_ELEMENTS: usize = 1 << 18;
+
+/// Runs `f` on `data`, cut into one piece per thread when it has at least
+/// [`PARALLEL_ELEMENTS`] elements (an optimizer's update of a large
+/// weight, an activation over a large batch). Pieces start on 64-byte
+/// boundaries.
+pub(crate) fn for_parts<S: Split>(data: S, f: &(impl Fn(S) + Sync)) {
+    let threads = num_threads();
+    match helpers() {
+        Some(pool) if threads >= 2 && data.len() >= PARALLEL_ELEMENTS => {
+            split_parts(pool, threads, data, f);
+        }
+        _ => f(data),
+    }
+}
+
+fn split_parts<S: Split>(
     pool: &micropool::ThreadPool,
     parts: usize,
-    a: &mut [f32],
-    b: &[f32],
-    f: &(impl Fn(&mut [f32], &[f32]) + Sync),
+    data: S,
+    f: &(impl Fn(S) + Sync),
 ) {
-    debug_assert_eq!(a.len(), b.len());
     if parts <= 1 {
-        f(a, b);
+        f(data);
         return;
     }
     let left = parts / 2;
-    // Chunk boundaries on whole cache lines.
-    let mid = (a.len() * left / parts).next_multiple_of(16).min(a.len());
-    let (a0, a1) = a.split_at_mut(mid);
-    let (b0, b1) = b.split_at(mid);
+    let mid = (data.len() * left / parts)
+        .next_multiple_of(16)
+        .min(data.len());
+    let (d0, d1) = data.split_at(mid);
     pool.join(
-        || split_chunks(pool, left, a0, b0, f),
-        || split_chunks(pool, parts - left, a1, b1, f),
+        || split_parts(pool, left, d0, f),
+        || split_parts(pool, parts - left, d1, f),
     );
 }
 
@@ -623,7 +664,10 @@ mod chunk_tests {
         for threads in [2, 3] {
             set_num_threads(threads);
             let mut a: Vec<f32> = (0..n).map(|i| i as f32).collect();
-            for_chunks(&mut a, &b, |x, y| {
+            for_parts((a.as_mut_slice(), b.as_slice()), &|(x, y): (
+                &mut [f32],
+                &[f32],
+            )| {
                 for (x, y) in x.iter_mut().zip(y) {
                     *x += 2.0 * y + 1.0;
                 }
@@ -633,6 +677,33 @@ mod chunk_tests {
                 .iter()
                 .enumerate()
                 .all(|(i, x)| *x == i as f32 + 2.0 * (i % 7) as f32 + 1.0));
+        }
+    }
+
+    #[test]
+    fn split_element_wise_maps_match_one_thread() {
+        let _turn = super::parallel_tests::THREAD_SETTING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = PARALLEL_ELEMENTS + 37;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let run = |threads: usize| {
+            set_num_threads(threads);
+            let mut mapped = vec![f32::NAN; n];
+            crate::kernels::map_into(&x, &mut mapped, |v| v.max(0.0) * 2.0);
+            let mut in_place = x.clone();
+            crate::kernels::map_in_place(&mut in_place, |v| v * v);
+            let mut zipped = vec![f32::NAN; n];
+            crate::kernels::zip_map_into(&x, &y, &mut zipped, |a, b| if b > 0.0 { a } else { 0.0 });
+            set_num_threads(0);
+            (mapped, in_place, zipped)
+        };
+        let one = run(1);
+        assert_eq!(one.0[3], x[3].max(0.0) * 2.0);
+        assert_eq!(one.1[n - 1], x[n - 1] * x[n - 1]);
+        for threads in [2, 3] {
+            assert_eq!(run(threads), one, "{threads} threads");
         }
     }
 }

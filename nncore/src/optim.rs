@@ -169,9 +169,10 @@ impl Optimizer for Sgd {
                 return;
             };
             if momentum == 0.0 {
-                crate::ops::for_chunks(value.as_mut_slice(), grad.as_slice(), |w, g| {
-                    crate::kernels::sgd_update(w, g, lr, wd);
-                });
+                crate::ops::for_parts(
+                    (value.as_mut_slice(), grad.as_slice()),
+                    &|(w, g): (&mut [f32], &[f32])| crate::kernels::sgd_update(w, g, lr, wd),
+                );
                 return;
             }
             match buffers.get_mut(&id) {
