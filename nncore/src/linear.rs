@@ -18,6 +18,12 @@ use crate::{with_default_generator, Error, Generator, ModulePath, Param, Result,
 /// order, so that after `nncore::manual_seed(s)` the values equal those of
 /// `torch.manual_seed(s); nn.Linear(in, out)`.
 ///
+/// Inference (`forward`, `forward_into`) on a weight of 2^18 elements or
+/// more multiplies by a transposed copy of the weight, which is faster; the
+/// copy costs as much memory as the weight, is made once 256 input rows
+/// have gone through the same weight values, and is remade after the
+/// weight changes (see [`Param::version`]). Training never makes it.
+///
 /// # Example
 /// ```
 /// use nncore::prelude::*;

@@ -1,8 +1,9 @@
 //! Matrix products on nalgebra storage, and the thread setting.
 //!
-//! One entry point, [`matmul`], in BLAS's `sgemm` form: `C = alpha *
-//! op(A) * op(B) + beta * C` with `op` the identity or the transpose. The
-//! transposes are strides, never copies.
+//! [`matmul`] in BLAS's `sgemm` form: `C = alpha * op(A) * op(B) + beta *
+//! C` with `op` the identity or the transpose; [`matmul_bias`] and
+//! [`matmul_bias_new`] for a linear layer's `x W^T + b`. The transposes are
+//! strides, never copies.
 //!
 //! The kernel is faer's, chosen by measurement on the shapes of the
 //! project's workloads (forward `x W^T` and the transposed products of
@@ -32,14 +33,21 @@ static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// would cost more than it gains.
 pub const PARALLEL_THRESHOLD: usize = 1 << 21;
 
-/// Sets how many threads large matrix products use (PyTorch's
-/// `torch.set_num_threads`). `0` restores the default: the machine's
-/// available parallelism.
+/// Sets how many threads large matrix products and element-wise passes
+/// use (PyTorch's `torch.set_num_threads`). `0` restores the default: the
+/// machine's available parallelism.
+///
+/// ```
+/// nncore::ops::set_num_threads(1);
+/// assert_eq!(nncore::ops::num_threads(), 1);
+/// nncore::ops::set_num_threads(0);
+/// ```
 pub fn set_num_threads(n: usize) {
     NUM_THREADS.store(n, Ordering::Relaxed);
 }
 
-/// The number of threads large matrix products use.
+/// The number of threads large matrix products and element-wise passes
+/// use.
 #[must_use]
 pub fn num_threads() -> usize {
     static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -236,6 +244,18 @@ fn operand(m: &Tensor, t: Trans) -> (usize, usize, isize, isize) {
 /// # Panics
 /// When the shapes do not agree: `op(a)` is `m x k`, `op(b)` is `k x n`
 /// and `c` must be `m x n`. Callers check shapes and report errors first.
+///
+/// # Example
+/// ```
+/// use nncore::ops::{matmul, Trans};
+/// use nncore::Tensor;
+/// let a = Tensor::from_row_slice(2, 2, &[1., 2., 3., 4.]);
+/// let b = Tensor::from_row_slice(2, 2, &[1., 0., 1., 1.]);
+/// let mut c = Tensor::from_element(2, 2, 1.0);
+/// // c = a * b^T + 10 c
+/// matmul(1.0, &a, Trans::No, &b, Trans::Yes, 10.0, &mut c);
+/// assert_eq!(c, Tensor::from_row_slice(2, 2, &[11., 13., 13., 17.]));
+/// ```
 pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f32, c: &mut Tensor) {
     let dims = dims(a, ta, b, tb);
     assert_eq!(c.shape(), (dims.0, dims.1), "matmul: output shape");
@@ -256,6 +276,18 @@ pub fn matmul(alpha: f32, a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, beta: f3
 /// # Panics
 /// When the shapes do not agree (see [`matmul`]) or `bias` does not have
 /// one value per column of `c`.
+///
+/// # Example
+/// ```
+/// use nncore::ops::{matmul_bias, Trans};
+/// use nncore::Tensor;
+/// // y = x W^T + b for x (2 x 3), W (2 x 3), b (2).
+/// let x = Tensor::from_row_slice(2, 3, &[1., 2., 3., 0., 1., 0.]);
+/// let w = Tensor::from_row_slice(2, 3, &[1., 0., 0., 0., 0., 1.]);
+/// let mut y = Tensor::zeros(2, 2);
+/// matmul_bias(&x, Trans::No, &w, Trans::Yes, &[0.5, -1.0], &mut y);
+/// assert_eq!(y, Tensor::from_row_slice(2, 2, &[1.5, 2., 0.5, -1.]));
+/// ```
 pub fn matmul_bias(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32], c: &mut Tensor) {
     let dims = dims(a, ta, b, tb);
     assert_eq!(c.shape(), dims, "matmul_bias: output shape");
@@ -269,6 +301,16 @@ pub fn matmul_bias(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32], c
 ///
 /// # Panics
 /// As [`matmul_bias`].
+///
+/// # Example
+/// ```
+/// use nncore::ops::{matmul_bias_new, Trans};
+/// use nncore::Tensor;
+/// let x = Tensor::from_row_slice(1, 2, &[1., 2.]);
+/// let w = Tensor::from_row_slice(3, 2, &[1., 1., 0., 1., 1., 0.]);
+/// let y = matmul_bias_new(&x, Trans::No, &w, Trans::Yes, &[0., 10., 20.]);
+/// assert_eq!(y, Tensor::from_row_slice(1, 3, &[3., 12., 21.]));
+/// ```
 #[must_use]
 pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32]) -> Tensor {
     let (m, n) = dims(a, ta, b, tb);

@@ -94,7 +94,7 @@ mod burn_runs {
     use burn::module::Module;
     use burn::nn::loss::{MseLoss, Reduction};
     use burn::nn::{Linear, LinearConfig, Relu};
-    use burn::optim::{GradientsParams, Optimizer as _, SgdConfig};
+    use burn::optim::{GradientsParams, SgdConfig};
     use burn::tensor::{Device, Distribution, Tensor};
 
     #[derive(Module, Debug)]
