@@ -455,3 +455,56 @@ struct Net2 {
     skip: Option<Identity>,
     head: Linear,
 }
+
+/// A derived chain and a `Sequential` give bit for bit the result of their
+/// layers applied one by one (in-place activations, bias written inside
+/// the product, products large enough to be split across threads), through
+/// `forward`, `forward_owned` and `forward_traced`.
+#[test]
+fn chains_equal_the_layers_one_by_one() {
+    #[derive(Module)]
+    struct Net {
+        fc1: Linear,
+        act: ReLU,
+        fc2: Linear,
+        out: ReLU,
+    }
+    let net = nncore::with_seed(5, || Net {
+        fc1: Linear::new(300, 200),
+        act: ReLU::new(),
+        fc2: Linear::new_no_bias(200, 50),
+        out: ReLU::new(),
+    });
+    let seq = nncore::with_seed(5, || {
+        nncore::seq![
+            Linear::new(300, 200),
+            ReLU::new(),
+            Linear::new_no_bias(200, 50),
+            ReLU::new()
+        ]
+    });
+    let x = nncore::Generator::new(2).uniform_tensor(64, 300, -1.0, 1.0);
+    let by_layer = |x: &Tensor| -> Tensor {
+        let h = net.fc1.forward(x).unwrap();
+        let h = net.act.forward(&h).unwrap();
+        let h = net.fc2.forward(&h).unwrap();
+        net.out.forward(&h).unwrap()
+    };
+    let expected = by_layer(&x);
+    assert!(expected.iter().any(|v| *v == 0.0) && expected.iter().any(|v| *v > 0.0));
+    assert_eq!(net.forward(&x).unwrap(), expected);
+    assert_eq!(net.forward_owned(x.clone()).unwrap(), expected);
+    assert_eq!(seq.forward(&x).unwrap(), expected);
+    let mut trace = nncore::Trace::new();
+    assert_eq!(net.forward_traced(&x, &mut trace).unwrap(), expected);
+    assert_eq!(trace.shape_of("fc2"), Some((64, 50)));
+    let head = nncore::with_seed(5, || {
+        nncore::seq![
+            Linear::new(300, 200),
+            ReLU::new(),
+            Linear::new_no_bias(200, 50)
+        ]
+    });
+    let h = net.act.forward(&net.fc1.forward(&x).unwrap()).unwrap();
+    assert_eq!(head.forward(&x).unwrap(), net.fc2.forward(&h).unwrap());
+}
