@@ -508,3 +508,30 @@ fn chains_equal_the_layers_one_by_one() {
     let h = net.act.forward(&net.fc1.forward(&x).unwrap()).unwrap();
     assert_eq!(head.forward(&x).unwrap(), net.fc2.forward(&h).unwrap());
 }
+
+/// Several threads running one model at once (products large enough to be
+/// split across the helper threads) all get the single-threaded result.
+#[test]
+fn concurrent_inference_from_several_threads_agrees() {
+    let model = nncore::with_seed(6, || {
+        nncore::seq![Linear::new(300, 200), ReLU::new(), Linear::new(200, 40)]
+    });
+    let inputs: Vec<Tensor> = (0..4)
+        .map(|i| nncore::Generator::new(i).uniform_tensor(64, 300, -1.0, 1.0))
+        .collect();
+    let expected: Vec<Tensor> = inputs.iter().map(|x| model.forward(x).unwrap()).collect();
+    std::thread::scope(|s| {
+        for (x, want) in inputs.iter().zip(&expected) {
+            let model = &model;
+            s.spawn(move || {
+                let mut ws = nncore::Workspace::new();
+                let mut out = Tensor::zeros(0, 0);
+                for _ in 0..20 {
+                    assert_eq!(&model.forward(x).unwrap(), want);
+                    model.forward_into(x, &mut out, &mut ws).unwrap();
+                    assert_eq!(&out, want);
+                }
+            });
+        }
+    });
+}
