@@ -47,6 +47,11 @@ fn allocations_in(f: impl FnOnce()) -> usize {
     ALLOCATIONS.load(Ordering::SeqCst)
 }
 
+/// Fails naming `what` if `f` allocates.
+fn assert_allocates_nothing(what: &str, f: impl FnOnce()) {
+    assert_eq!(allocations_in(f), 0, "{what} allocated");
+}
+
 #[test]
 fn steady_state_training_and_inference_into_allocate_nothing() {
     nncore::ops::set_num_threads(1);
@@ -56,35 +61,25 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
     let mut simple = TrainStep::new(simple_net(0), 64, 100, 10);
     simple.step().unwrap();
     simple.step().unwrap();
-    assert_eq!(
-        allocations_in(|| for _ in 0..3 {
+    assert_allocates_nothing("SimpleNet training step", || {
+        for _ in 0..3 {
             simple.step().unwrap();
-        }),
-        0,
-        "SimpleNet training step"
-    );
+        }
+    });
 
     let mut big = TrainStep::new(mlp(0), 256, 784, 10);
     big.step().unwrap();
     big.step().unwrap();
-    assert_eq!(
-        allocations_in(|| {
-            big.step().unwrap();
-        }),
-        0,
-        "MLP training step"
-    );
+    assert_allocates_nothing("MLP training step", || {
+        big.step().unwrap();
+    });
 
     // The same with momentum: its buffers are made on the first step.
     simple.opt = Sgd::new(0.01).momentum(0.9).weight_decay(1e-4);
     simple.step().unwrap();
-    assert_eq!(
-        allocations_in(|| {
-            simple.step().unwrap();
-        }),
-        0,
-        "SGD with momentum"
-    );
+    assert_allocates_nothing("SGD with momentum", || {
+        simple.step().unwrap();
+    });
 
     // Inference into a caller-provided output.
     let net = simple_net(0);
@@ -95,13 +90,11 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
         net.forward_into(&x, &mut out, &mut ws).unwrap();
         net.forward_into(&x, &mut out, &mut ws).unwrap();
         assert_eq!(out, net.forward(&x).unwrap());
-        assert_eq!(
-            allocations_in(|| for _ in 0..3 {
+        assert_allocates_nothing("SimpleNet forward_into, batch {batch}", || {
+            for _ in 0..3 {
                 net.forward_into(&x, &mut out, &mut ws).unwrap();
-            }),
-            0,
-            "SimpleNet forward_into, batch {batch}"
-        );
+            }
+        });
     }
 
     // Two threads: large products and the optimizer's update are split
@@ -110,13 +103,9 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
     big.opt = Sgd::new(0.01);
     big.step().unwrap();
     big.step().unwrap();
-    assert_eq!(
-        allocations_in(|| {
-            big.step().unwrap();
-        }),
-        0,
-        "MLP training step, two threads"
-    );
+    assert_allocates_nothing("MLP training step, two threads", || {
+        big.step().unwrap();
+    });
     let x = input(256, 784, 3);
     let mut out = Tensor::zeros(0, 0);
     // Warm-up: the output and, from the second batch on, the transposed
@@ -124,12 +113,8 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
     for _ in 0..3 {
         big.model.forward_into(&x, &mut out, &mut ws).unwrap();
     }
-    assert_eq!(
-        allocations_in(|| {
-            big.model.forward_into(&x, &mut out, &mut ws).unwrap();
-        }),
-        0,
-        "MLP forward_into, two threads"
-    );
+    assert_allocates_nothing("MLP forward_into, two threads", || {
+        big.model.forward_into(&x, &mut out, &mut ws).unwrap();
+    });
     nncore::ops::set_num_threads(0);
 }

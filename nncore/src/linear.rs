@@ -425,14 +425,8 @@ impl std::fmt::Display for Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::close;
     use crate::optim::{Optimizer, Sgd};
-
-    fn close(a: &Tensor, b: &Tensor) -> bool {
-        a.shape() == b.shape()
-            && a.iter()
-                .zip(b.iter())
-                .all(|(x, y)| (x - y).abs() <= 1e-4 * y.abs().max(1.0))
-    }
 
     /// The reference: `x W^T + b` by nalgebra.
     fn reference(fc: &Linear, x: &Tensor) -> Tensor {

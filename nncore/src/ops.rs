@@ -534,6 +534,16 @@ pub fn ensure_shape(buf: &mut Tensor, rows: usize, cols: usize) {
     *buf = Tensor::from_vec(rows, cols, data);
 }
 
+/// Whether two tensors have one shape and agree within 1e-4 (relative
+/// above 1): the tolerance of the products' tests.
+#[cfg(test)]
+pub(crate) fn close(x: &Tensor, y: &Tensor) -> bool {
+    x.shape() == y.shape()
+        && x.iter()
+            .zip(y.iter())
+            .all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,13 +560,6 @@ mod tests {
             b.clone()
         };
         a * b
-    }
-
-    fn close(x: &Tensor, y: &Tensor) -> bool {
-        x.shape() == y.shape()
-            && x.iter()
-                .zip(y.iter())
-                .all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0))
     }
 
     #[test]
@@ -648,13 +651,6 @@ mod bias_tests {
             col.add_scalar_mut(*v);
         }
         y
-    }
-
-    fn close(x: &Tensor, y: &Tensor) -> bool {
-        x.shape() == y.shape()
-            && x.iter()
-                .zip(y.iter())
-                .all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0))
     }
 
     #[test]
