@@ -162,11 +162,13 @@ pub const PARALLEL_ELEMENTS: usize = 1 << 18;
 /// weight, an activation over a large batch). Pieces start on 64-byte
 /// boundaries.
 pub(crate) fn for_parts<S: Split>(data: S, f: &(impl Fn(S) + Sync)) {
+    // The length first: small slices (most calls) skip the thread lookups.
+    if data.len() < PARALLEL_ELEMENTS {
+        return f(data);
+    }
     let threads = num_threads();
     match helpers() {
-        Some(pool) if threads >= 2 && data.len() >= PARALLEL_ELEMENTS => {
-            split_parts(pool, threads, data, f);
-        }
+        Some(pool) if threads >= 2 => split_parts(pool, threads, data, f),
         _ => f(data),
     }
 }
