@@ -358,7 +358,7 @@ impl Linear {
 const TRANSPOSE_MIN: usize = 1 << 18;
 
 /// How many input rows must have gone through one version of a weight
-/// before its transposed copy is made (see [`Linear::infer_product`]).
+/// before its transposed copy is made (see `Linear::with_inference_weight`).
 const TRANSPOSE_AFTER_ROWS: usize = 256;
 
 /// The transposed weight of a layer and the weight version it was made

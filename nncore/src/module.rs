@@ -537,7 +537,7 @@ pub trait Forward: Module {
     }
 
     /// [`Forward::forward`] that also records every submodule's output
-    /// shape in `trace` (what [`summary`](crate::summary) prints). Derived
+    /// shape in `trace` (what [`summary`](fn@crate::summary) prints). Derived
     /// modules and containers trace their children; a hand-written forward
     /// records only its own output unless it overrides this.
     ///
