@@ -299,7 +299,7 @@ impl Default for LeakyReLU {
 }
 
 #[inline]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {
@@ -392,7 +392,7 @@ pub enum GeluApproximate {
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_COEFF: f64 = 0.044_715;
 
-fn gelu(x: f32, approx: GeluApproximate) -> f32 {
+pub(crate) fn gelu(x: f32, approx: GeluApproximate) -> f32 {
     let x = f64::from(x);
     let y = match approx {
         GeluApproximate::None => 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
@@ -403,7 +403,7 @@ fn gelu(x: f32, approx: GeluApproximate) -> f32 {
     y as f32
 }
 
-fn gelu_derivative(x: f32, approx: GeluApproximate) -> f32 {
+pub(crate) fn gelu_derivative(x: f32, approx: GeluApproximate) -> f32 {
     let x = f64::from(x);
     let d = match approx {
         GeluApproximate::None => {

@@ -51,6 +51,7 @@ mod param;
 mod rng;
 mod serialize;
 mod summary;
+mod written;
 
 pub use activation::{GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, GELU};
 pub use container::{Layer, Sequential};
@@ -71,9 +72,14 @@ pub use serialize::{
     LoadError, LoadOptions, LoadReport, SaveDtype, SaveOptions, StateDict, TensorData,
 };
 pub use summary::{human_count, summary, Summary, SummaryRow};
+pub use written::{Tape, Var};
 
 /// `#[derive(Module)]`: see the [`Module`] trait and the crate's README.
 pub use nnmacro::Module;
+
+/// `#[nncore::forward]`: write `forward` as in PyTorch and get training
+/// for free (see [`Tape`]).
+pub use nnmacro::forward;
 
 /// nalgebra, re-exported so that users need not depend on the same
 /// version themselves.
@@ -87,6 +93,10 @@ pub type Tensor = nalgebra::DMatrix<f32>;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::module::Flow;
+    pub use crate::written::{
+        backward, backward_params, dyn_mut, forward, forward_into, forward_traced, forward_train,
+        Binary, Eval, HasTape, ScalarOp, Site, Unary, Written,
+    };
     pub use std::string::String;
 
     /// A child module as `dyn Module`; the derive calls it spanned on a
@@ -180,6 +190,6 @@ pub mod prelude {
     pub use crate::{
         bce_with_logits, cross_entropy, mse_loss, seq, Adam, Dropout, Forward, Identity, LeakyReLU,
         Linear, LrScheduler, Module, Optimizer, Param, ReLU, Sequential, Sgd, Sigmoid, Softmax,
-        Tanh, Tensor, GELU,
+        Tanh, Tape, Tensor, GELU,
     };
 }

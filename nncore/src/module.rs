@@ -554,6 +554,7 @@ pub trait Forward: Module {
 #[derive(Debug, Default)]
 pub struct Workspace {
     pool: Vec<Tensor>,
+    arenas: Vec<Vec<Tensor>>,
 }
 
 impl Workspace {
@@ -571,6 +572,18 @@ impl Workspace {
     /// Returns a buffer for later calls.
     pub fn give(&mut self, t: Tensor) {
         self.pool.push(t);
+    }
+
+    /// An empty list of buffers (with the capacity of an earlier one),
+    /// for the values of a written forward.
+    pub(crate) fn take_arena(&mut self) -> Vec<Tensor> {
+        self.arenas.pop().unwrap_or_default()
+    }
+
+    /// Returns an emptied list of buffers.
+    pub(crate) fn give_arena(&mut self, arena: Vec<Tensor>) {
+        debug_assert!(arena.is_empty());
+        self.arenas.push(arena);
     }
 
     /// One step of a forward chain: runs `m` on the current tensor (`x`

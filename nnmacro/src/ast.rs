@@ -22,6 +22,9 @@ pub(crate) struct Field<'a> {
     /// For `Option<M>` fields, `M`: the child exists only when `Some`.
     pub(crate) optional: Option<&'a syn::Type>,
     pub(crate) attrs: FieldAttrs,
+    /// A field of type `Tape`: the recording of a written forward, not a
+    /// child.
+    pub(crate) tape: bool,
 }
 
 impl Field<'_> {
@@ -29,6 +32,20 @@ impl Field<'_> {
     pub(crate) fn module_ty(&self) -> &syn::Type {
         self.optional.unwrap_or(self.ty)
     }
+}
+
+/// Whether `ty` is written `Tape` (or a path ending in `Tape`, such as
+/// `nncore::Tape`), without generics.
+fn is_tape(ty: &syn::Type) -> bool {
+    let syn::Type::Path(tp) = ty else {
+        return false;
+    };
+    tp.qself.is_none()
+        && tp
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Tape" && s.arguments.is_none())
 }
 
 /// `M` when `ty` is written `Option<M>` (or `std::option::Option<M>`,
@@ -85,6 +102,7 @@ impl<'a> Input<'a> {
                         name,
                         ty: &field.ty,
                         optional: option_inner(&field.ty),
+                        tape: is_tape(&field.ty),
                         attrs,
                     });
                 }
@@ -98,6 +116,14 @@ impl<'a> Input<'a> {
                 "#[derive(Module)] only supports structs; a module is a struct whose fields are its layers",
             ),
         }
+        if let [_, second, ..] = fields
+            .iter()
+            .filter(|f| f.tape)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            cx.error_spanned_by(second.ty, "a module has at most one `Tape` field");
+        }
         cx.check()?;
         Ok(Self {
             ident: &input.ident,
@@ -107,8 +133,14 @@ impl<'a> Input<'a> {
         })
     }
 
-    /// The fields that are child modules (not `#[module(skip)]`).
+    /// The fields that are child modules (not `#[module(skip)]`, not the
+    /// `Tape`).
     pub(crate) fn children(&self) -> impl DoubleEndedIterator<Item = &Field<'a>> + Clone {
-        self.fields.iter().filter(|f| !f.attrs.skip)
+        self.fields.iter().filter(|f| !f.attrs.skip && !f.tape)
+    }
+
+    /// The `Tape` field, if the struct has one (its forward is written).
+    pub(crate) fn tape(&self) -> Option<&Field<'a>> {
+        self.fields.iter().find(|f| f.tape)
     }
 }

@@ -177,15 +177,31 @@ fn expand(input: &Input<'_>) -> TokenStream {
         }
     };
 
-    let forward_impl = if input.attrs.custom_forward {
+    let forward_impl = if input.attrs.custom_forward || input.tape().is_some() {
         TokenStream::new()
     } else {
         forward_impl(input, &name, &children)
     };
+    let tape_impl = input.tape().map(|f| {
+        let member = &f.member;
+        let (_, _, where_clause) = input.generics.split_for_impl();
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics ::nncore::__private::HasTape for #ident #ty_generics #where_clause {
+                fn tape(&self) -> &::nncore::Tape {
+                    &self.#member
+                }
+                fn tape_mut(&mut self) -> &mut ::nncore::Tape {
+                    &mut self.#member
+                }
+            }
+        }
+    });
 
     quote! {
         #module_impl
         #forward_impl
+        #tape_impl
     }
 }
 

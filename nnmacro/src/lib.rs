@@ -13,6 +13,7 @@ mod ast;
 mod attr;
 mod ctxt;
 mod expand;
+mod forward;
 
 use proc_macro::TokenStream;
 
@@ -42,4 +43,19 @@ use proc_macro::TokenStream;
 pub fn derive_module(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     expand::derive(&input).into()
+}
+
+/// Turns a PyTorch-style `forward`, written in ordinary Rust, into the
+/// module's [`Forward`](../nncore/trait.Forward.html) implementation:
+/// inference, `forward_into`, the traced forward of `summary`, and the
+/// recording forward with its backward pass, with no hand-written gradient.
+///
+/// Put it on an inherent `impl` block holding
+/// `fn forward(&self, x: &Tensor) -> Result<Tensor>`; the struct derives
+/// `Module` and has a field of type `nncore::Tape`. See `nncore`'s guide for
+/// what the forward may contain.
+#[proc_macro_attribute]
+pub fn forward(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item = syn::parse_macro_input!(item as syn::ItemImpl);
+    forward::expand(attr.into(), item).into()
 }

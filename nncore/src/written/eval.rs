@@ -1,0 +1,330 @@
+//! The inference engine of written forwards: computes each operation as it
+//! comes, with buffers from a [`Workspace`] for `forward_into`.
+
+use super::math::{self, Binary, ScalarOp, Unary};
+use super::{Site, Var};
+use crate::module::{Forward, Trace, Workspace};
+use crate::{Error, ModulePath, Result, Tensor};
+
+pub(crate) enum Mode<'w> {
+    Plain,
+    Into(&'w mut Workspace),
+    Traced(&'w mut Trace),
+}
+
+/// The values of one inference run of a written forward. The code that
+/// `#[nncore::forward]` generates calls its methods; not public API.
+pub struct Eval<'x, 'w> {
+    input: &'x Tensor,
+    vals: Vec<Tensor>,
+    owner: &'static str,
+    mode: Mode<'w>,
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for Eval<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eval")
+            .field("owner", &self.owner)
+            .field("values", &self.vals.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'x, 'w> Eval<'x, 'w> {
+    pub(crate) fn new(input: &'x Tensor, owner: &'static str, mut mode: Mode<'w>) -> Self {
+        let vals = match &mut mode {
+            Mode::Into(ws) => ws.take_arena(),
+            _ => Vec::new(),
+        };
+        Self {
+            input,
+            vals,
+            owner,
+            mode,
+            error: None,
+        }
+    }
+
+    fn get(&self, v: Var) -> &Tensor {
+        if v == Var::INPUT {
+            self.input
+        } else {
+            &self.vals[v.0 as usize - 1]
+        }
+    }
+
+    fn ok(&self, vars: &[Var]) -> bool {
+        self.error.is_none() && !vars.contains(&Var::POISON)
+    }
+
+    fn fail(&mut self, message: String) -> Var {
+        if self.error.is_none() {
+            self.error = Some(Error::InvalidInput {
+                path: ModulePath::leaf(self.owner),
+                message,
+            });
+        }
+        Var::POISON
+    }
+
+    fn buf(&mut self) -> Tensor {
+        match &mut self.mode {
+            Mode::Into(ws) => ws.take(),
+            _ => Tensor::zeros(0, 0),
+        }
+    }
+
+    fn push(&mut self, t: Tensor) -> Var {
+        self.vals.push(t);
+        Var(self.vals.len() as u32)
+    }
+
+    /// `Err` with the first error of the run so far.
+    ///
+    /// # Errors
+    /// The first failed operation's error.
+    pub fn check(&mut self, v: Var) -> Result<Var> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(v),
+        }
+    }
+
+    /// Runs child `m` (called at `site`) on `a`.
+    pub fn call<F: Forward + ?Sized>(&mut self, m: &F, site: Site, a: Var) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let x: &Tensor = if a == Var::INPUT {
+            self.input
+        } else {
+            &self.vals[a.0 as usize - 1]
+        };
+        let r = match &mut self.mode {
+            Mode::Plain => m.forward(x),
+            Mode::Into(ws) => {
+                let mut out = ws.take();
+                match m.forward_into(x, &mut out, ws) {
+                    Ok(()) => Ok(out),
+                    Err(e) => {
+                        ws.give(out);
+                        Err(e)
+                    }
+                }
+            }
+            Mode::Traced(t) => site.trace(t, |t| m.forward_traced(x, t)),
+        };
+        match r {
+            Ok(y) => self.push(y),
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some(site.wrap(e, self.owner));
+                }
+                Var::POISON
+            }
+        }
+    }
+
+    /// The call of a module-list element past the list's end.
+    pub fn out_of_range(&mut self, site: Site, len: usize) -> Var {
+        if self.error.is_none() {
+            self.error = Some(Error::InvalidInput {
+                path: ModulePath::leaf(self.owner),
+                message: format!(
+                    "index {} is out of range for `{}` (a module list of {len})",
+                    site.index, site.field
+                ),
+            });
+        }
+        Var::POISON
+    }
+
+    /// The `(rows, columns)` of a value (`(0, 0)` after a failure).
+    #[must_use]
+    pub fn shape(&self, v: Var) -> (usize, usize) {
+        if v == Var::POISON {
+            (0, 0)
+        } else {
+            self.get(v).shape()
+        }
+    }
+
+    /// The rows (batch) of a value.
+    #[must_use]
+    pub fn nrows(&self, v: Var) -> usize {
+        self.shape(v).0
+    }
+
+    /// The columns (features) of a value.
+    #[must_use]
+    pub fn ncols(&self, v: Var) -> usize {
+        self.shape(v).1
+    }
+
+    /// An element-wise function.
+    pub fn unary(&mut self, k: Unary, a: Var) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let mut out = self.buf();
+        math::unary_into(k, self.get(a), &mut out);
+        self.push(out)
+    }
+
+    /// A tensor and a scalar.
+    pub fn scalar(&mut self, op: ScalarOp, a: Var, s: f32) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let mut out = self.buf();
+        math::scalar_into(op, s, self.get(a), &mut out);
+        self.push(out)
+    }
+
+    /// Two tensors, element-wise with broadcasting.
+    pub fn binary(&mut self, op: Binary, a: Var, b: Var) -> Var {
+        if !self.ok(&[a, b]) {
+            return Var::POISON;
+        }
+        let mut out = self.buf();
+        match math::binary_into(op, self.get(a), self.get(b), &mut out) {
+            Ok(()) => self.push(out),
+            Err(m) => self.fail(m),
+        }
+    }
+
+    /// Softmax, or log-softmax, along `dim`.
+    pub fn softmax(&mut self, a: Var, dim: i64, log: bool) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let features = match math::features_axis(dim) {
+            Ok(f) => f,
+            Err(m) => return self.fail(m),
+        };
+        let mut out = self.buf();
+        math::softmax_into(self.get(a), features, log, &mut out);
+        self.push(out)
+    }
+
+    /// PyTorch's `narrow(dim, start, length)`.
+    pub fn narrow(&mut self, a: Var, dim: i64, start: i64, length: i64) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let x = self.get(a);
+        let r = math::features_axis(dim).and_then(|f| {
+            let size = if f { x.ncols() } else { x.nrows() };
+            math::narrow_start(size, start, length).map(|s| (f, s))
+        });
+        match r {
+            Ok((features, start)) => self.narrow_at(a, features, start, length as usize),
+            Err(m) => self.fail(m),
+        }
+    }
+
+    fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
+        let mut out = self.buf();
+        math::narrow_into(self.get(a), features, start, len, &mut out);
+        self.push(out)
+    }
+
+    /// PyTorch's `chunk(chunks, dim)` into exactly `N` pieces.
+    pub fn chunk<const N: usize>(&mut self, a: Var, chunks: i64, dim: i64) -> [Var; N] {
+        let parts = self.chunk_vec(a, chunks, dim);
+        if parts.len() == N {
+            std::array::from_fn(|i| parts[i])
+        } else {
+            if !parts.contains(&Var::POISON) {
+                self.fail(format!(
+                    "chunk gave {} pieces, not the {N} the forward unpacks (expected {N}, got {})",
+                    parts.len(),
+                    parts.len()
+                ));
+            }
+            [Var::POISON; N]
+        }
+    }
+
+    /// PyTorch's `chunk(chunks, dim)`.
+    pub fn chunk_vec(&mut self, a: Var, chunks: i64, dim: i64) -> Vec<Var> {
+        if !self.ok(&[a]) {
+            return vec![Var::POISON];
+        }
+        let x = self.get(a);
+        let r = math::features_axis(dim).and_then(|f| {
+            let size = if f { x.ncols() } else { x.nrows() };
+            math::chunk_sizes(size, chunks).map(|(split, count)| (f, size, split, count))
+        });
+        match r {
+            Ok((features, size, split, count)) => (0..count)
+                .map(|i| {
+                    let start = (i * split).min(size);
+                    self.narrow_at(a, features, start, split.min(size - start))
+                })
+                .collect(),
+            Err(m) => vec![self.fail(m)],
+        }
+    }
+
+    /// PyTorch's `torch.cat(xs, dim)`.
+    pub fn cat(&mut self, xs: &[Var], dim: i64) -> Var {
+        if !self.ok(xs) {
+            return Var::POISON;
+        }
+        let r = math::features_axis(dim).and_then(|f| {
+            math::cat_shape(xs.iter().map(|v| self.get(*v).shape()), f).map(|s| (f, s))
+        });
+        let (features, (rows, cols)) = match r {
+            Ok(r) => r,
+            Err(m) => return self.fail(m),
+        };
+        let mut out = self.buf();
+        crate::ops::ensure_shape(&mut out, rows, cols);
+        let mut start = 0;
+        for v in xs {
+            let x = self.get(*v);
+            math::cat_place(x, features, start, &mut out);
+            start += if features { x.ncols() } else { x.nrows() };
+        }
+        self.push(out)
+    }
+
+    pub(crate) fn finish(mut self, r: Result<Var>) -> Result<Tensor> {
+        let v = self.result(r)?;
+        Ok(if v == Var::INPUT {
+            self.input.clone()
+        } else {
+            std::mem::replace(&mut self.vals[v.0 as usize - 1], Tensor::zeros(0, 0))
+        })
+    }
+
+    pub(crate) fn finish_into(mut self, r: Result<Var>, out: &mut Tensor) -> Result<()> {
+        let r = self
+            .result(r)
+            .map(|v| crate::ops::copy_into(self.get(v), out));
+        if let Mode::Into(ws) = &mut self.mode {
+            let mut vals = std::mem::take(&mut self.vals);
+            for t in vals.drain(..) {
+                ws.give(t);
+            }
+            ws.give_arena(vals);
+        }
+        r
+    }
+
+    fn result(&mut self, r: Result<Var>) -> Result<Var> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let v = r?;
+        if v == Var::POISON {
+            return Err(Error::InvalidInput {
+                path: ModulePath::leaf(self.owner),
+                message: "the forward returned the value of a failed operation".into(),
+            });
+        }
+        Ok(v)
+    }
+}

@@ -1,0 +1,210 @@
+//! The engine behind written forwards: `#[nncore::forward]` on an `impl`
+//! block turns a PyTorch-style `forward` into inference, the allocation-free
+//! `forward_into`, the traced forward of [`summary`](fn@crate::summary), and
+//! a recording forward with its backward pass.
+//!
+//! The macro rewrites the body of `forward` once for inference (on
+//! [`Eval`]) and once for training (on [`Tape`]): every tensor becomes a
+//! [`Var`], a handle to a value held by the engine, and every operation a
+//! call on the engine, which computes it and, on the tape, records it. The
+//! backward pass walks the tape in reverse. Children keep their own
+//! recording buffers, as in a derived chain; a child called at several
+//! places is replayed from its saved input before the backward of each
+//! earlier call, so that its gradients accumulate over every use.
+
+mod eval;
+mod math;
+mod tape;
+
+pub use eval::Eval;
+pub use math::{Binary, ScalarOp, Unary};
+pub use tape::Tape;
+
+use crate::module::{Forward, Trace, Workspace};
+use crate::{Error, Result, Tensor};
+
+/// A tensor inside a written forward: a handle to a value the engine holds.
+/// `Var`s are `Copy`, so the same value can be used any number of times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Var(pub(crate) u32);
+
+impl Var {
+    /// The forward's input.
+    pub const INPUT: Var = Var(0);
+    /// The value of an operation that failed; every operation on it fails
+    /// too, and the first error is reported.
+    pub(crate) const POISON: Var = Var(u32::MAX);
+}
+
+/// Where a child called in a written forward sits: its field, and for an
+/// element of a `Vec` or array field, the element's index. `id` numbers the
+/// call sites of one forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    /// The call site's number.
+    pub id: u32,
+    /// The field's name.
+    pub field: &'static str,
+    /// The element's index in a module list; `usize::MAX` for a field.
+    pub index: usize,
+}
+
+impl Site {
+    /// The call of the child in field `field`.
+    #[must_use]
+    pub const fn field(id: u32, field: &'static str) -> Self {
+        Self {
+            id,
+            field,
+            index: usize::MAX,
+        }
+    }
+
+    /// The call of element `index` of the module list in field `field`.
+    #[must_use]
+    pub const fn element(id: u32, field: &'static str, index: usize) -> Self {
+        Self { id, field, index }
+    }
+
+    /// Adds this site to the module path of an error from the child.
+    pub(crate) fn wrap(self, e: Error, owner: &str) -> Error {
+        if self.index == usize::MAX {
+            e.within(self.field, owner)
+        } else {
+            e.within(&self.index.to_string(), "ModuleList")
+                .within(self.field, owner)
+        }
+    }
+
+    pub(crate) fn trace<R>(self, trace: &mut Trace, f: impl FnOnce(&mut Trace) -> R) -> R {
+        if self.index == usize::MAX {
+            trace.child(self.field, f)
+        } else {
+            let index = self.index.to_string();
+            trace.child(self.field, |t| t.child(&index, f))
+        }
+    }
+}
+
+/// What `#[nncore::forward]` implements: the rewritten forward, for
+/// inference and for recording, and access to the children by call site.
+/// Not public API.
+#[doc(hidden)]
+pub trait Written {
+    /// The module's type name, for error paths.
+    const NAME: &'static str;
+    /// The forward on the inference engine.
+    ///
+    /// # Errors
+    /// Whatever the forward reports.
+    fn eval(&self, cx: &mut Eval<'_, '_>, x: Var) -> Result<Var>;
+    /// The forward on the tape.
+    ///
+    /// # Errors
+    /// Whatever the forward reports.
+    fn record(&mut self, tape: &mut Tape, x: Var) -> Result<Var>;
+    /// The child called at `site`.
+    fn child_mut(&mut self, site: Site) -> Option<&mut dyn Forward>;
+}
+
+/// The [`Tape`] field of a module with a written forward; derived for a
+/// struct with a field of type `Tape`. Not public API.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has a written forward but no `Tape` field",
+    label = "add a field `tape: nncore::Tape` to `{Self}`",
+    note = "a written forward records for training in a field of type `nncore::Tape`; fill it with `Tape::default()` (or `..Default::default()`)"
+)]
+pub trait HasTape {
+    /// The tape.
+    fn tape(&self) -> &Tape;
+    /// The tape, mutably.
+    fn tape_mut(&mut self) -> &mut Tape;
+}
+
+/// `Forward::forward` of a written forward.
+///
+/// # Errors
+/// Whatever the forward reports.
+pub fn forward<W: Written + ?Sized>(m: &W, x: &Tensor) -> Result<Tensor> {
+    let mut cx = Eval::new(x, W::NAME, eval::Mode::Plain);
+    let r = m.eval(&mut cx, Var::INPUT);
+    cx.finish(r)
+}
+
+/// `Forward::forward_into` of a written forward.
+///
+/// # Errors
+/// Whatever the forward reports.
+pub fn forward_into<W: Written + ?Sized>(
+    m: &W,
+    x: &Tensor,
+    out: &mut Tensor,
+    ws: &mut Workspace,
+) -> Result<()> {
+    let mut cx = Eval::new(x, W::NAME, eval::Mode::Into(ws));
+    let r = m.eval(&mut cx, Var::INPUT);
+    cx.finish_into(r, out)
+}
+
+/// `Forward::forward_traced` of a written forward.
+///
+/// # Errors
+/// Whatever the forward reports.
+pub fn forward_traced<W: Written + ?Sized>(m: &W, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+    let mut cx = Eval::new(x, W::NAME, eval::Mode::Traced(trace));
+    let r = m.eval(&mut cx, Var::INPUT);
+    let y = cx.finish(r)?;
+    trace.record(&y);
+    Ok(y)
+}
+
+/// `Forward::forward_train` of a written forward.
+///
+/// # Errors
+/// Whatever the forward reports.
+pub fn forward_train<'a, W: Written + HasTape + ?Sized>(
+    m: &'a mut W,
+    x: &Tensor,
+) -> Result<&'a Tensor> {
+    let mut tape = std::mem::take(m.tape_mut());
+    tape.begin(x, W::NAME);
+    let r = m.record(&mut tape, Var::INPUT);
+    let r = tape.end(r);
+    *m.tape_mut() = tape;
+    r?;
+    Ok(m.tape().output())
+}
+
+/// `Forward::backward` of a written forward.
+///
+/// # Errors
+/// No recorded forward, a gradient of the wrong shape, and whatever the
+/// children's backward passes report.
+pub fn backward<'a, W: Written + HasTape + ?Sized>(
+    m: &'a mut W,
+    grad: &Tensor,
+) -> Result<&'a Tensor> {
+    let mut tape = std::mem::take(m.tape_mut());
+    let r = tape.backward(m, grad, true);
+    *m.tape_mut() = tape;
+    r?;
+    Ok(m.tape().input_grad())
+}
+
+/// `Forward::backward_params` of a written forward.
+///
+/// # Errors
+/// As [`backward`].
+pub fn backward_params<W: Written + HasTape + ?Sized>(m: &mut W, grad: &Tensor) -> Result<()> {
+    let mut tape = std::mem::take(m.tape_mut());
+    let r = tape.backward(m, grad, false);
+    *m.tape_mut() = tape;
+    r
+}
+
+/// `m` as a `&mut dyn Forward` (for [`Written::child_mut`]).
+#[doc(hidden)]
+pub fn dyn_mut<F: Forward>(m: &mut F) -> &mut dyn Forward {
+    m
+}

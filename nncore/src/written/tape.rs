@@ -1,0 +1,654 @@
+//! The training engine of written forwards: records each operation with
+//! its value, then walks the record backwards.
+
+use super::math::{self, Binary, ScalarOp, Unary};
+use super::{Site, Var, Written};
+use crate::module::Forward;
+use crate::ops::copy_into;
+use crate::{Error, ModulePath, Result, Tensor};
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Call {
+        site: Site,
+        key: usize,
+        input: Var,
+        out: Var,
+    },
+    Unary {
+        k: Unary,
+        a: Var,
+        out: Var,
+    },
+    Scalar {
+        op: ScalarOp,
+        s: f32,
+        a: Var,
+        out: Var,
+    },
+    Binary {
+        op: Binary,
+        a: Var,
+        b: Var,
+        out: Var,
+    },
+    Softmax {
+        a: Var,
+        features: bool,
+        log: bool,
+        out: Var,
+    },
+    Narrow {
+        a: Var,
+        features: bool,
+        start: usize,
+        out: Var,
+    },
+    Cat {
+        args: (u32, u32),
+        features: bool,
+        out: Var,
+    },
+}
+
+impl Op {
+    fn out(&self) -> Var {
+        match *self {
+            Op::Call { out, .. }
+            | Op::Unary { out, .. }
+            | Op::Scalar { out, .. }
+            | Op::Binary { out, .. }
+            | Op::Softmax { out, .. }
+            | Op::Narrow { out, .. }
+            | Op::Cat { out, .. } => out,
+        }
+    }
+}
+
+/// The record of a written forward's last training pass: every value it
+/// computed and how, reused from step to step (after the first step of a
+/// given shape, recording and backward allocate nothing).
+///
+/// A module whose `forward` is written with `#[nncore::forward]` holds one
+/// in a field; build it with `Tape::default()`. It is not a child module:
+/// it prints nothing and holds no parameters.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+///
+/// #[derive(Module)]
+/// struct Residual {
+///     fc: Linear,
+///     tape: Tape,
+/// }
+///
+/// #[nncore::forward]
+/// impl Residual {
+///     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+///         let h = self.fc(x)?;
+///         Ok(relu(h) + x)
+///     }
+/// }
+///
+/// let mut block = Residual { fc: Linear::new(4, 4), tape: Tape::default() };
+/// let x = Tensor::from_element(2, 4, 0.5);
+/// let y = block.forward_train(&x)?.clone();
+/// assert_eq!(y, block.forward(&x)?);
+/// let dx = block.backward(&Tensor::from_element(2, 4, 1.0))?;
+/// assert_eq!(dx.shape(), (2, 4));
+/// assert!(block.fc.weight().grad().is_some());
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Default)]
+pub struct Tape {
+    owner: &'static str,
+    vals: Vec<Tensor>,
+    len: usize,
+    ops: Vec<Op>,
+    cat_args: Vec<Var>,
+    // (module key, index of the op whose forward_train its buffers hold)
+    last_call: Vec<(usize, usize)>,
+    grads: Vec<Tensor>,
+    live: Vec<bool>,
+    needs: Vec<bool>,
+    scratch: Tensor,
+    error: Option<Error>,
+    out: Option<Var>,
+    recorded: bool,
+}
+
+/// A clone starts empty: a copied model has no recorded forward (as a
+/// `Linear`'s clone keeps no training buffers worth keeping either).
+impl Clone for Tape {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Tape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tape")
+            .field("values", &self.len)
+            .field("ops", &self.ops.len())
+            .field("recorded", &self.recorded)
+            .finish()
+    }
+}
+
+impl Tape {
+    pub(crate) fn begin(&mut self, x: &Tensor, owner: &'static str) {
+        self.owner = owner;
+        self.len = 0;
+        self.ops.clear();
+        self.cat_args.clear();
+        self.last_call.clear();
+        self.error = None;
+        self.out = None;
+        self.recorded = false;
+        let v = self.new_value();
+        copy_into(x, &mut self.vals[v.0 as usize]);
+    }
+
+    pub(crate) fn end(&mut self, r: Result<Var>) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let v = r?;
+        if v == Var::POISON {
+            return Err(Error::InvalidInput {
+                path: ModulePath::leaf(self.owner),
+                message: "the forward returned the value of a failed operation".into(),
+            });
+        }
+        self.out = Some(v);
+        self.recorded = true;
+        Ok(())
+    }
+
+    pub(crate) fn output(&self) -> &Tensor {
+        &self.vals[self.out.map_or(0, |v| v.0 as usize)]
+    }
+
+    pub(crate) fn input_grad(&self) -> &Tensor {
+        &self.grads[0]
+    }
+
+    fn new_value(&mut self) -> Var {
+        if self.len == self.vals.len() {
+            self.vals.push(Tensor::zeros(0, 0));
+        }
+        self.len += 1;
+        Var(self.len as u32 - 1)
+    }
+
+    fn ok(&self, vars: &[Var]) -> bool {
+        self.error.is_none() && !vars.contains(&Var::POISON)
+    }
+
+    fn fail(&mut self, message: String) -> Var {
+        if self.error.is_none() {
+            self.error = Some(Error::InvalidInput {
+                path: ModulePath::leaf(self.owner),
+                message,
+            });
+        }
+        Var::POISON
+    }
+
+    fn get(&self, v: Var) -> &Tensor {
+        &self.vals[v.0 as usize]
+    }
+
+    /// Computes a new value with `f(values, out)`.
+    fn compute(&mut self, f: impl FnOnce(&[Tensor], &mut Tensor)) -> Var {
+        let v = self.new_value();
+        let mut out = std::mem::replace(&mut self.vals[v.0 as usize], Tensor::zeros(0, 0));
+        f(&self.vals, &mut out);
+        self.vals[v.0 as usize] = out;
+        v
+    }
+
+    /// `Err` with the first error of the pass so far.
+    ///
+    /// # Errors
+    /// The first failed operation's error.
+    pub fn check(&mut self, v: Var) -> Result<Var> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(v),
+        }
+    }
+
+    /// Runs child `m` (called at `site`) on `a`, recording.
+    pub fn call<F: Forward + ?Sized>(&mut self, m: &mut F, site: Site, a: Var) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let v = self.new_value();
+        let mut out = std::mem::replace(&mut self.vals[v.0 as usize], Tensor::zeros(0, 0));
+        let r = m
+            .forward_train(&self.vals[a.0 as usize])
+            .map(|y| copy_into(y, &mut out));
+        self.vals[v.0 as usize] = out;
+        if let Err(e) = r {
+            if self.error.is_none() {
+                self.error = Some(site.wrap(e, self.owner));
+            }
+            return Var::POISON;
+        }
+        let key = (m as *const F).cast::<()>() as usize;
+        let index = self.ops.len();
+        match self.last_call.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = index,
+            None => self.last_call.push((key, index)),
+        }
+        self.ops.push(Op::Call {
+            site,
+            key,
+            input: a,
+            out: v,
+        });
+        v
+    }
+
+    /// The call of a module-list element past the list's end.
+    pub fn out_of_range(&mut self, site: Site, len: usize) -> Var {
+        if self.error.is_none() {
+            self.error = Some(Error::InvalidInput {
+                path: ModulePath::leaf(self.owner),
+                message: format!(
+                    "index {} is out of range for `{}` (a module list of {len})",
+                    site.index, site.field
+                ),
+            });
+        }
+        Var::POISON
+    }
+
+    /// The `(rows, columns)` of a value (`(0, 0)` after a failure).
+    #[must_use]
+    pub fn shape(&self, v: Var) -> (usize, usize) {
+        if v == Var::POISON {
+            (0, 0)
+        } else {
+            self.get(v).shape()
+        }
+    }
+
+    /// The rows (batch) of a value.
+    #[must_use]
+    pub fn nrows(&self, v: Var) -> usize {
+        self.shape(v).0
+    }
+
+    /// The columns (features) of a value.
+    #[must_use]
+    pub fn ncols(&self, v: Var) -> usize {
+        self.shape(v).1
+    }
+
+    /// An element-wise function.
+    pub fn unary(&mut self, k: Unary, a: Var) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let out = self.compute(|v, o| math::unary_into(k, &v[a.0 as usize], o));
+        self.ops.push(Op::Unary { k, a, out });
+        out
+    }
+
+    /// A tensor and a scalar.
+    pub fn scalar(&mut self, op: ScalarOp, a: Var, s: f32) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let out = self.compute(|v, o| math::scalar_into(op, s, &v[a.0 as usize], o));
+        self.ops.push(Op::Scalar { op, s, a, out });
+        out
+    }
+
+    /// Two tensors, element-wise with broadcasting.
+    pub fn binary(&mut self, op: Binary, a: Var, b: Var) -> Var {
+        if !self.ok(&[a, b]) {
+            return Var::POISON;
+        }
+        if let Err(m) = math::broadcast_shape(self.get(a).shape(), self.get(b).shape()) {
+            return self.fail(m);
+        }
+        let out = self.compute(|v, o| {
+            let _ = math::binary_into(op, &v[a.0 as usize], &v[b.0 as usize], o);
+        });
+        self.ops.push(Op::Binary { op, a, b, out });
+        out
+    }
+
+    /// Softmax, or log-softmax, along `dim`.
+    pub fn softmax(&mut self, a: Var, dim: i64, log: bool) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let features = match math::features_axis(dim) {
+            Ok(f) => f,
+            Err(m) => return self.fail(m),
+        };
+        let out = self.compute(|v, o| math::softmax_into(&v[a.0 as usize], features, log, o));
+        self.ops.push(Op::Softmax {
+            a,
+            features,
+            log,
+            out,
+        });
+        out
+    }
+
+    /// PyTorch's `narrow(dim, start, length)`.
+    pub fn narrow(&mut self, a: Var, dim: i64, start: i64, length: i64) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let x = self.get(a);
+        let r = math::features_axis(dim).and_then(|f| {
+            let size = if f { x.ncols() } else { x.nrows() };
+            math::narrow_start(size, start, length).map(|s| (f, s))
+        });
+        match r {
+            Ok((features, start)) => self.narrow_at(a, features, start, length as usize),
+            Err(m) => self.fail(m),
+        }
+    }
+
+    fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
+        let out = self.compute(|v, o| math::narrow_into(&v[a.0 as usize], features, start, len, o));
+        self.ops.push(Op::Narrow {
+            a,
+            features,
+            start,
+            out,
+        });
+        out
+    }
+
+    /// PyTorch's `chunk(chunks, dim)` into exactly `N` pieces.
+    pub fn chunk<const N: usize>(&mut self, a: Var, chunks: i64, dim: i64) -> [Var; N] {
+        let parts = self.chunk_vec(a, chunks, dim);
+        if parts.len() == N {
+            std::array::from_fn(|i| parts[i])
+        } else {
+            if !parts.contains(&Var::POISON) {
+                self.fail(format!(
+                    "chunk gave {} pieces, not the {N} the forward unpacks (expected {N}, got {})",
+                    parts.len(),
+                    parts.len()
+                ));
+            }
+            [Var::POISON; N]
+        }
+    }
+
+    /// PyTorch's `chunk(chunks, dim)`.
+    pub fn chunk_vec(&mut self, a: Var, chunks: i64, dim: i64) -> Vec<Var> {
+        if !self.ok(&[a]) {
+            return vec![Var::POISON];
+        }
+        let x = self.get(a);
+        let r = math::features_axis(dim).and_then(|f| {
+            let size = if f { x.ncols() } else { x.nrows() };
+            math::chunk_sizes(size, chunks).map(|(split, count)| (f, size, split, count))
+        });
+        match r {
+            Ok((features, size, split, count)) => (0..count)
+                .map(|i| {
+                    let start = (i * split).min(size);
+                    self.narrow_at(a, features, start, split.min(size - start))
+                })
+                .collect(),
+            Err(m) => vec![self.fail(m)],
+        }
+    }
+
+    /// PyTorch's `torch.cat(xs, dim)`.
+    pub fn cat(&mut self, xs: &[Var], dim: i64) -> Var {
+        if !self.ok(xs) {
+            return Var::POISON;
+        }
+        let r = math::features_axis(dim).and_then(|f| {
+            math::cat_shape(xs.iter().map(|v| self.get(*v).shape()), f).map(|s| (f, s))
+        });
+        let (features, (rows, cols)) = match r {
+            Ok(r) => r,
+            Err(m) => return self.fail(m),
+        };
+        let out = self.compute(|v, o| {
+            crate::ops::ensure_shape(o, rows, cols);
+            let mut start = 0;
+            for x in xs {
+                let x = &v[x.0 as usize];
+                math::cat_place(x, features, start, o);
+                start += if features { x.ncols() } else { x.nrows() };
+            }
+        });
+        let first = self.cat_args.len() as u32;
+        self.cat_args.extend_from_slice(xs);
+        self.ops.push(Op::Cat {
+            args: (first, self.cat_args.len() as u32),
+            features,
+            out,
+        });
+        out
+    }
+
+    /// The backward pass of the recorded forward: accumulates the
+    /// children's parameter gradients and, with `input_grad`, computes
+    /// `dL/d input` into `grads[0]`.
+    pub(crate) fn backward<W: Written + ?Sized>(
+        &mut self,
+        m: &mut W,
+        grad: &Tensor,
+        input_grad: bool,
+    ) -> Result<()> {
+        let Some(out) = self.out.filter(|_| self.recorded) else {
+            return Err(Error::NoRecordedForward {
+                path: ModulePath::leaf(W::NAME),
+            });
+        };
+        let expected = self.get(out).shape();
+        if grad.shape() != expected {
+            return Err(Error::gradient_shape(W::NAME, expected, grad.shape()));
+        }
+        self.recorded = false;
+        let n = self.len;
+        self.needs.clear();
+        self.needs.resize(n, false);
+        self.needs[0] = input_grad;
+        for op in &self.ops {
+            let need = match *op {
+                Op::Call { .. } => true,
+                Op::Unary { a, .. }
+                | Op::Scalar { a, .. }
+                | Op::Softmax { a, .. }
+                | Op::Narrow { a, .. } => self.needs[a.0 as usize],
+                Op::Binary { a, b, .. } => self.needs[a.0 as usize] || self.needs[b.0 as usize],
+                Op::Cat { args, .. } => self.cat_args[args.0 as usize..args.1 as usize]
+                    .iter()
+                    .any(|v| self.needs[v.0 as usize]),
+            };
+            self.needs[op.out().0 as usize] = need;
+        }
+        self.live.clear();
+        self.live.resize(n, false);
+        while self.grads.len() < n {
+            self.grads.push(Tensor::zeros(0, 0));
+        }
+        self.accumulate(out, grad);
+        for i in (0..self.ops.len()).rev() {
+            let op = self.ops[i];
+            if !self.live[op.out().0 as usize] {
+                continue;
+            }
+            self.backward_op(m, i, op)?;
+        }
+        if input_grad && !self.live[0] {
+            let (r, c) = self.vals[0].shape();
+            crate::ops::ensure_shape(&mut self.grads[0], r, c);
+            self.grads[0].fill(0.0);
+        }
+        Ok(())
+    }
+
+    /// Adds `g` into the gradient of `v`, summed over broadcast dimensions.
+    fn accumulate(&mut self, v: Var, g: &Tensor) {
+        let i = v.0 as usize;
+        let shape = self.vals[i].shape();
+        math::accumulate(&mut self.grads[i], &mut self.live[i], g, shape);
+    }
+
+    /// Adds the scratch buffer into the gradient of `v`.
+    fn accumulate_scratch(&mut self, v: Var) {
+        let scratch = std::mem::replace(&mut self.scratch, Tensor::zeros(0, 0));
+        self.accumulate(v, &scratch);
+        self.scratch = scratch;
+    }
+
+    fn needs(&self, v: Var) -> bool {
+        self.needs[v.0 as usize]
+    }
+
+    fn backward_op<W: Written + ?Sized>(&mut self, m: &mut W, index: usize, op: Op) -> Result<()> {
+        let g = std::mem::replace(&mut self.grads[op.out().0 as usize], Tensor::zeros(0, 0));
+        let r = self.backward_op_with(m, index, op, &g);
+        self.grads[op.out().0 as usize] = g;
+        r
+    }
+
+    fn backward_op_with<W: Written + ?Sized>(
+        &mut self,
+        m: &mut W,
+        index: usize,
+        op: Op,
+        g: &Tensor,
+    ) -> Result<()> {
+        let owner = self.owner;
+        match op {
+            Op::Call {
+                site,
+                key,
+                input,
+                out,
+            } => {
+                let Some(child) = m.child_mut(site) else {
+                    return Err(Error::InvalidInput {
+                        path: ModulePath::leaf(owner),
+                        message: format!(
+                            "child `{}` called by the recorded forward is gone",
+                            site.field
+                        ),
+                    });
+                };
+                let wrap = |e: Error| site.wrap(e, owner);
+                let slot = self.last_call.iter().position(|(k, _)| *k == key);
+                if let Some(slot) = slot.filter(|s| self.last_call[*s].1 != index) {
+                    // Used again later in the forward: replay this call so
+                    // that the child's buffers hold it.
+                    let y = child
+                        .forward_train(&self.vals[input.0 as usize])
+                        .map_err(wrap)?;
+                    let same = y.shape() == self.vals[out.0 as usize].shape()
+                        && y.iter()
+                            .zip(self.vals[out.0 as usize].iter())
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                    if !same {
+                        return Err(wrap(Error::InvalidInput {
+                            path: ModulePath::leaf(child.name()),
+                            message: "called at several places in one forward, it gave another output when replayed for the backward pass (a random layer such as Dropout): use one instance per place".into(),
+                        }));
+                    }
+                    self.last_call[slot].1 = index;
+                }
+                if self.needs(input) {
+                    let mut acc =
+                        std::mem::replace(&mut self.grads[input.0 as usize], Tensor::zeros(0, 0));
+                    let i = input.0 as usize;
+                    let r = child.backward(g).map(|dx| {
+                        math::accumulate(&mut acc, &mut self.live[i], dx, self.vals[i].shape());
+                    });
+                    self.grads[i] = acc;
+                    r.map_err(wrap)?;
+                } else {
+                    child.backward_params(g).map_err(wrap)?;
+                }
+            }
+            Op::Unary { k, a, out } => {
+                if self.needs(a) {
+                    let mut s = std::mem::replace(&mut self.scratch, Tensor::zeros(0, 0));
+                    math::unary_grad(k, self.get(a), self.get(out), g, &mut s);
+                    self.scratch = s;
+                    self.accumulate_scratch(a);
+                }
+            }
+            Op::Scalar { op, s, a, out } => {
+                if self.needs(a) {
+                    let mut d = std::mem::replace(&mut self.scratch, Tensor::zeros(0, 0));
+                    math::scalar_grad(op, s, self.get(a), self.get(out), g, &mut d);
+                    self.scratch = d;
+                    self.accumulate_scratch(a);
+                }
+            }
+            Op::Binary { op, a, b, .. } => {
+                for (first, v) in [(true, a), (false, b)] {
+                    if self.needs(v) {
+                        let mut d = std::mem::replace(&mut self.scratch, Tensor::zeros(0, 0));
+                        math::binary_grad(op, first, self.get(a), self.get(b), g, &mut d);
+                        self.scratch = d;
+                        self.accumulate_scratch(v);
+                    }
+                }
+            }
+            Op::Softmax {
+                a,
+                features,
+                log,
+                out,
+            } => {
+                if self.needs(a) {
+                    let mut d = std::mem::replace(&mut self.scratch, Tensor::zeros(0, 0));
+                    math::softmax_grad(self.get(out), features, log, g, &mut d);
+                    self.scratch = d;
+                    self.accumulate_scratch(a);
+                }
+            }
+            Op::Narrow {
+                a, features, start, ..
+            } => {
+                if self.needs(a) {
+                    let i = a.0 as usize;
+                    let shape = self.vals[i].shape();
+                    math::narrow_accumulate(
+                        &mut self.grads[i],
+                        &mut self.live[i],
+                        g,
+                        shape,
+                        features,
+                        start,
+                    );
+                }
+            }
+            Op::Cat { args, features, .. } => {
+                let mut start = 0;
+                for k in args.0..args.1 {
+                    let v = self.cat_args[k as usize];
+                    let (r, c) = self.get(v).shape();
+                    let len = if features { c } else { r };
+                    if self.needs(v) {
+                        let mut d = std::mem::replace(&mut self.scratch, Tensor::zeros(0, 0));
+                        math::narrow_into(g, features, start, len, &mut d);
+                        self.scratch = d;
+                        self.accumulate_scratch(v);
+                    }
+                    start += len;
+                }
+            }
+        }
+        Ok(())
+    }
+}
