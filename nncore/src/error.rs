@@ -131,6 +131,10 @@ pub enum Error {
         /// The value.
         value: f32,
     },
+    /// A gradient check found the backward pass disagreeing with finite
+    /// differences (see `GradCheck`).
+    #[error("gradient check failed: {0}")]
+    GradCheck(String),
     /// Safetensors data is malformed, truncated or hostile.
     #[error("invalid safetensors data: {0}")]
     Format(String),

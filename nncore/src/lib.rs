@@ -41,6 +41,7 @@ mod activation;
 mod container;
 mod dropout;
 mod error;
+mod gradcheck;
 pub mod kernels;
 mod linear;
 mod loss;
@@ -57,6 +58,7 @@ pub use activation::{GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softma
 pub use container::{Layer, Sequential};
 pub use dropout::Dropout;
 pub use error::{Error, ModulePath, Result};
+pub use gradcheck::{gradcheck, GradCheck, GradCheckReport};
 pub use linear::Linear;
 pub use loss::{
     bce_with_logits, cross_entropy, mse_loss, BCEWithLogitsLoss, CrossEntropyLoss, LossOutput,

@@ -281,7 +281,11 @@ impl Lower<'_> {
             }
             Expr::Paren(p) => {
                 let (ts, kind) = self.expr(&p.expr);
-                (quote_spanned!(p.paren_token.span.join()=> (#ts)), kind)
+                match kind {
+                    // Already a block: parentheses would only warn.
+                    Kind::Tensor => (ts, kind),
+                    _ => (quote_spanned!(p.paren_token.span.join()=> (#ts)), kind),
+                }
             }
             Expr::Group(g) => self.expr(&g.expr),
             Expr::Binary(b) => self.binary(b),
