@@ -227,8 +227,16 @@ fn check<M: Forward + std::fmt::Display>(name: &str, make: fn() -> M) {
     let c = case(&fx, name);
     let mut model = nncore::with_seed(c["seed"].as_u64().unwrap(), make);
 
-    assert_eq!(model.to_string(), c["repr"].as_str().unwrap(), "{name}: print");
-    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        model.to_string(),
+        c["repr"].as_str().unwrap(),
+        "{name}: print"
+    );
+    let names: Vec<String> = model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let expected_names: Vec<String> = c["names"]
         .as_array()
         .unwrap()
@@ -249,7 +257,12 @@ fn check<M: Forward + std::fmt::Display>(name: &str, make: fn() -> M) {
     let x = matrix(&c["x_shape"], &c["x"]);
     let w = matrix(&c["out_shape"], &c["w"]);
     let out = model.forward(&x).unwrap();
-    assert_close(&row_major(&out), &floats(&c["out"]), 1e-5, &format!("{name}: forward"));
+    assert_close(
+        &row_major(&out),
+        &floats(&c["out"]),
+        1e-5,
+        &format!("{name}: forward"),
+    );
     let mut ws = nncore::Workspace::new();
     let mut into = Tensor::zeros(0, 0);
     model.forward_into(&x, &mut into, &mut ws).unwrap();
@@ -259,14 +272,25 @@ fn check<M: Forward + std::fmt::Display>(name: &str, make: fn() -> M) {
     let recorded = model.forward_train(&x).unwrap().clone();
     assert_eq!(recorded, out, "{name}: forward_train");
     let dx = model.backward(&w).unwrap().clone();
-    assert_close(&row_major(&dx), &floats(&c["dx"]), 1e-5, &format!("{name}: dx"));
+    assert_close(
+        &row_major(&dx),
+        &floats(&c["dx"]),
+        1e-5,
+        &format!("{name}: dx"),
+    );
     named_values(&model, &c["grads"], 1e-5, &format!("{name}: grad"), true);
 
     // backward_params gives the same parameter gradients.
     model.zero_grad();
     model.forward_train(&x).unwrap();
     model.backward_params(&w).unwrap();
-    named_values(&model, &c["grads"], 1e-5, &format!("{name}: backward_params"), true);
+    named_values(
+        &model,
+        &c["grads"],
+        1e-5,
+        &format!("{name}: backward_params"),
+        true,
+    );
 
     let mut opt = Adam::new(0.01);
     for _ in 0..3 {
@@ -275,7 +299,13 @@ fn check<M: Forward + std::fmt::Display>(name: &str, make: fn() -> M) {
         model.backward_params(&w).unwrap();
         opt.step(&mut model).unwrap();
     }
-    named_values(&model, &c["adam"], 1e-5, &format!("{name}: after Adam"), false);
+    named_values(
+        &model,
+        &c["adam"],
+        1e-5,
+        &format!("{name}: after Adam"),
+        false,
+    );
 }
 
 #[test]
@@ -306,4 +336,303 @@ fn reused_relu_and_tied_linear() {
 #[test]
 fn dense_skip_with_scaling_chunk_and_softmax() {
     check("dense", dense);
+}
+
+// ---- Semantics beyond the fixtures -------------------------------------
+
+#[derive(Module)]
+struct Deep {
+    stem: Linear,
+    blocks: Vec<ResBlock>,
+    #[module(skip)]
+    scale: f32,
+    norm: Option<Tanh>,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl Deep {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.stem(x)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i % 2 == 0 {
+                h = block(h)?;
+            } else {
+                h = h + block(h)? * self.scale;
+            }
+        }
+        if self.blocks.len() > 1 {
+            h = self.blocks[0](h)?;
+        }
+        if let Some(norm) = &self.norm {
+            h = norm(h)?;
+        }
+        Ok(h)
+    }
+}
+
+fn deep(blocks: usize, norm: bool) -> Deep {
+    nncore::with_seed(7, || Deep {
+        stem: Linear::new(3, 10),
+        blocks: (0..blocks).map(|_| res_block(10)).collect(),
+        scale: 0.5,
+        norm: norm.then(Tanh::new),
+        tape: Tape::default(),
+    })
+}
+
+#[test]
+fn shape_errors_name_the_module_path() {
+    let mut m = deep(3, true);
+    let e = m.forward(&Tensor::zeros(2, 4)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Deep.stem (Linear): expected input with 3 features, got 4"
+    );
+    // An element of the list, reached in the loop.
+    m.blocks[1].fc2 = Linear::new(12, 10);
+    let e = m.forward(&Tensor::zeros(2, 3)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Deep.blocks.1.fc2 (Linear): expected input with 12 features, got 10"
+    );
+    let e = m.forward_train(&Tensor::zeros(2, 3)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Deep.blocks.1.fc2 (Linear): expected input with 12 features, got 10"
+    );
+    let mut ws = nncore::Workspace::new();
+    let mut out = Tensor::zeros(0, 0);
+    let e = m
+        .forward_into(&Tensor::zeros(2, 3), &mut out, &mut ws)
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("Deep.blocks.1.fc2 (Linear)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn element_wise_errors_are_pytorch_messages() {
+    let mut g = gated();
+    g.b = Linear::new(5, 6);
+    let e = g.forward(&Tensor::zeros(2, 5)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Gated: The size of tensor a (7) must match the size of tensor b (6) at non-singleton dimension 1"
+    );
+    let e = g.forward_train(&Tensor::zeros(2, 5)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("must match the size of tensor b (6)"),
+        "{e}"
+    );
+    let mut t = two_branch();
+    t.right = Linear::new(5, 6);
+    // Fine shapes still work after an error (no state left behind).
+    assert_eq!(t.forward(&Tensor::zeros(2, 5)).unwrap().shape(), (2, 3));
+}
+
+#[test]
+fn written_forwards_pass_gradcheck() {
+    let x = nncore::Generator::new(3).uniform_tensor(4, 3, -1.0, 1.0);
+    let mut m = deep(3, true);
+    nncore::gradcheck(&mut m, &x).unwrap();
+    let mut m = deep(2, false);
+    nncore::gradcheck(&mut m, &x).unwrap();
+    let xd = nncore::Generator::new(4).uniform_tensor(3, 4, -1.0, 1.0);
+    let mut d = nncore::with_seed(5, dense);
+    let report = nncore::gradcheck(&mut d, &xd).unwrap();
+    assert_eq!(report.checked, d.num_parameters() + 12);
+}
+
+/// A hand-written backward that forgets the skip connection's `+ grad`:
+/// the gradient check must catch it.
+#[derive(Module)]
+#[module(custom_forward)]
+struct ForgotSkip {
+    fc: Linear,
+}
+
+impl Forward for ForgotSkip {
+    fn forward(&self, x: &Tensor) -> nncore::Result<Tensor> {
+        Ok(self.fc.forward(x)? + x)
+    }
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> nncore::Result<&'a Tensor> {
+        self.fc.forward_train(x)
+    }
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> nncore::Result<&'a Tensor> {
+        self.fc.backward(grad) // missing: + grad
+    }
+}
+
+#[test]
+fn gradcheck_fails_loudly_on_a_wrong_backward() {
+    let mut m = nncore::with_seed(1, || ForgotSkip {
+        fc: Linear::new(3, 3),
+    });
+    let x = nncore::Generator::new(2).uniform_tensor(2, 3, -1.0, 1.0);
+    let e = nncore::gradcheck(&mut m, &x).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("gradient check failed: "), "{msg}");
+    assert!(msg.contains("input["), "{msg}");
+}
+
+#[test]
+fn gradients_of_a_reused_parameter_accumulate_over_uses_and_steps() {
+    let fx = fixture("written.json");
+    let c = case(&fx, "reuse");
+    let x = matrix(&c["x_shape"], &c["x"]);
+    let w = matrix(&c["out_shape"], &c["w"]);
+    let mut m = nncore::with_seed(4, reuse);
+    // Two backward passes without zero_grad accumulate, as in PyTorch.
+    for _ in 0..2 {
+        m.forward_train(&x).unwrap();
+        m.backward(&w).unwrap();
+    }
+    let once = floats(&c["grads"]["shared.weight"]);
+    let twice: Vec<f32> = once.iter().map(|v| 2.0 * v).collect();
+    assert_close(
+        &row_major(m.shared.weight().grad().unwrap()),
+        &twice,
+        1e-5,
+        "accumulated shared.weight",
+    );
+    // Frozen parameters get no gradient.
+    m.zero_grad();
+    m.shared.requires_grad(false);
+    m.forward_train(&x).unwrap();
+    m.backward(&w).unwrap();
+    assert!(m.shared.weight().grad().is_none());
+    assert!(m.head.weight().grad().is_some());
+}
+
+#[test]
+fn backward_needs_a_recorded_forward_and_the_output_shape() {
+    let mut m = gated();
+    let g = Tensor::zeros(2, 3);
+    let e = m.backward(&g).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("backward called without a recorded forward"),
+        "{e}"
+    );
+    m.forward_train(&Tensor::zeros(2, 5)).unwrap();
+    let e = m.backward(&Tensor::zeros(2, 4)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Gated: expected gradient of shape [2, 3], got [2, 4]"
+    );
+    m.backward(&g).unwrap();
+    let e = m.backward(&g).unwrap_err();
+    assert!(e.to_string().contains("without a recorded forward"), "{e}");
+}
+
+#[derive(Module)]
+struct TwiceDropped {
+    fc: Linear,
+    drop: Dropout,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl TwiceDropped {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.drop(x)?;
+        let h = self.fc(h)?;
+        self.drop(h)
+    }
+}
+
+#[test]
+fn a_random_layer_used_twice_is_an_error_not_a_wrong_gradient() {
+    let mut m = TwiceDropped {
+        fc: Linear::new(64, 64),
+        drop: Dropout::new(0.5).unwrap(),
+        tape: Tape::default(),
+    };
+    m.train();
+    let x = Tensor::from_element(8, 64, 1.0);
+    m.forward_train(&x).unwrap();
+    let e = m.backward(&Tensor::from_element(8, 64, 1.0)).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("TwiceDropped.drop (Dropout): called at several places"),
+        "{e}"
+    );
+    // In eval mode Dropout is the identity: replay agrees.
+    m.eval();
+    m.forward_train(&x).unwrap();
+    m.backward(&Tensor::from_element(8, 64, 1.0)).unwrap();
+}
+
+#[derive(Module)]
+struct Broadcast {
+    fc: Linear,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl Broadcast {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.fc(x)?; // (batch, 4)
+        let col = h.narrow(1, 0, 1); // (batch, 1)
+        let row = h.narrow(0, 0, 1); // (1, 4)
+        let n = 2;
+        let parts = h.chunk(n, 1); // a Vec of two (batch, 2)
+        let swapped = cat(&[parts[1], parts[0]], 1);
+        Ok(h * col - row / (2.0 + exp(col)) + sqrt(h * h + 1.0) + swapped)
+    }
+}
+
+#[test]
+fn broadcasting_slices_and_lists_of_chunks_differentiate() {
+    let mut m = nncore::with_seed(9, || Broadcast {
+        fc: Linear::new(3, 4),
+        tape: Tape::default(),
+    });
+    let x = nncore::Generator::new(5).uniform_tensor(5, 3, -1.0, 1.0);
+    assert_eq!(m.forward(&x).unwrap().shape(), (5, 4));
+    nncore::gradcheck(&mut m, &x).unwrap();
+}
+
+#[derive(Module)]
+struct Thirds {
+    fc: Linear,
+    #[module(skip)]
+    widths: Vec<usize>,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl Thirds {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut total = 0;
+        for w in &self.widths {
+            total += *w;
+        }
+        let [a, b, c] = self.fc(x)?.chunk(3, 1);
+        Ok(cat(&[c, b, a], 1) * (total as f32))
+    }
+}
+
+#[test]
+fn chunk_into_a_fixed_number_checks_the_count() {
+    let m = Thirds {
+        fc: Linear::new(2, 6),
+        widths: vec![1, 2],
+        tape: Tape::default(),
+    };
+    let x = Tensor::from_element(1, 2, 1.0);
+    assert_eq!(m.forward(&x).unwrap().shape(), (1, 6));
+    let m = Thirds {
+        fc: Linear::new(2, 4),
+        widths: vec![1],
+        tape: Tape::default(),
+    };
+    let e = m.forward(&x).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Thirds: chunk gave 2 pieces, not the 3 the forward unpacks (expected 3, got 2)"
+    );
 }

@@ -124,7 +124,10 @@ impl GradCheck {
         let dx = model.backward(&w)?.clone();
         let loss = |m: &M, x: &Tensor| -> Result<f64> {
             let y = m.forward(x)?;
-            Ok(y.iter().zip(w.iter()).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum())
+            Ok(y.iter()
+                .zip(w.iter())
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum())
         };
 
         let mut analytic: Vec<(String, Option<Tensor>, bool)> = Vec::new();

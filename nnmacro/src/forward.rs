@@ -1011,6 +1011,20 @@ impl Lower<'_> {
             },
             _ => None,
         };
+        // A loop over a plain field (`for s in &self.sizes`) is plain Rust:
+        // only a loop whose variable is called runs over modules.
+        let called = |pat: &syn::Pat| -> bool {
+            let ident = match (pat, list.map(|l| l.1)) {
+                (syn::Pat::Ident(pi), Some(false)) => Some(&pi.ident),
+                (syn::Pat::Tuple(t), Some(true)) if t.elems.len() == 2 => match &t.elems[1] {
+                    syn::Pat::Ident(pi) => Some(&pi.ident),
+                    _ => None,
+                },
+                _ => None,
+            };
+            ident.is_some_and(|i| calls(f.body.to_token_stream(), i))
+        };
+        let list = list.filter(|_| called(&f.pat));
         if let Some((member, enumerated)) = list {
             self.scopes.push(HashMap::new());
             let (index, module) = match (&*f.pat, enumerated) {
@@ -1097,6 +1111,22 @@ impl Lower<'_> {
         }
         (quote!(match #scrutinee { #arms }), kind)
     }
+}
+
+/// Whether `tokens` call `ident`: `ident(...)` or `ident.forward(...)`.
+fn calls(tokens: TokenStream, ident: &syn::Ident) -> bool {
+    let tts: Vec<TokenTree> = tokens.into_iter().collect();
+    tts.iter().enumerate().any(|(i, tt)| match tt {
+        TokenTree::Ident(id) if id == ident => match (tts.get(i + 1), tts.get(i + 2)) {
+            (Some(TokenTree::Group(g)), _) => g.delimiter() == proc_macro2::Delimiter::Parenthesis,
+            (Some(TokenTree::Punct(p)), Some(TokenTree::Ident(f))) => {
+                p.as_char() == '.' && f == "forward"
+            }
+            _ => false,
+        },
+        TokenTree::Group(g) => calls(g.stream(), ident),
+        _ => false,
+    })
 }
 
 const TENSOR_CONDITION: &str = "a condition cannot depend on tensor values in a written forward (the backward pass could not follow it); branch on plain values such as fields and sizes";
