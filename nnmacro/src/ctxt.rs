@@ -20,6 +20,10 @@ impl Ctxt {
         self.errors.push(err);
     }
 
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
     /// All errors combined into one, or `Ok` when there were none.
     pub(crate) fn check(self) -> Result<(), syn::Error> {
         let mut errors = self.errors.into_iter();

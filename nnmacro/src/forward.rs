@@ -1216,6 +1216,25 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
         (body, l.sites)
     };
     let (eval_body, _) = lower(false, &mut cx);
+    if cx.has_errors() {
+        // The errors alone: no half-rewritten body to report more about,
+        // and a stand-in `Forward` so that uses of the type do not cascade.
+        let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+        let self_ty = &item.self_ty;
+        let rest_tokens = (!rest.items.is_empty()).then(|| rest.to_token_stream());
+        return finish(
+            cx,
+            quote! {
+                #rest_tokens
+                #[automatically_derived]
+                impl #impl_generics ::nncore::Forward for #self_ty #where_clause {
+                    fn forward(&self, _: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
+                        ::core::unimplemented!()
+                    }
+                }
+            },
+        );
+    }
     let mut quiet = Ctxt::default();
     let (train_body, sites) = lower(true, &mut quiet);
     drop(quiet);
@@ -1257,6 +1276,10 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
                 __cx: &mut ::nncore::Tape,
                 #x_mut #x: ::nncore::Var,
             ) -> ::nncore::Result<::nncore::Var> #train_body
+
+            fn tape_mut(&mut self) -> &mut ::nncore::Tape {
+                ::nncore::__private::HasTape::tape_mut(self)
+            }
 
             fn child_mut(
                 &mut self,

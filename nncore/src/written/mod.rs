@@ -103,6 +103,9 @@ pub trait Written {
     /// # Errors
     /// Whatever the forward reports.
     fn record(&mut self, tape: &mut Tape, x: Var) -> Result<Var>;
+    /// The module's [`Tape`] (through [`HasTape`], derived for a struct
+    /// with a `Tape` field).
+    fn tape_mut(&mut self) -> &mut Tape;
     /// The child called at `site`.
     fn child_mut(&mut self, site: Site) -> Option<&mut dyn Forward>;
 }
@@ -163,17 +166,14 @@ pub fn forward_traced<W: Written + ?Sized>(m: &W, x: &Tensor, trace: &mut Trace)
 ///
 /// # Errors
 /// Whatever the forward reports.
-pub fn forward_train<'a, W: Written + HasTape + ?Sized>(
-    m: &'a mut W,
-    x: &Tensor,
-) -> Result<&'a Tensor> {
+pub fn forward_train<'a, W: Written + ?Sized>(m: &'a mut W, x: &Tensor) -> Result<&'a Tensor> {
     let mut tape = std::mem::take(m.tape_mut());
     tape.begin(x, W::NAME);
     let r = m.record(&mut tape, Var::INPUT);
     let r = tape.end(r);
     *m.tape_mut() = tape;
     r?;
-    Ok(m.tape().output())
+    Ok(m.tape_mut().output())
 }
 
 /// `Forward::backward` of a written forward.
@@ -181,22 +181,19 @@ pub fn forward_train<'a, W: Written + HasTape + ?Sized>(
 /// # Errors
 /// No recorded forward, a gradient of the wrong shape, and whatever the
 /// children's backward passes report.
-pub fn backward<'a, W: Written + HasTape + ?Sized>(
-    m: &'a mut W,
-    grad: &Tensor,
-) -> Result<&'a Tensor> {
+pub fn backward<'a, W: Written + ?Sized>(m: &'a mut W, grad: &Tensor) -> Result<&'a Tensor> {
     let mut tape = std::mem::take(m.tape_mut());
     let r = tape.backward(m, grad, true);
     *m.tape_mut() = tape;
     r?;
-    Ok(m.tape().input_grad())
+    Ok(m.tape_mut().input_grad())
 }
 
 /// `Forward::backward_params` of a written forward.
 ///
 /// # Errors
 /// As [`backward`].
-pub fn backward_params<W: Written + HasTape + ?Sized>(m: &mut W, grad: &Tensor) -> Result<()> {
+pub fn backward_params<W: Written + ?Sized>(m: &mut W, grad: &Tensor) -> Result<()> {
     let mut tape = std::mem::take(m.tape_mut());
     let r = tape.backward(m, grad, false);
     *m.tape_mut() = tape;

@@ -95,7 +95,8 @@ impl Op {
 /// let x = Tensor::from_element(2, 4, 0.5);
 /// let y = block.forward_train(&x)?.clone();
 /// assert_eq!(y, block.forward(&x)?);
-/// let dx = block.backward(&Tensor::from_element(2, 4, 1.0))?;
+/// let grad = Tensor::from_element(2, 4, 1.0);
+/// let dx = block.backward(&grad)?;
 /// assert_eq!(dx.shape(), (2, 4));
 /// assert!(block.fc.weight().grad().is_some());
 /// # Ok::<(), nncore::Error>(())
