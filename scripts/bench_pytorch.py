@@ -30,6 +30,34 @@ def mlp():
     return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
 
 
+class ResBlock(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.fc1 = nn.Linear(n, n)
+        self.fc2 = nn.Linear(n, n)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        h = self.fc2(h)
+        return torch.relu(h + x)
+
+
+class ResMlp(nn.Module):
+    """The written-forward workloads' model (src/workloads.rs, benches/written.rs)."""
+
+    def __init__(self, inputs, width, blocks, outputs):
+        super().__init__()
+        self.stem = nn.Linear(inputs, width)
+        self.blocks = nn.ModuleList([ResBlock(width) for _ in range(blocks)])
+        self.head = nn.Linear(width, outputs)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
 def median_time(fn, min_time=2.0, min_iters=20):
     for _ in range(10):
         fn()
@@ -72,20 +100,58 @@ def pytorch_times():
     return out
 
 
+def pytorch_written_times():
+    torch.manual_seed(0)
+    out = {}
+    small = ResMlp(100, 64, 2, 10).eval()
+    with torch.inference_mode():
+        for b in (1, 64):
+            x = torch.empty(b, 100).uniform_(-1, 1)
+            out[f"res_small_b{b}_fwd"] = median_time(lambda: small(x))
+
+    def train_step(model, x, target, opt):
+        def step():
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), target)
+            loss.backward()
+            opt.step()
+        return step
+
+    for name, (inputs, width, blocks, batch) in {
+        "res_small_b64_train": (100, 64, 2, 64),
+        "res_b256_train": (784, 1024, 4, 256),
+    }.items():
+        m = ResMlp(inputs, width, blocks, 10).train()
+        x = torch.empty(batch, inputs).uniform_(-1, 1)
+        t = torch.empty(batch, 10).uniform_(-1, 1)
+        out[name] = median_time(train_step(m, x, t, torch.optim.SGD(m.parameters(), lr=0.01)))
+    return out
+
+
 UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
-def rust_times(threads):
+def rust_times(threads, bench="workloads"):
     env = dict(os.environ, NNRS_THREADS=str(threads))
     root = os.path.join(os.path.dirname(__file__), "..")
     proc = subprocess.run(
-        ["cargo", "bench", "--bench", "workloads"], cwd=root, env=env, capture_output=True, text=True, check=True
+        ["cargo", "bench", "--bench", bench], cwd=root, env=env, capture_output=True, text=True, check=True
     )
     out = {}
+    name = None
     for line in proc.stdout.splitlines():
-        m = re.match(r"^(\w+?)(?:_t\d+)?\s+time:\s+\[\S+ \S+ (\S+) (\S+)", line.strip())
+        line = line.strip()
+        m = re.match(r"^([\w/]+?)(?:_t\d+)?(?:\s+time:\s+\[\S+ \S+ (\S+) (\S+).*)?$", line)
+        if m and m.group(2) is None:
+            name = m.group(1)
+            continue
+        m = re.match(r"^(?:([\w/]+?)(?:_t\d+)?\s+)?time:\s+\[\S+ \S+ (\S+) (\S+)", line)
         if m:
-            out[m.group(1)] = float(m.group(2)) * UNITS[m.group(3)]
+            key = m.group(1) or name
+            # Grouped benches: "res_b256_train/written" is nncore's written
+            # forward, ".../hand" the hand-written one.
+            key = key.replace("/written", "").replace("/hand", "_hand")
+            out[key] = float(m.group(2)) * UNITS[m.group(3)]
     return out
 
 
@@ -99,10 +165,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-rust", action="store_true")
+    ap.add_argument("--written", action="store_true", help="the written-forward (residual) workloads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    py = pytorch_times()
-    rs = {} if args.no_rust else rust_times(args.threads)
+    py = pytorch_written_times() if args.written else pytorch_times()
+    rs = {} if args.no_rust else rust_times(args.threads, "written" if args.written else "workloads")
     flops = {"mlp_b256_fwd": 2 * 256 * (784 * 1024 + 1024 * 1024 + 1024 * 10)}
     flops["mlp_b256_train"] = 3 * flops["mlp_b256_fwd"]
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
@@ -110,7 +177,9 @@ def main():
     for k, t in py.items():
         r = rs.get(k)
         extra = f"   ({flops[k] / t / 1e9:.0f} vs {flops[k] / r / 1e9:.0f} GFLOP/s)" if k in flops and r else ""
-        print(f"{k:<18} {fmt(t):>12} {fmt(r) if r else '-':>12} {(t / r) if r else float('nan'):>14.2f}x{extra}")
+        hand = rs.get(k + "_hand")
+        extra += f"   (hand-written: {fmt(hand)})" if hand else ""
+        print(f"{k:<20} {fmt(t):>12} {fmt(r) if r else '-':>12} {(t / r) if r else float('nan'):>14.2f}x{extra}")
     json.dump({"pytorch": py, "nncore": rs}, sys.stderr)
     print(file=sys.stderr)
 

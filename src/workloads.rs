@@ -102,3 +102,159 @@ impl<M: Forward> TrainStep<M> {
         Ok(loss)
     }
 }
+
+/// A residual block written as in PyTorch: `relu(fc2(relu(fc1(x))) + x)`.
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    /// `Linear(width, width)`.
+    pub fc1: Linear,
+    /// `Linear(width, width)`.
+    pub fc2: Linear,
+    /// The recording of the written forward.
+    pub tape: Tape,
+}
+
+#[nncore::forward]
+impl ResBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = relu(self.fc1(x)?);
+        let h = self.fc2(h)?;
+        Ok(relu(h + x))
+    }
+}
+
+/// `stem -> blocks (residual, in a loop) -> head`, written as in PyTorch.
+#[derive(Module, Debug)]
+pub struct ResMlp {
+    /// `Linear(inputs, width)`.
+    pub stem: Linear,
+    /// The residual blocks.
+    pub blocks: Vec<ResBlock>,
+    /// `Linear(width, outputs)`.
+    pub head: Linear,
+    /// The recording of the written forward.
+    pub tape: Tape,
+}
+
+#[nncore::forward]
+impl ResMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.stem(x)?;
+        for block in &self.blocks {
+            h = block(h)?;
+        }
+        self.head(h)
+    }
+}
+
+/// The same residual block written by hand with `custom_forward`: forward,
+/// recording forward and backward, as before written forwards existed.
+#[derive(Module, Debug)]
+#[module(custom_forward)]
+pub struct HandBlock {
+    /// `Linear(width, width)`.
+    pub fc1: Linear,
+    /// `ReLU()`.
+    pub relu: ReLU,
+    /// `Linear(width, width)`.
+    pub fc2: Linear,
+    #[module(skip)]
+    out: Tensor,
+    #[module(skip)]
+    grad_out: Tensor,
+    #[module(skip)]
+    grad_in: Tensor,
+}
+
+impl Forward for HandBlock {
+    fn forward(&self, x: &Tensor) -> nncore::Result<Tensor> {
+        let h = self.relu.forward_owned(self.fc1.forward(x)?)?;
+        let h = self.fc2.forward(&h)? + x;
+        self.relu.forward_owned(h)
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> nncore::Result<&'a Tensor> {
+        let h = self.fc1.forward_train(x)?;
+        let h = self.relu.forward_train(h)?;
+        let h = self.fc2.forward_train(h)?;
+        nncore::ops::copy_into(h, &mut self.out);
+        for (o, x) in self.out.as_mut_slice().iter_mut().zip(x.as_slice()) {
+            *o = (*o + *x).max(0.0);
+        }
+        Ok(&self.out)
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> nncore::Result<&'a Tensor> {
+        nncore::ops::copy_into(grad, &mut self.grad_out);
+        for (g, o) in self
+            .grad_out
+            .as_mut_slice()
+            .iter_mut()
+            .zip(self.out.as_slice())
+        {
+            if *o <= 0.0 {
+                *g = 0.0;
+            }
+        }
+        let g = self.fc2.backward(&self.grad_out)?;
+        let g = self.relu.backward(g)?;
+        let g = self.fc1.backward(g)?;
+        nncore::ops::copy_into(g, &mut self.grad_in);
+        self.grad_in += &self.grad_out;
+        Ok(&self.grad_in)
+    }
+}
+
+/// `stem -> hand-written blocks -> head` (a derived chain).
+#[derive(Module, Debug)]
+pub struct HandResMlp {
+    /// `Linear(inputs, width)`.
+    pub stem: Linear,
+    /// The residual blocks.
+    pub blocks: Vec<HandBlock>,
+    /// `Linear(width, outputs)`.
+    pub head: Linear,
+}
+
+/// The written residual MLP (`inputs -> width`, `blocks` blocks, `-> outputs`)
+/// with the weights of `torch.manual_seed(seed)`.
+#[must_use]
+pub fn res_mlp(seed: u64, inputs: usize, width: usize, blocks: usize, outputs: usize) -> ResMlp {
+    nncore::with_seed(seed, || ResMlp {
+        stem: Linear::new(inputs, width),
+        blocks: (0..blocks)
+            .map(|_| ResBlock {
+                fc1: Linear::new(width, width),
+                fc2: Linear::new(width, width),
+                tape: Tape::default(),
+            })
+            .collect(),
+        head: Linear::new(width, outputs),
+        tape: Tape::default(),
+    })
+}
+
+/// The hand-written twin of [`res_mlp`], with the same weights.
+#[must_use]
+pub fn hand_res_mlp(
+    seed: u64,
+    inputs: usize,
+    width: usize,
+    blocks: usize,
+    outputs: usize,
+) -> HandResMlp {
+    nncore::with_seed(seed, || HandResMlp {
+        stem: Linear::new(inputs, width),
+        blocks: (0..blocks)
+            .map(|_| HandBlock {
+                fc1: Linear::new(width, width),
+                relu: ReLU::new(),
+                fc2: Linear::new(width, width),
+                out: Tensor::zeros(0, 0),
+                grad_out: Tensor::zeros(0, 0),
+                grad_in: Tensor::zeros(0, 0),
+            })
+            .collect(),
+        head: Linear::new(width, outputs),
+    })
+}

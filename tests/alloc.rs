@@ -5,7 +5,7 @@
 
 use nncore::prelude::*;
 use nncore::Workspace;
-use nnrs::workloads::{input, mlp, simple_net, TrainStep};
+use nnrs::workloads::{input, mlp, res_mlp, simple_net, TrainStep};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -49,7 +49,8 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 
 /// Fails naming `what` if `f` allocates.
 fn assert_allocates_nothing(what: &str, f: impl FnOnce()) {
-    assert_eq!(allocations_in(f), 0, "{what} allocated");
+    let n = allocations_in(f);
+    assert_eq!(n, 0, "{what} allocated {n} times");
 }
 
 #[test]
@@ -90,11 +91,37 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
         net.forward_into(&x, &mut out, &mut ws).unwrap();
         net.forward_into(&x, &mut out, &mut ws).unwrap();
         assert_eq!(out, net.forward(&x).unwrap());
-        assert_allocates_nothing("SimpleNet forward_into, batch {batch}", || {
+        assert_allocates_nothing(&format!("SimpleNet forward_into, batch {batch}"), || {
             for _ in 0..3 {
                 net.forward_into(&x, &mut out, &mut ws).unwrap();
             }
         });
+    }
+
+    // Written forwards: the tape and the workspace keep their buffers.
+    let mut res = TrainStep::new(res_mlp(0, 100, 64, 2, 10), 64, 100, 10);
+    res.opt = Sgd::new(0.01).momentum(0.9);
+    res.step().unwrap();
+    res.step().unwrap();
+    assert_allocates_nothing("written residual MLP training step", || {
+        for _ in 0..3 {
+            res.step().unwrap();
+        }
+    });
+    for batch in [1usize, 64] {
+        let x = input(batch, 100, 3);
+        let mut out = Tensor::zeros(0, 0);
+        res.model.forward_into(&x, &mut out, &mut ws).unwrap();
+        res.model.forward_into(&x, &mut out, &mut ws).unwrap();
+        assert_eq!(out, res.model.forward(&x).unwrap());
+        assert_allocates_nothing(
+            &format!("written residual MLP forward_into, batch {batch}"),
+            || {
+                for _ in 0..3 {
+                    res.model.forward_into(&x, &mut out, &mut ws).unwrap();
+                }
+            },
+        );
     }
 
     // Two threads: large products and the optimizer's update are split

@@ -6,6 +6,23 @@ use std::fmt;
 use crate::module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace, Workspace};
 use crate::{Result, Tensor};
 
+/// The decimal name of child `i` (`"0"`, `"1"`, ...), written into `buf`:
+/// visiting a list's children allocates nothing (an optimizer step visits
+/// them every step).
+fn index_name(i: usize, buf: &mut [u8; 20]) -> &str {
+    let mut n = i;
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).unwrap_or("?")
+}
+
 /// `Forward` through `items` in order; errors get the element's index.
 fn chain_forward<'m, F: Forward + ?Sized + 'm>(
     items: impl Iterator<Item = &'m F>,
@@ -137,14 +154,16 @@ macro_rules! module_list {
             }
 
             fn visit_children<'a>(&'a self, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+                let mut buf = [0u8; 20];
                 for (i, m) in self.iter().enumerate() {
-                    f(&i.to_string(), m);
+                    f(index_name(i, &mut buf), m);
                 }
             }
 
             fn visit_children_mut(&mut self, f: &mut dyn FnMut(&str, &mut dyn Module)) {
+                let mut buf = [0u8; 20];
                 for (i, m) in self.iter_mut().enumerate() {
-                    f(&i.to_string(), m);
+                    f(index_name(i, &mut buf), m);
                 }
             }
 
@@ -358,14 +377,16 @@ impl Module for Sequential {
     }
 
     fn visit_children<'a>(&'a self, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        let mut buf = [0u8; 20];
         for (i, l) in self.layers.iter().enumerate() {
-            f(&i.to_string(), l.as_module());
+            f(index_name(i, &mut buf), l.as_module());
         }
     }
 
     fn visit_children_mut(&mut self, f: &mut dyn FnMut(&str, &mut dyn Module)) {
+        let mut buf = [0u8; 20];
         for (i, l) in self.layers.iter_mut().enumerate() {
-            f(&i.to_string(), l.as_module_mut());
+            f(index_name(i, &mut buf), l.as_module_mut());
         }
     }
 }
@@ -415,4 +436,15 @@ macro_rules! seq {
     ($($layer:expr),* $(,)?) => {
         $crate::Sequential::new()$(.push($layer))*
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn index_names_are_decimal() {
+        let mut buf = [0u8; 20];
+        for i in [0usize, 7, 10, 99, 1234, usize::MAX] {
+            assert_eq!(super::index_name(i, &mut buf), i.to_string());
+        }
+    }
 }

@@ -145,7 +145,9 @@ impl GradCheck {
             let err = (a - numeric).abs();
             report.checked += 1;
             report.max_abs_error = report.max_abs_error.max(err);
-            if !(err <= self.atol + self.rtol * numeric.abs()) {
+            // NaN on either side is a mismatch.
+            let within = err <= self.atol + self.rtol * numeric.abs();
+            if !within {
                 mismatches.push(format!(
                     "{what}: backward gives {a}, finite differences {numeric}"
                 ));

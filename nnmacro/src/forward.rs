@@ -801,7 +801,7 @@ impl Lower<'_> {
                     return self.error(whole, usage("x, chunks, dim"));
                 }
                 let (n, d) = (arg(1), arg(2));
-                let literal = match raw.get(if function { 1 } else { 1 }) {
+                let literal = match raw.get(1) {
                     Some(syn::Expr::Lit(syn::ExprLit {
                         lit: syn::Lit::Int(i),
                         ..
