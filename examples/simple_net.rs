@@ -1,5 +1,6 @@
-//! The seed article's `SimpleNet`, defined the PyTorch way: printed,
-//! its parameter table, and a forward pass on a batch.
+//! The seed article's `SimpleNet`, defined the PyTorch way (layers as
+//! fields, `forward` written out): printed, its parameter table, and a
+//! forward pass on a batch.
 //!
 //! Run with `cargo run --release --example simple_net`.
 
@@ -10,6 +11,17 @@ struct SimpleNet {
     fc1: Linear,
     relu: ReLU,
     fc2: Linear,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl SimpleNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.fc1(x)?;
+        let out = self.relu(out)?;
+        let out = self.fc2(out)?;
+        Ok(out)
+    }
 }
 
 impl SimpleNet {
@@ -18,6 +30,7 @@ impl SimpleNet {
             fc1: Linear::new(input_size, hidden_size),
             relu: ReLU::new(),
             fc2: Linear::new(hidden_size, output_size),
+            tape: Tape::default(),
         }
     }
 }

@@ -27,6 +27,13 @@
 //! # Ok::<(), nncore::Error>(())
 //! ```
 //!
+//! ## Writing `forward`
+//! Anything but a plain chain is written as PyTorch's `forward` is, and
+//! trains with no hand-written gradient: give the struct a [`Tape`] field
+//! and put [`macro@forward`] on an `impl` block (see [`Tape`] for an
+//! example, and the README for what a forward may contain).
+//! [`gradcheck`] checks any module's backward against finite differences.
+//!
 //! ## Tensors
 //! A [`Tensor`] is nalgebra's `DMatrix<f32>` of shape `(batch, features)`,
 //! one row per sample, like PyTorch's 2-D inputs. nalgebra stores matrices

@@ -409,36 +409,46 @@ pub fn add_indent(s: &str, spaces: usize) -> String {
 /// How data flows through a module: PyTorch's `forward`, plus the
 /// recording forward and the backward pass used for training.
 ///
-/// `#[derive(Module)]` implements it by applying the fields in declaration
-/// order (and, for training, their backward passes in reverse order). Put
-/// `#[module(custom_forward)]` on the struct to write it yourself.
+/// Three ways to get it:
+/// - `#[derive(Module)]` alone applies the fields in declaration order
+///   (and, for training, their backward passes in reverse order);
+/// - a written forward: a `Tape` field and `#[nncore::forward]` on an
+///   `impl` block with `fn forward(&self, x: &Tensor) -> Result<Tensor>`,
+///   from which inference, `forward_into`, tracing, `forward_train` and
+///   `backward` are all generated;
+/// - `#[module(custom_forward)]` and a hand-written `impl Forward`, which
+///   must implement `forward_train` and `backward` too to be trained.
 ///
 /// Shapes: inputs and outputs are `(batch, features)` matrices, one row
 /// per sample.
 ///
 /// # Example
-/// A residual block whose forward is not a chain:
+/// A residual block whose forward is not a chain, trained:
 /// ```
 /// use nncore::prelude::*;
 ///
 /// #[derive(Module)]
-/// #[module(custom_forward)]
 /// struct Residual {
 ///     fc: Linear,
 ///     relu: ReLU,
+///     tape: Tape,
 /// }
 ///
-/// impl Forward for Residual {
-///     fn forward(&self, x: &Tensor) -> Result<Tensor, nncore::Error> {
-///         let h = self.fc.forward(x).map_err(|e| e.within("fc", "Residual"))?;
-///         let h = self.relu.forward_owned(h)?;
-///         Ok(h + x)
+/// #[nncore::forward]
+/// impl Residual {
+///     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+///         let h = self.fc(x)?;
+///         Ok(self.relu(h)? + x)
 ///     }
 /// }
 ///
-/// let block = Residual { fc: Linear::new(4, 4), relu: ReLU::new() };
-/// let y = block.forward(&Tensor::zeros(2, 4))?;
-/// assert_eq!(y.shape(), (2, 4));
+/// let mut block = Residual { fc: Linear::new(4, 4), relu: ReLU::new(), tape: Tape::default() };
+/// let x = Tensor::zeros(2, 4);
+/// assert_eq!(block.forward(&x)?.shape(), (2, 4));
+/// block.forward_train(&x)?;
+/// let grad = Tensor::from_element(2, 4, 1.0);
+/// let dx = block.backward(&grad)?;
+/// assert_eq!(dx.shape(), (2, 4));
 /// # Ok::<(), nncore::Error>(())
 /// ```
 #[diagnostic::on_unimplemented(
