@@ -483,13 +483,18 @@ impl Default for GELU {
 #[derive(Debug, Clone)]
 pub struct Identity {
     training: bool,
+    // The shape of the last `forward_train`, until its backward.
+    recorded: Option<(usize, usize)>,
 }
 
 impl Identity {
     /// `nn.Identity()`.
     #[must_use]
     pub fn new() -> Self {
-        Self { training: true }
+        Self {
+            training: true,
+            recorded: None,
+        }
     }
 }
 
@@ -528,11 +533,20 @@ impl Forward for Identity {
     }
 
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        self.recorded = Some(x.shape());
         Ok(x)
     }
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        Ok(grad)
+        match self.recorded.take() {
+            None => Err(Error::NoRecordedForward {
+                path: ModulePath::leaf("Identity"),
+            }),
+            Some(shape) if shape != grad.shape() => {
+                Err(Error::gradient_shape("Identity", shape, grad.shape()))
+            }
+            Some(_) => Ok(grad),
+        }
     }
 }
 

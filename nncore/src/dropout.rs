@@ -49,6 +49,8 @@ pub struct Dropout {
     /// What the last `forward_train` did: `None` before any, `Some(true)`
     /// when it applied a mask, `Some(false)` when it was the identity.
     recorded: Option<bool>,
+    /// The shape of the last `forward_train`'s input.
+    shape: (usize, usize),
 }
 
 impl Dropout {
@@ -83,6 +85,7 @@ impl Dropout {
             output: Tensor::zeros(0, 0),
             grad_input: Tensor::zeros(0, 0),
             recorded: None,
+            shape: (0, 0),
         })
     }
 
@@ -126,6 +129,7 @@ impl Forward for Dropout {
     }
 
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        self.shape = x.shape();
         if !self.training || self.p == 0.0 {
             self.recorded = Some(false);
             return Ok(x);
@@ -159,19 +163,16 @@ impl Forward for Dropout {
     }
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        match self.recorded.take() {
+        let recorded = self.recorded.take();
+        if recorded.is_some() && grad.shape() != self.shape {
+            return Err(Error::gradient_shape("Dropout", self.shape, grad.shape()));
+        }
+        match recorded {
             None => Err(Error::NoRecordedForward {
                 path: ModulePath::leaf("Dropout"),
             }),
             Some(false) => Ok(grad),
             Some(true) => {
-                if grad.shape() != self.mask.shape() {
-                    return Err(Error::gradient_shape(
-                        "Dropout",
-                        self.mask.shape(),
-                        grad.shape(),
-                    ));
-                }
                 ensure_shape(&mut self.grad_input, grad.nrows(), grad.ncols());
                 for ((d, g), m) in self
                     .grad_input

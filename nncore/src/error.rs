@@ -68,7 +68,7 @@ impl fmt::Display for ModulePath {
 /// Errors raised inside a model carry a [`ModulePath`], so that a shape
 /// mismatch reads `SimpleNet.fc2 (Linear): expected input with 50 features,
 /// got 60`.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The input's feature count (columns) is not what the layer takes.
@@ -203,6 +203,16 @@ impl Error {
             | Error::NoRecordedForward { path } => Some(path),
             _ => None,
         }
+    }
+}
+
+/// The message, as `Display` gives it: what `fn main() -> Result<(),
+/// nncore::Error>` prints when it returns an error (`Error: SimpleNet.fc2
+/// (Linear): expected input with 50 features, got 60`), rather than the
+/// variant's fields (every message already names its cause).
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

@@ -339,13 +339,15 @@ impl Linear {
             matmul(1.0, grad, Trans::Yes, &self.input, Trans::No, beta, dw);
         }
         if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
-            let rows = grad.nrows().max(1);
-            for (d, col) in db
-                .as_mut_slice()
-                .iter_mut()
-                .zip(grad.as_slice().chunks_exact(rows))
-            {
-                let s = crate::kernels::sum(col);
+            // Column sums of g; an empty batch sums to zero (as in
+            // PyTorch), it does not leave the previous gradient behind.
+            let rows = grad.nrows();
+            for (j, d) in db.as_mut_slice().iter_mut().enumerate() {
+                let s = if rows == 0 {
+                    0.0
+                } else {
+                    crate::kernels::sum(&grad.as_slice()[j * rows..(j + 1) * rows])
+                };
                 *d = if acc { *d + s } else { s };
             }
         }

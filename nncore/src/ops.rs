@@ -35,7 +35,8 @@ pub const PARALLEL_THRESHOLD: usize = 1 << 21;
 
 /// Sets how many threads large matrix products and element-wise passes
 /// use (PyTorch's `torch.set_num_threads`). `0` restores the default: the
-/// machine's available parallelism.
+/// machine's available parallelism. Values above [`MAX_THREADS`] are
+/// clamped to it; more threads than cores only add fork-join overhead.
 ///
 /// ```
 /// nncore::ops::set_num_threads(1);
@@ -43,8 +44,12 @@ pub const PARALLEL_THRESHOLD: usize = 1 << 21;
 /// nncore::ops::set_num_threads(0);
 /// ```
 pub fn set_num_threads(n: usize) {
-    NUM_THREADS.store(n, Ordering::Relaxed);
+    NUM_THREADS.store(n.min(MAX_THREADS), Ordering::Relaxed);
 }
+
+/// The most threads [`set_num_threads`] accepts; larger values are
+/// clamped to it (a product is split into at most this many parts).
+pub const MAX_THREADS: usize = 256;
 
 /// The number of threads large matrix products and element-wise passes
 /// use.
@@ -52,7 +57,11 @@ pub fn set_num_threads(n: usize) {
 pub fn num_threads() -> usize {
     static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match NUM_THREADS.load(Ordering::Relaxed) {
-        0 => *DEFAULT.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        0 => *DEFAULT.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(MAX_THREADS)
+        }),
         n => n,
     }
 }

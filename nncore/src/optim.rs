@@ -49,13 +49,57 @@ pub trait Optimizer {
 }
 
 fn check_hyper(name: &str, value: f64, ok: bool, what: &str) -> Result<()> {
-    if ok {
+    if !value.is_finite() {
+        Err(Error::InvalidArgument(format!(
+            "Invalid {name} value: {value} (must be a finite number)"
+        )))
+    } else if ok {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
             "Invalid {name} value: {value} ({what})"
         )))
     }
+}
+
+/// `Err` naming the first parameter whose gradient holds NaN or an
+/// infinity, checked before an optimizer changes anything. One pass over
+/// the gradients with the vectorized sum (a sum is finite when every term
+/// is, short of overflow, which the element scan then settles).
+fn check_finite_grads(model: &mut dyn Module) -> Result<()> {
+    let mut bad: Option<(usize, usize, f32)> = None;
+    let mut index = 0;
+    model.for_each_parameter_mut(&mut |p: &mut Param| {
+        if bad.is_none() {
+            if let Some(g) = p.grad() {
+                if !crate::kernels::sum(g.as_slice()).is_finite() {
+                    if let Some((at, v)) = g.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                        bad = Some((index, at, *v));
+                    }
+                }
+            }
+        }
+        index += 1;
+    });
+    let Some((param, at, value)) = bad else {
+        return Ok(());
+    };
+    let (name, shape) = model
+        .named_parameters()
+        .into_iter()
+        .nth(param)
+        .map(|(n, p)| (n, p.value().shape()))
+        .unwrap_or_default();
+    // Column-major storage index to PyTorch's row-major flat index.
+    let (rows, cols) = shape;
+    let flat = if rows == 0 {
+        at
+    } else {
+        (at % rows) * cols + at / rows
+    };
+    Err(Error::InvalidArgument(format!(
+        "parameter {name} has a non-finite gradient ({value} at flat index {flat}); the optimizer step changed nothing"
+    )))
 }
 
 /// PyTorch's `torch.optim.SGD`: learning rate, momentum, dampening,
@@ -133,6 +177,7 @@ impl Sgd {
 
     fn validate(&self) -> Result<()> {
         check_hyper("learning rate", self.lr, self.lr >= 0.0, "must be >= 0")?;
+        check_hyper("dampening", self.dampening, true, "")?;
         check_hyper(
             "momentum",
             self.momentum,
@@ -157,6 +202,7 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, model: &mut dyn Module) -> Result<()> {
         self.validate()?;
+        check_finite_grads(model)?;
         let lr = self.lr as f32;
         let wd = self.weight_decay as f32;
         let momentum = self.momentum as f32;
@@ -218,7 +264,8 @@ impl Optimizer for Sgd {
 
 #[derive(Debug, Clone)]
 struct AdamState {
-    step: i32,
+    // Wide: 2^31 steps would overflow an i32.
+    step: u64,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     max_exp_avg_sq: Option<Tensor>,
@@ -332,6 +379,7 @@ pub type AdamW = Adam;
 impl Optimizer for Adam {
     fn step(&mut self, model: &mut dyn Module) -> Result<()> {
         self.validate()?;
+        check_finite_grads(model)?;
         let (b1, b2) = self.betas;
         let (lr, eps, wd) = (self.lr, self.eps as f32, self.weight_decay as f32);
         let (amsgrad, decoupled) = (self.amsgrad, self.decoupled);
@@ -348,8 +396,9 @@ impl Optimizer for Adam {
                 max_exp_avg_sq: amsgrad.then(|| Tensor::zeros(value.nrows(), value.ncols())),
             });
             st.step += 1;
-            let bias1 = 1.0 - b1.powi(st.step);
-            let bias2 = 1.0 - b2.powi(st.step);
+            let t = st.step as f64;
+            let bias1 = 1.0 - b1.powf(t);
+            let bias2 = 1.0 - b2.powf(t);
             let step_size = (lr / bias1) as f32;
             let bias2_sqrt = bias2.sqrt() as f32;
             let (one_b1, b2f, one_b2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);

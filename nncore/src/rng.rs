@@ -90,12 +90,31 @@ pub fn manual_seed(seed: u64) {
 
 thread_local! {
     static SCOPED: std::cell::RefCell<Option<Generator>> = const { std::cell::RefCell::new(None) };
+    static IN_DEFAULT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Runs `f` with the default generator (seeded with [`DEFAULT_SEED`]
 /// unless [`manual_seed`] was called), or, inside [`with_seed`], with that
 /// scope's generator.
+///
+/// # Panics
+/// When called again from inside `f` on the same thread (for example
+/// `with_default_generator(|_| Linear::new(2, 2))`): `f` already holds the
+/// generator, so the inner call could only deadlock or draw out of order.
+/// Draw from the `&mut Generator` that `f` is given instead (such as
+/// `Linear::with_generator(2, 2, true, g)`).
 pub fn with_default_generator<R>(f: impl FnOnce(&mut Generator) -> R) -> R {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_DEFAULT.with(|c| c.set(false));
+        }
+    }
+    assert!(
+        !IN_DEFAULT.with(|c| c.replace(true)),
+        "nncore::with_default_generator called inside its own closure: draw from the `&mut Generator` the closure was given (for layers: `Linear::with_generator(.., g)`)"
+    );
+    let _leave = Leave;
     let mut f = Some(f);
     let scoped = SCOPED.with(|s| {
         let mut s = s.borrow_mut();

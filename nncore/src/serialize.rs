@@ -688,6 +688,11 @@ pub(crate) fn to_safetensors_bytes(sd: &StateDict, options: SaveOptions) -> Resu
             )
         })
         .collect();
+    if let Some((name, _)) = views.iter().find(|(n, _)| n == "__metadata__") {
+        return Err(Error::InvalidArgument(format!(
+            "a tensor cannot be named {name}: safetensors reserves that key for the file's metadata"
+        )));
+    }
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
     safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata))
         .map_err(|e| Error::Format(e.to_string()))
@@ -705,25 +710,30 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
+    if path.file_name().is_none() {
+        let shown = if path.as_os_str().is_empty() {
+            "\"\"".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        return Err(Error::InvalidArgument(format!(
+            "{shown}: not a file path (give a file name to save to)"
+        )));
+    }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(
-        ".{}.{}.{nanos}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    // Short, whatever the target's name: a file name at the system's limit
+    // must still be savable. Errors name the path the caller gave.
+    let tmp = dir.join(format!(".nncore.{}.{nanos:08x}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+            .map_err(io(path))?;
+        f.write_all(bytes).map_err(io(path))?;
+        f.sync_all().map_err(io(path))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(io(path))
     })();

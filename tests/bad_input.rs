@@ -1,0 +1,292 @@
+//! Bad input never gives a wrong answer, a hang or an abort: each case is
+//! an `Err` with a clear message or documented behaviour (the findings of
+//! the bad-input audit, one test each, plus the families around them).
+
+use nncore::prelude::*;
+use nncore::{
+    BCEWithLogitsLoss, CrossEntropyLoss, GeluApproximate, Identity, Layer, LeakyReLU, MSELoss,
+    Reduction, Softmax, StateDict, TensorData,
+};
+
+fn ones(r: usize, c: usize) -> Tensor {
+    Tensor::from_element(r, c, 1.0)
+}
+
+/// After a real step, a step on an empty batch gives zero gradients (as
+/// PyTorch does), never the previous step's.
+#[test]
+fn an_empty_batch_gives_zero_gradients_not_stale_ones() {
+    let mut fc = Linear::new(4, 3);
+    let x = ones(8, 4);
+    fc.forward_train(&x).unwrap();
+    fc.backward(&ones(8, 3)).unwrap();
+    Sgd::new(0.1).step(&mut fc).unwrap();
+    fc.zero_grad();
+    let empty = Tensor::zeros(0, 4);
+    fc.forward_train(&empty).unwrap();
+    let g0 = Tensor::zeros(0, 3);
+    let dx = fc.backward(&g0).unwrap();
+    assert_eq!(dx.shape(), (0, 4));
+    assert!(fc.bias().unwrap().grad().unwrap().iter().all(|g| *g == 0.0));
+    assert!(fc.weight().grad().unwrap().iter().all(|g| *g == 0.0));
+    let before = fc.weight().value().clone();
+    Sgd::new(0.1).step(&mut fc).unwrap();
+    assert_eq!(fc.weight().value(), &before);
+}
+
+/// Every layer takes a batch of 0 rows forward and backward.
+#[test]
+fn every_layer_handles_an_empty_batch() {
+    let mut layers: Vec<Box<dyn Layer>> = vec![
+        Box::new(Linear::new(3, 3)),
+        Box::new(ReLU::new()),
+        Box::new(LeakyReLU::new(0.1)),
+        Box::new(Sigmoid::new()),
+        Box::new(Tanh::new()),
+        Box::new(GELU::new()),
+        Box::new(GELU::with_approximate(GeluApproximate::Tanh)),
+        Box::new(Softmax::new(1)),
+        Box::new(Dropout::new(0.5).unwrap()),
+        Box::new(Identity::new()),
+        Box::new(seq![Linear::new(3, 3), ReLU::new()]),
+    ];
+    for l in &mut layers {
+        let x = Tensor::zeros(0, 3);
+        assert_eq!(
+            l.forward(&x).unwrap().shape(),
+            (0, 3),
+            "{}",
+            l.as_module().name()
+        );
+        l.forward_train(&x).unwrap();
+        let g = Tensor::zeros(0, 3);
+        assert_eq!(
+            l.backward(&g).unwrap().shape(),
+            (0, 3),
+            "{}",
+            l.as_module().name()
+        );
+    }
+}
+
+/// Mean losses over an empty batch are NaN, as in PyTorch; sums are 0.
+#[test]
+fn losses_of_an_empty_batch_follow_pytorch() {
+    let out = Tensor::zeros(0, 3);
+    let mse = MSELoss::new().forward(&out, &Tensor::zeros(0, 3)).unwrap();
+    assert!(mse.item().is_nan());
+    let sum = MSELoss::new()
+        .reduction(Reduction::Sum)
+        .forward(&out, &Tensor::zeros(0, 3))
+        .unwrap();
+    assert_eq!(sum.item(), 0.0);
+    let ce = CrossEntropyLoss::new()
+        .forward(&out, &[] as &[usize])
+        .unwrap();
+    assert!(ce.item().is_nan());
+    let bce = BCEWithLogitsLoss::new()
+        .forward(&out, &Tensor::zeros(0, 3))
+        .unwrap();
+    assert!(bce.item().is_nan());
+}
+
+#[test]
+fn identity_and_inactive_dropout_check_the_gradient() {
+    let mut id = Identity::new();
+    let e = id.backward(&ones(2, 3)).unwrap_err();
+    assert!(e.to_string().contains("without a recorded forward"), "{e}");
+    id.forward_train(&ones(2, 3)).unwrap();
+    let e = id.backward(&ones(5, 7)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Identity: expected gradient of shape [2, 3], got [5, 7]"
+    );
+
+    for mut d in [Dropout::new(0.0).unwrap(), {
+        let mut d = Dropout::new(0.5).unwrap();
+        d.eval();
+        d
+    }] {
+        d.forward_train(&ones(2, 3)).unwrap();
+        let e = d.backward(&ones(5, 7)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Dropout: expected gradient of shape [2, 3], got [5, 7]"
+        );
+    }
+}
+
+#[test]
+fn huge_thread_counts_are_clamped() {
+    nncore::ops::set_num_threads(1 << 40);
+    assert_eq!(nncore::ops::num_threads(), nncore::ops::MAX_THREADS);
+    nncore::ops::set_num_threads(usize::MAX);
+    assert_eq!(nncore::ops::num_threads(), nncore::ops::MAX_THREADS);
+    // A large product still runs (and quickly).
+    let a = ones(256, 256);
+    let mut c = Tensor::zeros(256, 256);
+    nncore::ops::matmul(
+        1.0,
+        &a,
+        nncore::ops::Trans::No,
+        &a,
+        nncore::ops::Trans::No,
+        0.0,
+        &mut c,
+    );
+    assert_eq!(c[(0, 0)], 256.0);
+    nncore::ops::set_num_threads(0);
+}
+
+#[test]
+fn nested_use_of_the_default_generator_is_a_clear_panic_not_a_deadlock() {
+    for scoped in [false, true] {
+        let r = std::thread::spawn(move || {
+            let run = || nncore::with_default_generator(|_| Linear::new(2, 2));
+            if scoped {
+                nncore::with_seed(1, run)
+            } else {
+                run()
+            }
+        })
+        .join();
+        let msg = r.unwrap_err();
+        let msg = msg
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| msg.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap();
+        assert!(msg.contains("called inside its own closure"), "{msg}");
+    }
+    // Drawing from the generator given works, and later calls still do.
+    let fc = nncore::with_default_generator(|g| Linear::with_generator(2, 2, true, g));
+    assert_eq!(fc.in_features(), 2);
+    let _ = Linear::new(2, 2);
+}
+
+#[test]
+fn non_finite_hyper_parameters_are_rejected() {
+    let mut fc = Linear::new(2, 2);
+    fc.forward_train(&ones(1, 2)).unwrap();
+    fc.backward(&ones(1, 2)).unwrap();
+    for (what, mut opt) in [
+        (
+            "learning rate",
+            Box::new(Sgd::new(f64::INFINITY)) as Box<dyn Optimizer>,
+        ),
+        (
+            "weight_decay",
+            Box::new(Sgd::new(0.1).weight_decay(f64::INFINITY)),
+        ),
+        (
+            "dampening",
+            Box::new(Sgd::new(0.1).momentum(0.9).dampening(f64::NAN)),
+        ),
+        ("momentum", Box::new(Sgd::new(0.1).momentum(f64::INFINITY))),
+        ("learning rate", Box::new(Adam::new(f64::NAN))),
+        ("epsilon", Box::new(Adam::new(0.1).eps(f64::INFINITY))),
+        (
+            "weight_decay",
+            Box::new(Adam::adamw(0.1).weight_decay(f64::INFINITY)),
+        ),
+    ] {
+        let before = fc.weight().value().clone();
+        let e = opt.step(&mut fc).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!("Invalid {what} value")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("must be a finite number"), "{e}");
+        assert_eq!(fc.weight().value(), &before);
+    }
+}
+
+#[test]
+fn non_finite_gradients_stop_the_step_and_change_nothing() {
+    #[derive(Module)]
+    struct Two {
+        a: Linear,
+        b: Linear,
+    }
+    for mut opt in [
+        Box::new(Sgd::new(0.1)) as Box<dyn Optimizer>,
+        Box::new(Sgd::new(0.1).momentum(0.9)),
+        Box::new(Adam::new(0.1)),
+        Box::new(Adam::adamw(0.1).amsgrad(true)),
+    ] {
+        let mut m = Two {
+            a: Linear::new(3, 2),
+            b: Linear::new(2, 2),
+        };
+        let x = ones(2, 3);
+        // One good step, so that momentum and moments exist.
+        m.forward_train(&x).unwrap();
+        m.backward(&ones(2, 2)).unwrap();
+        opt.step(&mut m).unwrap();
+        let before: Vec<Tensor> = m.parameters().iter().map(|p| p.value().clone()).collect();
+        m.zero_grad();
+        m.forward_train(&x).unwrap();
+        let mut g = ones(2, 2);
+        g[(1, 0)] = f32::NAN;
+        m.backward(&g).unwrap();
+        let e = opt.step(&mut m).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("parameter a.weight has a non-finite gradient (NaN"),
+            "{e}"
+        );
+        let after: Vec<Tensor> = m.parameters().iter().map(|p| p.value().clone()).collect();
+        assert_eq!(before, after, "weights changed");
+        // After zero_grad and a good backward the optimizer goes on.
+        m.zero_grad();
+        m.forward_train(&x).unwrap();
+        m.backward(&ones(2, 2)).unwrap();
+        opt.step(&mut m).unwrap();
+    }
+}
+
+#[test]
+fn a_reserved_key_is_rejected_at_save() {
+    let mut sd = StateDict::new();
+    sd.insert("__metadata__", TensorData::new(vec![1], vec![0.0]).unwrap());
+    let dir = std::env::temp_dir().join(format!("nncore-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = sd
+        .save_safetensors(dir.join("m.safetensors"), Default::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("__metadata__"), "{e}");
+    assert!(!dir.join("m.safetensors").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn saving_names_the_path_given_and_takes_long_names() {
+    let fc = Linear::new(2, 2);
+    let dir = std::env::temp_dir().join(format!("nncore-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A legal 250-byte name.
+    let long = dir.join("n".repeat(250));
+    fc.save_safetensors(&long).unwrap();
+    assert!(long.exists());
+    // A directory that does not exist: the error names the path given.
+    let missing = dir.join("no-such-dir").join("m.safetensors");
+    let e = fc.save_safetensors(&missing).unwrap_err();
+    assert!(
+        e.to_string().starts_with(&missing.display().to_string()),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(".tmp"), "{e}");
+    let e = fc.save_safetensors("").unwrap_err();
+    assert!(e.to_string().starts_with("\"\": not a file path"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_debug_print_as_their_message() {
+    // What `fn main() -> Result<(), nncore::Error>` shows.
+    let e = Linear::new(3, 2).forward(&ones(1, 4)).unwrap_err();
+    assert_eq!(
+        format!("{e:?}"),
+        "Linear: expected input with 3 features, got 4"
+    );
+}
