@@ -397,6 +397,27 @@ multiversion! {
 }
 
 multiversion! {
+    /// Whether every element of `x` is finite (no NaN, no infinity): the
+    /// largest exponent-and-mantissa bit pattern, an integer maximum that
+    /// vectorizes, is below the infinities'.
+    pub fn all_finite / all_finite_with(x: &[f32]) -> bool {
+        let mut acc = [0u32; 16];
+        let chunks = x.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for l in 0..16 {
+                acc[l] = acc[l].max(c[l].to_bits() & 0x7fff_ffff);
+            }
+        }
+        let mut m = 0u32;
+        for (l, a) in acc.iter().enumerate() {
+            m = m.max(*a).max(rest.get(l).map_or(0, |v| v.to_bits() & 0x7fff_ffff));
+        }
+        m < 0x7f80_0000
+    }
+}
+
+multiversion! {
     /// SGD without momentum: `w -= lr * (g + weight_decay * w)`.
     pub fn sgd_update / sgd_update_with(w: &mut [f32], g: &[f32], lr: f32, weight_decay: f32) {
         for (w, g) in w.iter_mut().zip(g) {
@@ -454,6 +475,18 @@ mod elementwise_tests {
             .map(|(a, b)| f64::from(a - b).powi(2))
             .sum();
         for v in available_variants() {
+            assert!(all_finite_with(v, &x) && all_finite_with(v, &[]), "{v:?}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+                for at in [0, 15, 16, 1000, 1036] {
+                    let mut y = x.clone();
+                    y[at] = bad;
+                    assert!(!all_finite_with(v, &y), "{v:?} {bad} at {at}");
+                }
+            }
+            assert!(all_finite_with(
+                v,
+                &[f32::MAX, f32::MIN, f32::MIN_POSITIVE, -0.0]
+            ));
             assert!((f64::from(sum_with(v, &x)) - exact).abs() < 1e-3, "{v:?}");
             assert_eq!(sum_with(v, &[]), 0.0);
             assert_eq!(sum_with(v, &[1.0, 2.0, 3.0]), 6.0);

@@ -63,16 +63,15 @@ fn check_hyper(name: &str, value: f64, ok: bool, what: &str) -> Result<()> {
 }
 
 /// `Err` naming the first parameter whose gradient holds NaN or an
-/// infinity, checked before an optimizer changes anything. One pass over
-/// the gradients with the vectorized sum (a sum is finite when every term
-/// is, short of overflow, which the element scan then settles).
+/// infinity, checked before an optimizer changes anything: one vectorized
+/// pass over the gradients.
 fn check_finite_grads(model: &mut dyn Module) -> Result<()> {
     let mut bad: Option<(usize, usize, f32)> = None;
     let mut index = 0;
     model.for_each_parameter_mut(&mut |p: &mut Param| {
         if bad.is_none() {
             if let Some(g) = p.grad() {
-                if !crate::kernels::sum(g.as_slice()).is_finite() {
+                if !crate::kernels::all_finite(g.as_slice()) {
                     if let Some((at, v)) = g.iter().enumerate().find(|(_, v)| !v.is_finite()) {
                         bad = Some((index, at, *v));
                     }
