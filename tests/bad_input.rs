@@ -290,3 +290,108 @@ fn errors_debug_print_as_their_message() {
         "Linear: expected input with 3 features, got 4"
     );
 }
+
+#[test]
+fn huge_layers_and_summaries_are_errors_not_aborts() {
+    let e = Linear::try_new(usize::MAX, 2).unwrap_err();
+    assert!(e.to_string().contains("too large to allocate"), "{e}");
+    let e = Linear::try_new(1 << 62, 4).unwrap_err();
+    assert!(e.to_string().contains("too large to allocate"), "{e}");
+    let r = std::panic::catch_unwind(|| Linear::new(usize::MAX, 2));
+    assert!(r.is_err(), "documented # Panics");
+
+    // summary traces at most a few rows, whatever the batch.
+    let m = seq![Linear::new(4, 3), ReLU::new()];
+    let s = nncore::summary(&m, (1 << 40, 4)).unwrap();
+    assert_eq!(s.rows[0].output_shape, Some((1 << 40, 3)));
+    assert_eq!(s.rows[1].output_shape, Some((1 << 40, 3)));
+    let s = nncore::summary(&m, (0, 4)).unwrap();
+    assert_eq!(s.rows[0].output_shape, Some((0, 3)));
+    let e = nncore::summary(&m, (3, usize::MAX)).unwrap_err();
+    assert!(e.to_string().contains("too large to trace"), "{e}");
+}
+
+#[test]
+fn files_that_are_not_safetensors_say_what_they_are() {
+    let mut fc = Linear::new(2, 2);
+    let opts = nncore::LoadOptions::strict();
+    let cases: [(&[u8], &str); 5] = [
+        (
+            b"PK\x03\x04\x14\x00\x00\x00archive/data.pkl",
+            "zip archive, which is what PyTorch's torch.save writes",
+        ),
+        (
+            b"\x80\x02}q\x00(X\x0b\x00\x00\x00fc1.weightq",
+            "a Python pickle",
+        ),
+        (b"hello, this is a text file\n", "it starts with text"),
+        (b"\x01\x02", "fewer than the 8"),
+        (
+            b"\xff\xff\xff\xff\xff\xff\x00\x00{}",
+            "longer than the file",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let before = fc.weight().value().clone();
+        let e = fc.load_safetensors_bytes(bytes, opts).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("not a safetensors file"), "{msg}");
+        assert!(msg.contains(want), "{msg}");
+        assert_eq!(fc.weight().value(), &before);
+    }
+    let e = fc
+        .load_safetensors_bytes(b"PK\x03\x04rest", opts)
+        .unwrap_err();
+    assert!(e.to_string().contains("safetensors.torch.save_file"), "{e}");
+}
+
+#[test]
+fn malformed_headers_name_the_tensor() {
+    fn file(header: &str, data: usize) -> Vec<u8> {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend(std::iter::repeat_n(0u8, data));
+        b
+    }
+    let mut fc = Linear::new(2, 2);
+    let opts = nncore::LoadOptions::strict();
+    // 2x2 F32 needs 16 bytes; the offsets give 12.
+    let bad = file(
+        r#"{"weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}}"#,
+        12,
+    );
+    let e = fc.load_safetensors_bytes(&bad, opts).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("tensor weight: shape [2, 2] of F32 needs 16 bytes"),
+        "{e}"
+    );
+    // Bytes left over after the last tensor.
+    let extra = file(
+        r#"{"weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#,
+        20,
+    );
+    let e = fc.load_safetensors_bytes(&extra, opts).unwrap_err();
+    assert!(e.to_string().contains("data section of 20 bytes"), "{e}");
+}
+
+#[test]
+fn label_and_tensor_data_messages_give_the_values() {
+    let e = CrossEntropyLoss::new()
+        .forward(&Tensor::zeros(2, 3), &[0u64, u64::MAX])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("row 1 (18446744073709551615)"),
+        "{e}"
+    );
+    let e = TensorData::new(vec![3, 2], vec![0.0; 5]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "TensorData::new: shape [3, 2] holds 6 elements, got 5 values"
+    );
+    let e = TensorData::new(vec![usize::MAX, 2], vec![]).unwrap_err();
+    assert!(
+        e.to_string().contains("more elements than memory can hold"),
+        "{e}"
+    );
+}

@@ -54,18 +54,46 @@ pub struct Linear {
 impl Linear {
     /// `nn.Linear(in_features, out_features)`, drawn from the default
     /// generator.
+    ///
+    /// # Panics
+    /// When the weight cannot be allocated (`in_features * out_features`
+    /// overflows or the memory is not there); [`Linear::try_new`] returns
+    /// that as an error instead.
     #[must_use]
     pub fn new(in_features: usize, out_features: usize) -> Self {
-        with_default_generator(|g| Self::with_generator(in_features, out_features, true, g))
+        Self::try_new(in_features, out_features).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Linear::new`] that reports a weight too large to allocate as an
+    /// error instead of panicking.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `in_features * out_features` overflows
+    /// or cannot be allocated.
+    ///
+    /// # Example
+    /// ```
+    /// assert!(nncore::Linear::try_new(usize::MAX, 2).is_err());
+    /// assert_eq!(nncore::Linear::try_new(3, 2)?.out_features(), 2);
+    /// # Ok::<(), nncore::Error>(())
+    /// ```
+    pub fn try_new(in_features: usize, out_features: usize) -> Result<Self> {
+        with_default_generator(|g| Self::try_with_generator(in_features, out_features, true, g))
     }
 
     /// `nn.Linear(in_features, out_features, bias=False)`.
+    ///
+    /// # Panics
+    /// As [`Linear::new`].
     #[must_use]
     pub fn new_no_bias(in_features: usize, out_features: usize) -> Self {
         with_default_generator(|g| Self::with_generator(in_features, out_features, false, g))
     }
 
     /// A layer initialised from an explicit generator.
+    ///
+    /// # Panics
+    /// As [`Linear::new`].
     #[must_use]
     pub fn with_generator(
         in_features: usize,
@@ -73,6 +101,30 @@ impl Linear {
         bias: bool,
         generator: &mut Generator,
     ) -> Self {
+        Self::try_with_generator(in_features, out_features, bias, generator)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Linear::with_generator`] that reports a weight too large to
+    /// allocate as an error.
+    ///
+    /// # Errors
+    /// As [`Linear::try_new`].
+    pub fn try_with_generator(
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        generator: &mut Generator,
+    ) -> Result<Self> {
+        let too_large = || {
+            Error::InvalidArgument(format!(
+                "Linear(in_features={in_features}, out_features={out_features}): the weight is too large to allocate"
+            ))
+        };
+        let n = in_features
+            .checked_mul(out_features)
+            .filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize))
+            .ok_or_else(too_large)?;
         // kaiming_uniform_(a=sqrt(5)) gives the bound 1/sqrt(fan_in); the
         // bias uses the same bound, or 0 when fan_in is 0.
         let bound = if in_features > 0 {
@@ -80,7 +132,9 @@ impl Linear {
         } else {
             0.0
         };
-        let mut w = vec![0.0f32; in_features * out_features];
+        let mut w: Vec<f32> = Vec::new();
+        w.try_reserve_exact(n).map_err(|_| too_large())?;
+        w.resize(n, 0.0);
         generator.fill_uniform(&mut w, -bound, bound);
         let weight = Tensor::from_row_slice(out_features, in_features, &w);
         let bias = bias.then(|| {
@@ -88,7 +142,7 @@ impl Linear {
             generator.fill_uniform(&mut b, -bound, bound);
             Param::vector(&b)
         });
-        Self::from_params(Param::matrix(weight), bias)
+        Ok(Self::from_params(Param::matrix(weight), bias))
     }
 
     /// A layer with the given weight (`out_features x in_features`, PyTorch's

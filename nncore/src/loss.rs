@@ -281,7 +281,7 @@ impl CrossEntropyLoss {
     /// class weight count other than the number of classes.
     pub fn forward<L>(&self, logits: &Tensor, labels: &[L]) -> Result<LossOutput>
     where
-        L: Copy + TryInto<i64>,
+        L: Copy + TryInto<i64> + std::fmt::Display,
     {
         let (n, c) = logits.shape();
         if labels.len() != n {
@@ -309,9 +309,11 @@ impl CrossEntropyLoss {
         let class_weight = |j: usize| self.weight.as_ref().map_or(1.0, |w| f64::from(w[j]));
         let weight_sum: f64 = (0..c).map(class_weight).sum();
         let mut targets = Vec::with_capacity(n);
-        for &l in labels {
+        for (row, &l) in labels.iter().enumerate() {
             let t: i64 = l.try_into().map_err(|_| {
-                Error::InvalidArgument("CrossEntropyLoss: label does not fit in i64".into())
+                Error::InvalidArgument(format!(
+                    "CrossEntropyLoss: the label of row {row} ({l}) does not fit in i64"
+                ))
             })?;
             if t != self.ignore_index && !(0..c as i64).contains(&t) {
                 return Err(Error::InvalidArgument(format!(
@@ -372,7 +374,7 @@ impl CrossEntropyLoss {
 /// As [`CrossEntropyLoss::forward`].
 pub fn cross_entropy<L>(logits: &Tensor, labels: &[L]) -> Result<(f32, Tensor)>
 where
-    L: Copy + TryInto<i64>,
+    L: Copy + TryInto<i64> + std::fmt::Display,
 {
     let out = CrossEntropyLoss::new().forward(logits, labels)?;
     Ok((out.item(), out.grad))

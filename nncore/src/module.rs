@@ -495,6 +495,12 @@ pub trait Forward: Module {
     /// on a second backward for one forward); a gradient of the wrong
     /// shape; [`Error::BackwardUnsupported`] for a module without a
     /// backward pass.
+    ///
+    /// After an error the parameters' gradients are undefined: the children
+    /// after the failing one (in backward order) may already have
+    /// accumulated theirs, as in PyTorch. Call `zero_grad()` (and run
+    /// `forward_train` again) before the next step; an optimizer step on
+    /// such gradients would apply a partial update.
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
         let _ = grad;
         Err(Error::BackwardUnsupported {

@@ -51,16 +51,24 @@ impl TensorData {
     /// A tensor of `shape` with row-major `data`.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] when `data` does not have as many elements
-    /// as `shape` says (or the count overflows).
+    /// [`Error::InvalidArgument`] when `data` does not have as many
+    /// elements as `shape` says (or the count overflows).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if numel != Some(data.len()) {
-            return Err(Error::ShapeMismatch {
-                context: "TensorData::new: values for shape".into(),
-                expected: shape,
-                got: vec![data.len()],
-            });
+        match numel {
+            Some(n) if n == data.len() => {}
+            Some(n) => {
+                return Err(Error::InvalidArgument(format!(
+                    "TensorData::new: shape {shape:?} holds {n} elements, got {} values",
+                    data.len()
+                )))
+            }
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "TensorData::new: shape {shape:?} has more elements than memory can hold (got {} values)",
+                    data.len()
+                )))
+            }
         }
         Ok(Self { shape, data })
     }
@@ -405,11 +413,112 @@ fn check_duplicate_keys(bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// The conversion PyTorch users run on a `torch.save` file.
+const CONVERT: &str = "convert it in Python with `safetensors.torch.save_file(torch.load(path), \"model.safetensors\")` (for a full model saved with torch.save: `safetensors.torch.save_file(model.state_dict(), ...)`)";
+
+/// What is wrong with bytes that are not safetensors at all, if that can
+/// be told from their start.
+fn not_safetensors(bytes: &[u8]) -> Option<String> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Some(format!(
+            "not a safetensors file: a zip archive, which is what PyTorch's torch.save writes (.pt, .pth, .bin); {CONVERT}"
+        ));
+    }
+    if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+        return Some(format!(
+            "not a safetensors file: a Python pickle (PyTorch's legacy torch.save format); {CONVERT}"
+        ));
+    }
+    if bytes.len() < 8 {
+        return Some(format!(
+            "not a safetensors file: {} bytes, fewer than the 8 of the header length",
+            bytes.len()
+        ));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[..8]);
+    let n = u64::from_le_bytes(len);
+    if n > (bytes.len() - 8) as u64 {
+        let text = bytes[..8]
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+        return Some(if text {
+            format!(
+                "not a safetensors file: it starts with text ({:?}), not with a header length",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(16)])
+            )
+        } else {
+            format!(
+                "not a safetensors file: its first 8 bytes give a header of {n} bytes, longer than the file ({} bytes)",
+                bytes.len()
+            )
+        });
+    }
+    None
+}
+
+/// The safetensors crate's error, said in terms of the file, naming the
+/// tensor where there is one.
+fn explain(bytes: &[u8], e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    let header = || -> Option<serde_json::Map<String, serde_json::Value>> {
+        let mut len = [0u8; 8];
+        len.copy_from_slice(bytes.get(..8)?);
+        let n = usize::try_from(u64::from_le_bytes(len)).ok()?;
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()
+    };
+    let data_len = || {
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[..8]);
+        (bytes.len() as u64).saturating_sub(8 + u64::from_le_bytes(len))
+    };
+    match e {
+        E::TensorInvalidInfo | E::InvalidTensorView(..) | E::ValidationOverflow => {
+            let bad = header().and_then(|h| {
+                h.into_iter().filter(|(k, _)| k != "__metadata__").find_map(|(name, v)| {
+                    let size = match v.get("dtype")?.as_str()? {
+                        "F64" | "I64" | "U64" => 8,
+                        "F32" | "I32" | "U32" => 4,
+                        "F16" | "BF16" | "I16" | "U16" => 2,
+                        _ => 1,
+                    };
+                    let shape: Vec<u64> = v.get("shape")?.as_array()?.iter().map(|d| d.as_u64().unwrap_or(u64::MAX)).collect();
+                    let offsets = v.get("data_offsets")?.as_array()?;
+                    let (begin, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+                    let want = shape.iter().try_fold(size, |a: u64, d| a.checked_mul(*d));
+                    (want != end.checked_sub(begin)).then(|| match want {
+                        Some(w) => format!(
+                            "tensor {name}: shape {shape:?} of {} needs {w} bytes, but its data offsets [{begin}, {end}] hold {}",
+                            v["dtype"].as_str().unwrap_or("?"),
+                            end.saturating_sub(begin)
+                        ),
+                        None => format!("tensor {name}: shape {shape:?} is too large"),
+                    })
+                })
+            });
+            bad.unwrap_or_else(|| format!("a tensor's shape, data type and data offsets disagree ({e})"))
+        }
+        E::InvalidOffset(name) => format!(
+            "tensor {name}: its data offsets do not follow the previous tensor's or lie outside the data"
+        ),
+        E::MetadataIncompleteBuffer => format!(
+            "the tensors' data does not cover the file's data section of {} bytes exactly (bytes left over, or a tensor runs past the end)",
+            data_len()
+        ),
+        E::HeaderTooLarge => "the header is larger than the 100 MB safetensors allows".into(),
+        E::InvalidHeaderLength => "the header length runs past the end of the file".into(),
+        other => other.to_string(),
+    }
+}
+
 fn parse(bytes: &[u8]) -> Result<Entries<'_>> {
     if bytes.is_empty() {
         return Err(Error::Format("the file is empty".into()));
     }
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format(e.to_string()))?;
+    if let Some(message) = not_safetensors(bytes) {
+        return Err(Error::Format(message));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format(explain(bytes, &e)))?;
     check_duplicate_keys(bytes)?;
     let mut list: Vec<Entry<'_>> = st
         .iter()

@@ -41,6 +41,9 @@ pub struct Summary {
     pub input_shape: (usize, usize),
 }
 
+/// The most rows `summary` runs the model on.
+const TRACE_BATCH: usize = 64;
+
 /// A parameter count for people: `950`, `5.6K`, `1.2M`, `3.4B`.
 ///
 /// # Example
@@ -99,20 +102,40 @@ fn count<M: Module + ?Sized>(m: &M) -> usize {
 /// # Ok::<(), nncore::Error>(())
 /// ```
 pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> Result<Summary> {
+    // The forward is traced on at most TRACE_BATCH rows: a summary for a
+    // batch of a million must not allocate it. Outputs with as many rows
+    // as the traced input are reported with the requested batch.
+    let (batch, features) = input_shape;
+    let traced = batch.min(TRACE_BATCH);
+    let too_large = || {
+        crate::Error::InvalidArgument(format!(
+            "summary: an input of shape [{batch}, {features}] is too large to trace"
+        ))
+    };
+    let n = traced
+        .checked_mul(features)
+        .filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize))
+        .ok_or_else(too_large)?;
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(n).map_err(|_| too_large())?;
+    data.resize(n, 0.0);
     let mut trace = Trace::new();
-    model.forward_traced(&Tensor::zeros(input_shape.0, input_shape.1), &mut trace)?;
+    model.forward_traced(&Tensor::from_vec(traced, features, data), &mut trace)?;
+    let scale = |shape: Option<(usize, usize)>| {
+        shape.map(|(r, c)| (if r == traced { batch } else { r }, c))
+    };
     let mut rows = vec![SummaryRow {
         path: String::new(),
         type_name: model.name().to_owned(),
         depth: 0,
-        output_shape: trace.shape_of(""),
+        output_shape: scale(trace.shape_of("")),
         params: count(model),
     }];
     fn walk<N: Module + ?Sized>(
         m: &N,
         prefix: &str,
         depth: usize,
-        trace: &Trace,
+        trace: &dyn Fn(&str) -> Option<(usize, usize)>,
         rows: &mut Vec<SummaryRow>,
     ) {
         m.visit_children(&mut |name, child| {
@@ -125,13 +148,13 @@ pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> R
                 path: path.clone(),
                 type_name: child.name().to_owned(),
                 depth,
-                output_shape: trace.shape_of(&path),
+                output_shape: trace(&path),
                 params: count(child),
             });
             walk(child, &path, depth + 1, trace, rows);
         });
     }
-    walk(model, "", 1, &trace, &mut rows);
+    walk(model, "", 1, &|path| scale(trace.shape_of(path)), &mut rows);
     let mut total = 0;
     let mut trainable = 0;
     for p in model.parameters() {
