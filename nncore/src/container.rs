@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use crate::module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace, Workspace};
+use crate::chain::{self, Chain, Name, Visitor, VisitorMut};
+use crate::module::{add_indent, fmt_module, repr, Forward, Module, Trace, Workspace};
 use crate::{Result, Tensor};
 
 /// The decimal name of child `i` (`"0"`, `"1"`, ...), written into `buf`:
@@ -21,95 +22,6 @@ fn index_name(i: usize, buf: &mut [u8; 20]) -> &str {
         }
     }
     std::str::from_utf8(&buf[start..]).unwrap_or("?")
-}
-
-/// `Forward` through `items` in order; errors get the element's index.
-fn chain_forward<'m, F: Forward + ?Sized + 'm>(
-    items: impl Iterator<Item = &'m F>,
-    mut flow: Flow<'_>,
-    owner: &str,
-) -> Result<Tensor> {
-    for (i, m) in items.enumerate() {
-        flow = flow.apply(m).map_err(|e| e.within(&i.to_string(), owner))?;
-    }
-    Ok(flow.into_tensor())
-}
-
-fn chain_forward_into<'m, F: Forward + ?Sized + 'm>(
-    items: impl Iterator<Item = &'m F>,
-    x: &Tensor,
-    out: &mut Tensor,
-    ws: &mut Workspace,
-    owner: &str,
-) -> Result<()> {
-    let mut cur = None;
-    for (i, m) in items.enumerate() {
-        ws.step(m, x, &mut cur)
-            .map_err(|e| e.within(&i.to_string(), owner))?;
-    }
-    ws.finish(x, cur, out);
-    Ok(())
-}
-
-fn chain_forward_train<'a, F: Forward + ?Sized + 'a>(
-    items: impl Iterator<Item = &'a mut F>,
-    x: &'a Tensor,
-    owner: &str,
-) -> Result<&'a Tensor> {
-    let mut h = x;
-    for (i, m) in items.enumerate() {
-        h = m
-            .forward_train(h)
-            .map_err(|e| e.within(&i.to_string(), owner))?;
-    }
-    Ok(h)
-}
-
-fn chain_backward<'a, F: Forward + ?Sized + 'a>(
-    items: impl DoubleEndedIterator<Item = &'a mut F> + ExactSizeIterator,
-    grad: &'a Tensor,
-    owner: &str,
-) -> Result<&'a Tensor> {
-    let mut g = grad;
-    for (i, m) in items.enumerate().rev() {
-        g = m.backward(g).map_err(|e| e.within(&i.to_string(), owner))?;
-    }
-    Ok(g)
-}
-
-fn chain_backward_params<'a, F: Forward + ?Sized + 'a>(
-    items: impl DoubleEndedIterator<Item = &'a mut F> + ExactSizeIterator,
-    grad: &Tensor,
-    owner: &str,
-) -> Result<()> {
-    let mut items = items.enumerate();
-    let Some((_, first)) = items.next() else {
-        return Ok(());
-    };
-    let mut g = grad;
-    for (i, m) in items.rev() {
-        g = m.backward(g).map_err(|e| e.within(&i.to_string(), owner))?;
-    }
-    first.backward_params(g).map_err(|e| e.within("0", owner))
-}
-
-fn chain_traced<'m, F: Forward + ?Sized + 'm>(
-    items: impl Iterator<Item = &'m F>,
-    x: &Tensor,
-    trace: &mut Trace,
-    owner: &str,
-) -> Result<Tensor> {
-    let mut flow = Flow::Borrowed(x);
-    for (i, m) in items.enumerate() {
-        let name = i.to_string();
-        let y = trace
-            .child(&name, |t| m.forward_traced(flow.as_tensor(), t))
-            .map_err(|e| e.within(&name, owner))?;
-        flow = Flow::Owned(y);
-    }
-    let y = flow.into_tensor();
-    trace.record(&y);
-    Ok(y)
 }
 
 /// PyTorch's `ModuleList.__repr__`: consecutive children that print the
@@ -142,6 +54,39 @@ fn fmt_module_list<'m, M: Module + 'm>(
     f.write_str("\n)")
 }
 
+/// The `Forward` methods of a [`Chain`], delegating to the chain engine.
+macro_rules! chain_forward_methods {
+    () => {
+        fn forward(&self, x: &Tensor) -> Result<Tensor> {
+            chain::forward(self, x)
+        }
+
+        fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+            chain::forward_owned(self, x)
+        }
+
+        fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
+            chain::forward_into(self, x, out, ws)
+        }
+
+        fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+            chain::forward_train(self, x)
+        }
+
+        fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+            chain::backward(self, grad)
+        }
+
+        fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+            chain::backward_params(self, grad)
+        }
+
+        fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+            chain::forward_traced(self, x, trace)
+        }
+    };
+}
+
 /// Implements `Module` and `Forward` for a list type of modules.
 macro_rules! module_list {
     ($($generics:tt)*) => {
@@ -172,38 +117,40 @@ macro_rules! module_list {
             }
         }
 
+        impl<$($generics)*> Chain for ModuleListOf!($($generics)*)
+        where
+            M: Forward,
+        {
+            const NAME: &'static str = "ModuleList";
+
+            fn visit<'a, V: Visitor<'a>>(&'a self, v: &mut V) -> Result<()> {
+                for (i, m) in self.iter().enumerate() {
+                    v.visit(Name::Index(i), m)?;
+                }
+                Ok(())
+            }
+
+            fn visit_mut<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()> {
+                for (i, m) in self.iter_mut().enumerate() {
+                    v.visit(Name::Index(i), m)?;
+                }
+                Ok(())
+            }
+
+            fn visit_mut_rev<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()> {
+                for (i, m) in self.iter_mut().enumerate().rev() {
+                    v.visit(Name::Index(i), m)?;
+                }
+                Ok(())
+            }
+        }
+
         /// The elements applied in order; the identity when empty.
         impl<$($generics)*> Forward for ModuleListOf!($($generics)*)
         where
             M: Forward,
         {
-            fn forward(&self, x: &Tensor) -> Result<Tensor> {
-                chain_forward(self.iter(), Flow::Borrowed(x), "ModuleList")
-            }
-
-            fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
-                chain_forward(self.iter(), Flow::Owned(x), "ModuleList")
-            }
-
-            fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
-                chain_forward_into(self.iter(), x, out, ws, "ModuleList")
-            }
-
-            fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-                chain_forward_train(self.iter_mut(), x, "ModuleList")
-            }
-
-            fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-                chain_backward(self.iter_mut(), grad, "ModuleList")
-            }
-
-            fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
-                chain_backward_params(self.iter_mut(), grad, "ModuleList")
-            }
-
-            fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
-                chain_traced(self.iter(), x, trace, "ModuleList")
-            }
+            chain_forward_methods!();
         }
     };
 }
@@ -391,42 +338,33 @@ impl Module for Sequential {
     }
 }
 
+impl Chain for Sequential {
+    const NAME: &'static str = "Sequential";
+
+    fn visit<'a, V: Visitor<'a>>(&'a self, v: &mut V) -> Result<()> {
+        for (i, l) in self.layers.iter().enumerate() {
+            v.visit(Name::Index(i), &**l)?;
+        }
+        Ok(())
+    }
+
+    fn visit_mut<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()> {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            v.visit(Name::Index(i), l)?;
+        }
+        Ok(())
+    }
+
+    fn visit_mut_rev<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()> {
+        for (i, l) in self.layers.iter_mut().enumerate().rev() {
+            v.visit(Name::Index(i), l)?;
+        }
+        Ok(())
+    }
+}
+
 impl Forward for Sequential {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        chain_forward(
-            self.layers.iter().map(|l| &**l),
-            Flow::Borrowed(x),
-            "Sequential",
-        )
-    }
-
-    fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
-        chain_forward(
-            self.layers.iter().map(|l| &**l),
-            Flow::Owned(x),
-            "Sequential",
-        )
-    }
-
-    fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
-        chain_forward_into(self.layers.iter().map(|l| &**l), x, out, ws, "Sequential")
-    }
-
-    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-        chain_forward_train(self.layers.iter_mut().map(|l| &mut **l), x, "Sequential")
-    }
-
-    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        chain_backward(self.layers.iter_mut().map(|l| &mut **l), grad, "Sequential")
-    }
-
-    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
-        chain_backward_params(self.layers.iter_mut().map(|l| &mut **l), grad, "Sequential")
-    }
-
-    fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
-        chain_traced(self.layers.iter().map(|l| &**l), x, trace, "Sequential")
-    }
+    chain_forward_methods!();
 }
 
 /// Builds a [`Sequential`] from layers: `seq![Linear::new(4, 8),

@@ -45,6 +45,8 @@
 extern crate self as nncore;
 
 mod activation;
+#[doc(hidden)]
+pub mod chain;
 mod container;
 mod dropout;
 mod error;
@@ -101,6 +103,7 @@ pub type Tensor = nalgebra::DMatrix<f32>;
 /// Re-exports the generated code uses; not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::chain;
     pub use crate::module::Flow;
     pub use crate::written::{
         backward, backward_params, dyn_mut, forward, forward_into, forward_traced, forward_train,

@@ -210,138 +210,96 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
     let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
     let forward_where = where_clause(input, &quote!(::nncore::Forward));
 
-    // Each step is spanned on the child's type, so that a child without a
-    // forward pass is reported at the field, and gives errors the child's
-    // place in the module path.
-    let step = |f: &Field<'_>, mutable: bool, call: TokenStream, var: TokenStream| {
-        let child = &f.name;
-        let span = f.module_ty().span();
-        let body = quote_spanned! {span=>
-            #call.map_err(|__e| __e.within(#child, #name))?
+    // One visit per child, spanned on the child's type, so that a child
+    // without a forward pass is reported at the field. The chain engine in
+    // nncore (shared with ModuleList and Sequential) does the rest.
+    let visit = |mutable: bool, rev: bool| {
+        let fields: Vec<&&Field<'_>> = if rev {
+            children.iter().rev().collect()
+        } else {
+            children.iter().collect()
         };
-        let step = with_child(f, mutable, body, var.clone());
-        quote!(let #var = #step;)
-    };
-
-    let flow_steps: Vec<_> = children
-        .iter()
-        .map(|f| {
+        let steps = fields.into_iter().map(|f| {
+            let child = &f.name;
             let span = f.module_ty().span();
-            step(
-                f,
-                false,
-                quote_spanned!(span=> ::nncore::__private::ChildForward::flow(__m, __x)),
-                quote!(__x),
-            )
-        })
-        .collect();
-    let step_intos = children.iter().map(|f| {
-        let child = &f.name;
-        let span = f.module_ty().span();
-        let body = quote_spanned! {span=>
-            ::nncore::__private::ChildForward::step_into(__m, __x, &mut __cur, __ws)
-                .map_err(|__e| __e.within(#child, #name))?
-        };
-        let step = with_child(f, false, body, TokenStream::new());
-        quote!(#step;)
-    });
-    let train_steps = children.iter().map(|f| {
-        let span = f.module_ty().span();
-        step(
-            f,
-            true,
-            quote_spanned!(span=> ::nncore::__private::ChildForward::train(__m, __x)),
-            quote!(__x),
-        )
-    });
-    let back_steps = children.iter().rev().map(|f| {
-        let span = f.module_ty().span();
-        step(
-            f,
-            true,
-            quote_spanned!(span=> ::nncore::__private::ChildForward::back(__m, __g)),
-            quote!(__g),
-        )
-    });
-    // backward_params: the children after the first pass gradients on;
-    // the first only accumulates its parameters' gradients.
-    let params_steps = children.iter().skip(1).rev().map(|f| {
-        let span = f.module_ty().span();
-        step(
-            f,
-            true,
-            quote_spanned!(span=> ::nncore::__private::ChildForward::back(__m, __g)),
-            quote!(__g),
-        )
-    });
-    let params_first = children.first().map(|f| {
-        let child = &f.name;
-        let span = f.module_ty().span();
-        let body = quote_spanned! {span=>
-            ::nncore::__private::ChildForward::back_params(__m, __g)
-                .map_err(|__e| __e.within(#child, #name))?
-        };
-        with_child(f, true, body, TokenStream::new())
-    });
-    let traced_steps = children.iter().map(|f| {
-        let child = &f.name;
-        let span = f.module_ty().span();
-        let call = quote_spanned! {span=>
-            __trace
-                .child(#child, |__t| ::nncore::__private::ChildForward::traced(__m, __x.as_tensor(), __t))
-                .map(::nncore::__private::Flow::Owned)
-        };
-        step(f, false, call, quote!(__x))
-    });
+            let body = quote_spanned! {span=>
+                __v.visit(::nncore::__private::chain::Name::Field(#child), __m)?;
+            };
+            with_child(f, mutable, body, TokenStream::new())
+        });
+        quote!(#(#steps)* ::core::result::Result::Ok(()))
+    };
+    let (shared, forward_mut, reverse) =
+        (visit(false, false), visit(true, false), visit(true, true));
 
     quote! {
         #[automatically_derived]
+        impl #impl_generics ::nncore::__private::chain::Chain for #ident #ty_generics #forward_where {
+            const NAME: &'static str = #name;
+
+            fn visit<'__a, __V: ::nncore::__private::chain::Visitor<'__a>>(
+                &'__a self,
+                __v: &mut __V,
+            ) -> ::nncore::Result<()> {
+                #shared
+            }
+
+            fn visit_mut<'__a, __V: ::nncore::__private::chain::VisitorMut<'__a>>(
+                &'__a mut self,
+                __v: &mut __V,
+            ) -> ::nncore::Result<()> {
+                #forward_mut
+            }
+
+            fn visit_mut_rev<'__a, __V: ::nncore::__private::chain::VisitorMut<'__a>>(
+                &'__a mut self,
+                __v: &mut __V,
+            ) -> ::nncore::Result<()> {
+                #reverse
+            }
+        }
+
+        #[automatically_derived]
         impl #impl_generics ::nncore::Forward for #ident #ty_generics #forward_where {
+            #[inline]
             fn forward(&self, __x: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                let __x = ::nncore::__private::Flow::Borrowed(__x);
-                #( #flow_steps )*
-                ::core::result::Result::Ok(__x.into_tensor())
+                ::nncore::__private::chain::forward(self, __x)
             }
 
+            #[inline]
             fn forward_owned(&self, __x: ::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                let __x = ::nncore::__private::Flow::Owned(__x);
-                #( #flow_steps )*
-                ::core::result::Result::Ok(__x.into_tensor())
+                ::nncore::__private::chain::forward_owned(self, __x)
             }
 
+            #[inline]
             fn forward_into(
                 &self,
                 __x: &::nncore::Tensor,
                 __out: &mut ::nncore::Tensor,
                 __ws: &mut ::nncore::Workspace,
             ) -> ::nncore::Result<()> {
-                #[allow(unused_mut)]
-                let mut __cur: ::core::option::Option<::nncore::Tensor> = ::core::option::Option::None;
-                #( #step_intos )*
-                __ws.finish(__x, __cur, __out);
-                ::core::result::Result::Ok(())
+                ::nncore::__private::chain::forward_into(self, __x, __out, __ws)
             }
 
+            #[inline]
             fn forward_train<'__a>(
                 &'__a mut self,
                 __x: &'__a ::nncore::Tensor,
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                #( #train_steps )*
-                ::core::result::Result::Ok(__x)
+                ::nncore::__private::chain::forward_train(self, __x)
             }
 
+            #[inline]
             fn backward<'__a>(
                 &'__a mut self,
                 __g: &'__a ::nncore::Tensor,
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                #( #back_steps )*
-                ::core::result::Result::Ok(__g)
+                ::nncore::__private::chain::backward(self, __g)
             }
 
+            #[inline]
             fn backward_params(&mut self, __g: &::nncore::Tensor) -> ::nncore::Result<()> {
-                #( #params_steps )*
-                #params_first;
-                ::core::result::Result::Ok(())
+                ::nncore::__private::chain::backward_params(self, __g)
             }
 
             fn forward_traced(
@@ -349,11 +307,7 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
                 __x: &::nncore::Tensor,
                 __trace: &mut ::nncore::Trace,
             ) -> ::nncore::Result<::nncore::Tensor> {
-                let __x = ::nncore::__private::Flow::Borrowed(__x);
-                #( #traced_steps )*
-                let __y = __x.into_tensor();
-                __trace.record(&__y);
-                ::core::result::Result::Ok(__y)
+                ::nncore::__private::chain::forward_traced(self, __x, __trace)
             }
         }
     }

@@ -1,0 +1,309 @@
+//! The chain engine: modules applied one after another. A derived struct
+//! without a written forward, `Vec<M>` / `[M; N]` (PyTorch's `ModuleList`)
+//! and [`Sequential`](crate::Sequential) all run through it, so that a
+//! chain's semantics live here once:
+//!
+//! - inference passes a borrowed input to the first module and owned
+//!   outputs to the next (`forward_owned`), so element-wise layers work in
+//!   place;
+//! - `forward_into` takes and returns every intermediate buffer to the
+//!   [`Workspace`];
+//! - training records into each module's own buffers; backward runs in
+//!   reverse, and `backward_params` skips the first module's input
+//!   gradient;
+//! - errors get the child's name (`fc2`, or a list index) and the owner's
+//!   type name.
+//!
+//! A chain is anything that can show its children in order to a
+//! [`Visitor`]: the derive implements [`Chain`] with one line per field,
+//! the containers with a loop.
+
+use crate::module::{Flow, Forward, Trace, Workspace};
+use crate::{Error, Result, Tensor};
+
+/// A child's name in its parent: a field, or an index in a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    /// A named field (`fc1`) or a tuple index written as text.
+    Field(&'static str),
+    /// The element of a list at this index.
+    Index(usize),
+}
+
+impl Name {
+    fn wrap(self, e: Error, owner: &str) -> Error {
+        match self {
+            Name::Field(f) => e.within(f, owner),
+            Name::Index(i) => e.within(&i.to_string(), owner),
+        }
+    }
+
+    fn trace<R>(self, trace: &mut Trace, f: impl FnOnce(&mut Trace) -> R) -> R {
+        match self {
+            Name::Field(n) => trace.child(n, f),
+            Name::Index(i) => trace.child(&i.to_string(), f),
+        }
+    }
+}
+
+/// Sees the children of a chain in order, shared.
+pub trait Visitor<'a> {
+    /// One child.
+    ///
+    /// # Errors
+    /// Whatever the child reports, with its name.
+    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()>;
+}
+
+/// Sees the children of a chain, mutably.
+pub trait VisitorMut<'a> {
+    /// One child.
+    ///
+    /// # Errors
+    /// Whatever the child reports, with its name.
+    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()>;
+}
+
+/// A module that is a chain of its children. The derive implements it for
+/// structs without a written forward. Not public API.
+#[doc(hidden)]
+pub trait Chain {
+    /// The owner's type name, for errors.
+    const NAME: &'static str;
+    /// The children, first to last.
+    ///
+    /// # Errors
+    /// The visitor's.
+    fn visit<'a, V: Visitor<'a>>(&'a self, v: &mut V) -> Result<()>;
+    /// The children, first to last, mutably.
+    ///
+    /// # Errors
+    /// The visitor's.
+    fn visit_mut<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()>;
+    /// The children, last to first, mutably.
+    ///
+    /// # Errors
+    /// The visitor's.
+    fn visit_mut_rev<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()>;
+}
+
+struct Infer<'x> {
+    // Always `Some` between visits.
+    flow: Option<Flow<'x>>,
+    owner: &'static str,
+}
+
+impl<'a> Visitor<'a> for Infer<'_> {
+    #[inline(always)]
+    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+        if let Some(flow) = self.flow.take() {
+            self.flow = Some(flow.apply(m).map_err(|e| name.wrap(e, self.owner))?);
+        }
+        Ok(())
+    }
+}
+
+impl Infer<'_> {
+    fn into_tensor(self) -> Tensor {
+        self.flow
+            .map_or_else(|| Tensor::zeros(0, 0), Flow::into_tensor)
+    }
+}
+
+struct Into<'x, 'w> {
+    x: &'x Tensor,
+    cur: Option<Tensor>,
+    ws: &'w mut Workspace,
+    owner: &'static str,
+}
+
+impl<'a> Visitor<'a> for Into<'_, '_> {
+    #[inline(always)]
+    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+        self.ws
+            .step(m, self.x, &mut self.cur)
+            .map_err(|e| name.wrap(e, self.owner))
+    }
+}
+
+struct Traced<'x, 't> {
+    flow: Flow<'x>,
+    trace: &'t mut Trace,
+    owner: &'static str,
+}
+
+impl<'a> Visitor<'a> for Traced<'_, '_> {
+    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+        let x = self.flow.as_tensor();
+        let y = name
+            .trace(self.trace, |t| m.forward_traced(x, t))
+            .map_err(|e| name.wrap(e, self.owner))?;
+        self.flow = Flow::Owned(y);
+        Ok(())
+    }
+}
+
+struct Train<'a> {
+    cur: &'a Tensor,
+    owner: &'static str,
+}
+
+impl<'a> VisitorMut<'a> for Train<'a> {
+    #[inline(always)]
+    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
+        self.cur = m
+            .forward_train(self.cur)
+            .map_err(|e| name.wrap(e, self.owner))?;
+        Ok(())
+    }
+}
+
+struct Back<'a> {
+    grad: &'a Tensor,
+    owner: &'static str,
+}
+
+impl<'a> VisitorMut<'a> for Back<'a> {
+    #[inline(always)]
+    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
+        self.grad = m
+            .backward(self.grad)
+            .map_err(|e| name.wrap(e, self.owner))?;
+        Ok(())
+    }
+}
+
+/// Backward in reverse, holding each child until the next arrives: the
+/// last one visited (the chain's first) gets `backward_params`.
+struct BackParams<'a, 'g> {
+    grad: &'g Tensor,
+    held: Option<(Name, &'a mut dyn Forward)>,
+    owner: &'static str,
+}
+
+impl<'a> VisitorMut<'a> for BackParams<'a, 'a> {
+    #[inline(always)]
+    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
+        if let Some((held_name, held)) = self.held.take() {
+            self.grad = held
+                .backward(self.grad)
+                .map_err(|e| held_name.wrap(e, self.owner))?;
+        }
+        self.held = Some((name, m));
+        Ok(())
+    }
+}
+
+/// `Forward::forward` of a chain.
+///
+/// # Errors
+/// Whatever a child reports, with its name.
+#[inline]
+pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
+    let mut v = Infer {
+        flow: Some(Flow::Borrowed(x)),
+        owner: C::NAME,
+    };
+    m.visit(&mut v)?;
+    Ok(v.into_tensor())
+}
+
+/// `Forward::forward_owned` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+#[inline]
+pub fn forward_owned<C: Chain + ?Sized>(m: &C, x: Tensor) -> Result<Tensor> {
+    let mut v = Infer {
+        flow: Some(Flow::Owned(x)),
+        owner: C::NAME,
+    };
+    m.visit(&mut v)?;
+    Ok(v.into_tensor())
+}
+
+/// `Forward::forward_into` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+#[inline]
+pub fn forward_into<C: Chain + ?Sized>(
+    m: &C,
+    x: &Tensor,
+    out: &mut Tensor,
+    ws: &mut Workspace,
+) -> Result<()> {
+    let mut v = Into {
+        x,
+        cur: None,
+        ws,
+        owner: C::NAME,
+    };
+    m.visit(&mut v)?;
+    v.ws.finish(x, v.cur, out);
+    Ok(())
+}
+
+/// `Forward::forward_traced` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_traced<C: Chain + ?Sized>(m: &C, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+    let mut v = Traced {
+        flow: Flow::Borrowed(x),
+        trace,
+        owner: C::NAME,
+    };
+    m.visit(&mut v)?;
+    let y = v.flow.into_tensor();
+    v.trace.record(&y);
+    Ok(y)
+}
+
+/// `Forward::forward_train` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+#[inline]
+pub fn forward_train<'a, C: Chain + ?Sized>(m: &'a mut C, x: &'a Tensor) -> Result<&'a Tensor> {
+    let mut v = Train {
+        cur: x,
+        owner: C::NAME,
+    };
+    m.visit_mut(&mut v)?;
+    Ok(v.cur)
+}
+
+/// `Forward::backward` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+#[inline]
+pub fn backward<'a, C: Chain + ?Sized>(m: &'a mut C, grad: &'a Tensor) -> Result<&'a Tensor> {
+    let mut v = Back {
+        grad,
+        owner: C::NAME,
+    };
+    m.visit_mut_rev(&mut v)?;
+    Ok(v.grad)
+}
+
+/// `Forward::backward_params` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+#[inline]
+pub fn backward_params<C: Chain + ?Sized>(m: &mut C, grad: &Tensor) -> Result<()> {
+    let mut v = BackParams {
+        grad,
+        held: None,
+        owner: C::NAME,
+    };
+    m.visit_mut_rev(&mut v)?;
+    match v.held {
+        Some((name, first)) => first
+            .backward_params(v.grad)
+            .map_err(|e| name.wrap(e, C::NAME)),
+        None => Ok(()),
+    }
+}
