@@ -47,6 +47,7 @@ extern crate self as nncore;
 mod activation;
 #[doc(hidden)]
 pub mod chain;
+mod clip;
 mod container;
 mod dropout;
 mod error;
@@ -55,6 +56,7 @@ pub mod kernels;
 mod linear;
 mod loss;
 mod module;
+mod norm;
 pub mod ops;
 mod optim;
 mod param;
@@ -64,6 +66,7 @@ mod summary;
 mod written;
 
 pub use activation::{GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, GELU};
+pub use clip::{clip_grad_norm_, clip_grad_norm_with, clip_grad_value_};
 pub use container::{Layer, Sequential};
 pub use dropout::Dropout;
 pub use error::{Error, ModulePath, Result};
@@ -74,6 +77,7 @@ pub use loss::{
     MSELoss, Reduction,
 };
 pub use module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace, Workspace};
+pub use norm::LayerNorm;
 pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;
 pub use rng::{
@@ -200,8 +204,8 @@ pub mod __private {
 /// What a model file needs: `use nncore::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        bce_with_logits, cross_entropy, mse_loss, seq, Adam, Dropout, Forward, Identity, LeakyReLU,
-        Linear, LrScheduler, Module, Optimizer, Param, ReLU, Sequential, Sgd, Sigmoid, Softmax,
-        Tanh, Tape, Tensor, GELU,
+        bce_with_logits, cross_entropy, mse_loss, seq, Adam, Dropout, Forward, Identity, LayerNorm,
+        LeakyReLU, Linear, LrScheduler, Module, Optimizer, Param, ReLU, Sequential, Sgd, Sigmoid,
+        Softmax, Tanh, Tape, Tensor, GELU,
     };
 }

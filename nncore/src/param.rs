@@ -173,6 +173,12 @@ impl Param {
         self.version
     }
 
+    /// The gradient, mutably, if the parameter has one (what gradient
+    /// clipping changes in place).
+    pub fn grad_mut(&mut self) -> Option<&mut Tensor> {
+        self.has_grad.then_some(&mut self.grad)
+    }
+
     /// The value and the gradient buffer at once, for layers computing a
     /// gradient from the value. Returns `None` when the parameter is
     /// frozen. The `bool` says whether the buffer already holds a gradient
