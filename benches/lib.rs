@@ -1,0 +1,1 @@
+//! Nothing: the package holds the criterion benches (`cargo bench`).
