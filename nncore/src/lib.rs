@@ -52,6 +52,7 @@ mod container;
 mod dropout;
 mod error;
 mod gradcheck;
+#[doc(hidden)]
 pub mod kernels;
 mod linear;
 mod loss;
@@ -76,7 +77,10 @@ pub use loss::{
     bce_with_logits, cross_entropy, mse_loss, BCEWithLogitsLoss, CrossEntropyLoss, LossOutput,
     MSELoss, Reduction,
 };
-pub use module::{add_indent, fmt_module, repr, Flow, Forward, Module, Trace, Workspace};
+pub use module::{repr, Forward, Module, Trace, Workspace};
+/// Internals of printing and of the chain engine; not public API.
+#[doc(hidden)]
+pub use module::{add_indent, fmt_module, Flow};
 pub use norm::LayerNorm;
 pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;
@@ -202,10 +206,15 @@ pub mod __private {
 }
 
 /// What a model file needs: `use nncore::prelude::*;`.
+///
+/// It brings `Result` (nncore's, `Result<T, E = nncore::Error>`, so that
+/// `Result<T, OtherError>` keeps working), the layers, containers, losses,
+/// optimizers, `Tape` and the `forward` attribute.
 pub mod prelude {
     pub use crate::{
-        bce_with_logits, cross_entropy, mse_loss, seq, Adam, Dropout, Forward, Identity, LayerNorm,
-        LeakyReLU, Linear, LrScheduler, Module, Optimizer, Param, ReLU, Sequential, Sgd, Sigmoid,
-        Softmax, Tanh, Tape, Tensor, GELU,
+        bce_with_logits, clip_grad_norm_, clip_grad_value_, cross_entropy, forward, mse_loss, seq,
+        Adam, BCEWithLogitsLoss, CrossEntropyLoss, Dropout, Forward, GeluApproximate, Identity,
+        LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss, Module, Optimizer, Param,
+        ReLU, Reduction, Result, Sequential, Sgd, Sigmoid, Softmax, Tanh, Tape, Tensor, GELU,
     };
 }
