@@ -77,10 +77,10 @@ pub use loss::{
     bce_with_logits, cross_entropy, mse_loss, BCEWithLogitsLoss, CrossEntropyLoss, LossOutput,
     MSELoss, Reduction,
 };
-pub use module::{repr, Forward, Module, Trace, Workspace};
 /// Internals of printing and of the chain engine; not public API.
 #[doc(hidden)]
 pub use module::{add_indent, fmt_module, Flow};
+pub use module::{repr, Forward, Module, Trace, Workspace};
 pub use norm::LayerNorm;
 pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;

@@ -530,3 +530,31 @@ impl LrScheduler for CosineAnnealingLr {
         optimizer.set_lr(lr);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Forward, Linear};
+
+    /// Adam's step counter is wide: past 2^31 steps it neither overflows
+    /// nor writes NaN weights.
+    #[test]
+    fn adam_steps_past_i32_max() {
+        let mut fc = Linear::new(3, 2);
+        let mut opt = Adam::new(0.01);
+        let x = Tensor::from_element(2, 3, 1.0);
+        let g = Tensor::from_element(2, 2, 1.0);
+        fc.forward_train(&x).unwrap();
+        fc.backward(&g).unwrap();
+        opt.step(&mut fc).unwrap();
+        for st in opt.state.values_mut() {
+            st.step = u64::from(u32::MAX) + 7;
+        }
+        opt.step(&mut fc).unwrap();
+        assert!(opt
+            .state
+            .values()
+            .all(|s| s.step == u64::from(u32::MAX) + 8));
+        assert!(fc.weight().value().iter().all(|w| w.is_finite()));
+    }
+}
