@@ -128,6 +128,23 @@ def pytorch_written_times():
     return out
 
 
+def pytorch_norm_times():
+    out = {}
+    ln = nn.LayerNorm(1024)
+    x = torch.empty(256, 1024).uniform_(-1, 1)
+    g = torch.empty(256, 1024).uniform_(-1, 1)
+    with torch.inference_mode():
+        out["layernorm_b256_fwd"] = median_time(lambda: ln(x))
+    xr = x.clone().requires_grad_(True)
+
+    def fwd_bwd():
+        ln.zero_grad()
+        xr.grad = None
+        ln(xr).backward(g)
+    out["layernorm_b256_fwd_bwd"] = median_time(fwd_bwd)
+    return out
+
+
 UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -166,10 +183,12 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-rust", action="store_true")
     ap.add_argument("--written", action="store_true", help="the written-forward (residual) workloads")
+    ap.add_argument("--norm", action="store_true", help="LayerNorm at 256 x 1024")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    py = pytorch_written_times() if args.written else pytorch_times()
-    rs = {} if args.no_rust else rust_times(args.threads, "written" if args.written else "workloads")
+    bench = "written" if args.written else "norm" if args.norm else "workloads"
+    py = {"written": pytorch_written_times, "norm": pytorch_norm_times, "workloads": pytorch_times}[bench]()
+    rs = {} if args.no_rust else rust_times(args.threads, bench)
     flops = {"mlp_b256_fwd": 2 * 256 * (784 * 1024 + 1024 * 1024 + 1024 * 10)}
     flops["mlp_b256_train"] = 3 * flops["mlp_b256_fwd"]
     print(f"torch {torch.__version__}, {args.threads} thread(s)")

@@ -418,6 +418,147 @@ multiversion! {
 }
 
 multiversion! {
+    /// LayerNorm statistics of a column-major `rows x cols` matrix `x`: the
+    /// mean of each row and `1 / sqrt(biased variance + eps)`. Every inner
+    /// loop runs down a column, over the rows, so it vectorizes.
+    pub fn row_moments / row_moments_with(x: &[f32], rows: usize, eps: f32, mean: &mut [f32], rstd: &mut [f32]) {
+        if rows == 0 {
+            return;
+        }
+        let (mean, rstd) = (&mut mean[..rows], &mut rstd[..rows]);
+        mean.fill(0.0);
+        rstd.fill(0.0);
+        let cols = x.len() / rows;
+        for c in x.chunks_exact(rows) {
+            for r in 0..rows {
+                mean[r] += c[r];
+            }
+        }
+        let n = cols as f32;
+        for m in mean.iter_mut() {
+            *m /= n;
+        }
+        for c in x.chunks_exact(rows) {
+            for r in 0..rows {
+                let d = c[r] - mean[r];
+                rstd[r] += d * d;
+            }
+        }
+        for s in rstd.iter_mut() {
+            *s = 1.0 / (*s / n + eps).sqrt();
+        }
+    }
+}
+
+multiversion! {
+    /// `out[r, j] = xhat[r, j] * w[j] + b[j]` with `xhat = (x - mean) * rstd`
+    /// per row, column-major; `xhat` is written too when given.
+    pub fn normalize_rows / normalize_rows_with(
+        x: &[f32],
+        rows: usize,
+        mean: &[f32],
+        rstd: &[f32],
+        w: Option<&[f32]>,
+        b: Option<&[f32]>,
+        xhat: Option<&mut [f32]>,
+        out: &mut [f32]
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let (mean, rstd) = (&mean[..rows], &rstd[..rows]);
+        let mut xhat = xhat;
+        for (j, (xc, oc)) in x.chunks_exact(rows).zip(out.chunks_exact_mut(rows)).enumerate() {
+            let (wj, bj) = (w.map_or(1.0, |w| w[j]), b.map_or(0.0, |b| b[j]));
+            match xhat.as_deref_mut() {
+                Some(h) => {
+                    let hc = &mut h[j * rows..(j + 1) * rows];
+                    for r in 0..rows {
+                        let v = (xc[r] - mean[r]) * rstd[r];
+                        hc[r] = v;
+                        oc[r] = v * wj + bj;
+                    }
+                }
+                None => {
+                    for r in 0..rows {
+                        oc[r] = (xc[r] - mean[r]) * rstd[r] * wj + bj;
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// LayerNorm's input gradient, column-major:
+    /// `dx = rstd * (g w - mean_row(g w) - xhat * mean_row(g w xhat))`;
+    /// `sums` (2 x rows) is scratch.
+    pub fn layer_norm_dx / layer_norm_dx_with(
+        g: &[f32],
+        xhat: &[f32],
+        rows: usize,
+        rstd: &[f32],
+        w: Option<&[f32]>,
+        sums: &mut [f32],
+        dx: &mut [f32]
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let rstd = &rstd[..rows];
+        let (m1, m2) = sums[..2 * rows].split_at_mut(rows);
+        m1.fill(0.0);
+        m2.fill(0.0);
+        let cols = g.len() / rows;
+        for (j, (gc, hc)) in g.chunks_exact(rows).zip(xhat.chunks_exact(rows)).enumerate() {
+            let wj = w.map_or(1.0, |w| w[j]);
+            for r in 0..rows {
+                let d = gc[r] * wj;
+                m1[r] += d;
+                m2[r] += d * hc[r];
+            }
+        }
+        let n = cols as f32;
+        for r in 0..rows {
+            m1[r] /= n;
+            m2[r] /= n;
+        }
+        for (j, ((gc, hc), dc)) in g
+            .chunks_exact(rows)
+            .zip(xhat.chunks_exact(rows))
+            .zip(dx.chunks_exact_mut(rows))
+            .enumerate()
+        {
+            let wj = w.map_or(1.0, |w| w[j]);
+            for r in 0..rows {
+                dc[r] = rstd[r] * (gc[r] * wj - m1[r] - hc[r] * m2[r]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `sum(a * b)` in 16 interleaved partial sums (as [`sum`]).
+    pub fn dot / dot_with(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0.0f32; 16];
+        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for l in 0..16 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        let mut s = 0.0f32;
+        for (l, v) in acc.iter().enumerate() {
+            s += v + ra.get(l).zip(rb.get(l)).map_or(0.0, |(x, y)| x * y);
+        }
+        s
+    }
+}
+
+multiversion! {
     /// SGD without momentum: `w -= lr * (g + weight_decay * w)`.
     pub fn sgd_update / sgd_update_with(w: &mut [f32], g: &[f32], lr: f32, weight_decay: f32) {
         for (w, g) in w.iter_mut().zip(g) {

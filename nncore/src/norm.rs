@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::activation::py_float;
+use crate::kernels;
 use crate::module::{Forward, Module};
 use crate::ops::ensure_shape;
 use crate::{Error, ModulePath, Param, Result, Tensor};
@@ -116,59 +117,37 @@ impl LayerNorm {
         Ok(())
     }
 
-    /// `out = xhat * weight + bias`, computing `xhat` (kept when `keep`)
-    /// and the per-row `rstd` on the way. Column-major: every inner loop
-    /// runs down a column, over the rows.
+    /// `out = xhat * weight + bias` with the per-row statistics in `mean`
+    /// and `rstd`; `xhat` is kept when given (training).
     fn compute(
         &self,
         x: &Tensor,
-        xhat: &mut Tensor,
+        xhat: Option<&mut Tensor>,
         rstd: &mut Vec<f32>,
         mean: &mut Vec<f32>,
         out: &mut Tensor,
     ) {
         let (rows, cols) = x.shape();
-        ensure_shape(xhat, rows, cols);
         ensure_shape(out, rows, cols);
-        rstd.clear();
         rstd.resize(rows, 0.0);
-        mean.clear();
         mean.resize(rows, 0.0);
-        let xs = x.as_slice();
-        for c in xs.chunks_exact(rows.max(1)).take(cols) {
-            for (m, v) in mean.iter_mut().zip(c) {
-                *m += *v;
-            }
-        }
-        let n = cols as f32;
-        for m in mean.iter_mut() {
-            *m /= n;
-        }
-        for c in xs.chunks_exact(rows.max(1)).take(cols) {
-            for ((s, v), m) in rstd.iter_mut().zip(c).zip(mean.iter()) {
-                let d = *v - *m;
-                *s += d * d;
-            }
-        }
-        let eps = self.eps as f32;
-        for s in rstd.iter_mut() {
-            *s = 1.0 / (*s / n + eps).sqrt();
-        }
+        kernels::row_moments(x.as_slice(), rows, self.eps as f32, mean, rstd);
         let w = self.weight.as_ref().map(|p| p.value().as_slice());
         let b = self.bias.as_ref().map(|p| p.value().as_slice());
-        for j in 0..cols {
-            let range = j * rows..(j + 1) * rows;
-            let (wj, bj) = (w.map_or(1.0, |w| w[j]), b.map_or(0.0, |b| b[j]));
-            for (((h, o), v), (m, s)) in xhat.as_mut_slice()[range.clone()]
-                .iter_mut()
-                .zip(&mut out.as_mut_slice()[range.clone()])
-                .zip(&xs[range])
-                .zip(mean.iter().zip(rstd.iter()))
-            {
-                *h = (*v - *m) * *s;
-                *o = *h * wj + bj;
-            }
-        }
+        let xhat = xhat.map(|h| {
+            ensure_shape(h, rows, cols);
+            h.as_mut_slice()
+        });
+        kernels::normalize_rows(
+            x.as_slice(),
+            rows,
+            mean,
+            rstd,
+            w,
+            b,
+            xhat,
+            out.as_mut_slice(),
+        );
     }
 }
 
@@ -217,9 +196,9 @@ impl Module for LayerNorm {
 impl Forward for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.check(x)?;
-        let (mut xhat, mut out) = (Tensor::zeros(0, 0), Tensor::zeros(0, 0));
+        let mut out = Tensor::zeros(0, 0);
         let (mut rstd, mut mean) = (Vec::new(), Vec::new());
-        self.compute(x, &mut xhat, &mut rstd, &mut mean, &mut out);
+        self.compute(x, None, &mut rstd, &mut mean, &mut out);
         Ok(out)
     }
 
@@ -229,7 +208,7 @@ impl Forward for LayerNorm {
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
         let mut rstd = std::mem::take(&mut self.rstd);
         let mut mean = std::mem::take(&mut self.scratch);
-        self.compute(x, &mut xhat, &mut rstd, &mut mean, &mut out);
+        self.compute(x, Some(&mut xhat), &mut rstd, &mut mean, &mut out);
         (self.xhat, self.output, self.rstd, self.scratch) = (xhat, out, rstd, mean);
         self.recorded = true;
         Ok(&self.output)
@@ -251,59 +230,32 @@ impl Forward for LayerNorm {
         self.recorded = false;
         let (rows, cols) = grad.shape();
         let (g, h) = (grad.as_slice(), self.xhat.as_slice());
+        let column = |j: usize| j * rows..(j + 1) * rows;
         // dweight = sum over rows of g * xhat, dbias = sum over rows of g.
         if let Some((_, dw, acc)) = self.weight.as_mut().and_then(Param::grad_slot) {
             for (j, d) in dw.as_mut_slice().iter_mut().enumerate() {
-                let range = j * rows..(j + 1) * rows;
-                let s: f32 = g[range.clone()]
-                    .iter()
-                    .zip(&h[range])
-                    .map(|(g, h)| g * h)
-                    .sum();
+                let s = kernels::dot(&g[column(j)], &h[column(j)]);
                 *d = if acc { *d + s } else { s };
             }
         }
         if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
             for (j, d) in db.as_mut_slice().iter_mut().enumerate() {
-                let s: f32 = g[j * rows..(j + 1) * rows].iter().sum();
+                let s = kernels::sum(&g[column(j)]);
                 *d = if acc { *d + s } else { s };
             }
         }
-        // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
-        // dxhat = g * weight; the two means per row in `scratch`.
         let w = self.weight.as_ref().map(|p| p.value().as_slice());
-        self.scratch.clear();
         self.scratch.resize(2 * rows, 0.0);
-        let (m1, m2) = self.scratch.split_at_mut(rows);
-        for j in 0..cols {
-            let wj = w.map_or(1.0, |w| w[j]);
-            let range = j * rows..(j + 1) * rows;
-            for (((a, b), g), h) in m1
-                .iter_mut()
-                .zip(m2.iter_mut())
-                .zip(&g[range.clone()])
-                .zip(&h[range])
-            {
-                let d = g * wj;
-                *a += d;
-                *b += d * h;
-            }
-        }
-        let n = cols as f32;
         ensure_shape(&mut self.grad_input, rows, cols);
-        for j in 0..cols {
-            let wj = w.map_or(1.0, |w| w[j]);
-            let range = j * rows..(j + 1) * rows;
-            for ((((o, g), h), (a, b)), s) in self.grad_input.as_mut_slice()[range.clone()]
-                .iter_mut()
-                .zip(&g[range.clone()])
-                .zip(&h[range])
-                .zip(m1.iter().zip(m2.iter()))
-                .zip(&self.rstd)
-            {
-                *o = s * (g * wj - a / n - h * (b / n));
-            }
-        }
+        kernels::layer_norm_dx(
+            g,
+            h,
+            rows,
+            &self.rstd,
+            w,
+            &mut self.scratch,
+            self.grad_input.as_mut_slice(),
+        );
         Ok(&self.grad_input)
     }
 }

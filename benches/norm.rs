@@ -1,0 +1,31 @@
+//! LayerNorm at batch 256 x 1024 features, one thread: forward, and a
+//! recording forward with its backward. `cargo bench --bench norm`.
+//! PyTorch's numbers for the same: `scripts/bench_pytorch.py --norm`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use nncore::prelude::*;
+use nnrs::workloads::input;
+use std::hint::black_box;
+
+fn norm(c: &mut Criterion) {
+    nncore::ops::set_num_threads(1);
+    let mut ln = LayerNorm::new(1024);
+    let x = input(256, 1024, 1);
+    let g = input(256, 1024, 2);
+    c.bench_function("layernorm_b256_fwd", |b| {
+        b.iter(|| ln.forward(black_box(&x)).unwrap())
+    });
+    c.bench_function("layernorm_b256_fwd_bwd", |b| {
+        b.iter(|| {
+            ln.forward_train(black_box(&x)).unwrap();
+            ln.backward(black_box(&g)).unwrap();
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
+    targets = norm
+}
+criterion_main!(benches);
