@@ -7,6 +7,9 @@
 //! AVX2 with FMA, and for the baseline target; the best the CPU supports is
 //! picked at run time. The tests run every variant the machine has, the
 //! portable one included.
+// The LayerNorm kernels take the matrix, its statistics and the affine
+// parameters as slices: more arguments than clippy's default.
+#![allow(clippy::too_many_arguments)]
 
 use std::sync::OnceLock;
 
