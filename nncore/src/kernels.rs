@@ -605,6 +605,75 @@ multiversion! {
 }
 
 #[cfg(test)]
+mod layer_norm_tests {
+    use super::*;
+
+    /// Every variant of the LayerNorm kernels agrees with a plain f64
+    /// computation, on a shape with ragged sizes.
+    #[test]
+    fn every_variant_normalizes_and_differentiates() {
+        let (rows, cols) = (7usize, 13usize);
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0)
+            .collect();
+        let g: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.11).cos()).collect();
+        let w: Vec<f32> = (0..cols).map(|j| 0.5 + j as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..cols).map(|j| j as f32 * -0.05).collect();
+        let at = |r: usize, c: usize| c * rows + r;
+        for v in available_variants() {
+            let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+            row_moments_with(v, &x, rows, 1e-5, &mut mean, &mut rstd);
+            let (mut h, mut out) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
+            normalize_rows_with(
+                v,
+                &x,
+                rows,
+                &mean,
+                &rstd,
+                Some(&w),
+                Some(&b),
+                Some(&mut h),
+                &mut out,
+            );
+            let mut dx = vec![0.0; rows * cols];
+            let mut sums = vec![0.0; 2 * rows];
+            layer_norm_dx_with(v, &g, &h, rows, &rstd, Some(&w), &mut sums, &mut dx);
+            for r in 0..rows {
+                let xs: Vec<f64> = (0..cols).map(|c| f64::from(x[at(r, c)])).collect();
+                let m = xs.iter().sum::<f64>() / cols as f64;
+                let var = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / cols as f64;
+                let s = 1.0 / (var + 1e-5).sqrt();
+                let hs: Vec<f64> = xs.iter().map(|x| (x - m) * s).collect();
+                let d: Vec<f64> = (0..cols)
+                    .map(|c| f64::from(g[at(r, c)]) * f64::from(w[c]))
+                    .collect();
+                let (m1, m2) = (
+                    d.iter().sum::<f64>() / cols as f64,
+                    d.iter().zip(&hs).map(|(d, h)| d * h).sum::<f64>() / cols as f64,
+                );
+                for c in 0..cols {
+                    let y = hs[c] * f64::from(w[c]) + f64::from(b[c]);
+                    assert!((f64::from(out[at(r, c)]) - y).abs() < 1e-4, "{v:?} out");
+                    let want = s * (d[c] - m1 - hs[c] * m2);
+                    assert!((f64::from(dx[at(r, c)]) - want).abs() < 1e-4, "{v:?} dx");
+                }
+            }
+            let exact: f64 = x
+                .iter()
+                .zip(&g)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            assert!(
+                (f64::from(dot_with(v, &x, &g)) - exact).abs() < 1e-3,
+                "{v:?} dot"
+            );
+            // Rows of zero: nothing to do, nothing read.
+            row_moments_with(v, &[], 0, 1e-5, &mut [], &mut []);
+        }
+    }
+}
+
+#[cfg(test)]
 mod elementwise_tests {
     use super::*;
 
