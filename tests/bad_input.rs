@@ -395,3 +395,41 @@ fn label_and_tensor_data_messages_give_the_values() {
         "{e}"
     );
 }
+
+/// Zero features: layers of width 0 run (empty outputs, zero gradients);
+/// losses over zero classes are errors or NaN, never panics.
+#[test]
+fn zero_features_never_panic() {
+    let mut layers: Vec<Box<dyn Layer>> = vec![
+        Box::new(Linear::new(0, 3)),
+        Box::new(Linear::new(3, 0)),
+        Box::new(ReLU::new()),
+        Box::new(GELU::new()),
+        Box::new(Softmax::new(1)),
+        Box::new(Softmax::new(0)),
+        Box::new(Dropout::new(0.5).unwrap()),
+        Box::new(nncore::LayerNorm::new(0)),
+    ];
+    for l in &mut layers {
+        let name = l.as_module().name().to_owned();
+        let inputs = if name == "Linear" && l.as_module().extra_repr().starts_with("in_features=3")
+        {
+            3
+        } else {
+            0
+        };
+        let x = Tensor::zeros(2, inputs);
+        let y = l.forward(&x).unwrap();
+        let out = l.forward_train(&x).unwrap().clone();
+        assert_eq!(y.shape(), out.shape(), "{name}");
+        let g = Tensor::zeros(out.nrows(), out.ncols());
+        let dx = l.backward(&g).unwrap();
+        assert_eq!(dx.shape(), (2, inputs), "{name}");
+    }
+    let out = Tensor::zeros(2, 0);
+    assert!(CrossEntropyLoss::new().forward(&out, &[0usize, 0]).is_err());
+    let mse = MSELoss::new().forward(&out, &Tensor::zeros(2, 0)).unwrap();
+    assert!(mse.item().is_nan());
+    let s = nncore::summary(&seq![Linear::new(0, 2)], (4, 0)).unwrap();
+    assert_eq!(s.rows[0].output_shape, Some((4, 2)));
+}
