@@ -383,19 +383,7 @@ multiversion! {
     /// The sum of `x`, in 16 interleaved partial sums (so it vectorizes;
     /// the order of additions is fixed, the same for every variant).
     pub fn sum / sum_with(x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; 16];
-        let chunks = x.chunks_exact(16);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for l in 0..16 {
-                acc[l] += c[l];
-            }
-        }
-        let mut s = 0.0f32;
-        for (l, a) in acc.iter().enumerate() {
-            s += a + rest.get(l).copied().unwrap_or(0.0);
-        }
-        s
+        sum_body(x)
     }
 }
 
@@ -428,27 +416,26 @@ multiversion! {
         if rows == 0 {
             return;
         }
+        // One pass: sums of `x - k` and of its square, shifted by each
+        // row's first value `k` so that the variance does not cancel.
         let (mean, rstd) = (&mut mean[..rows], &mut rstd[..rows]);
+        let shift = &x[..rows];
         mean.fill(0.0);
         rstd.fill(0.0);
         let cols = x.len() / rows;
         for c in x.chunks_exact(rows) {
             for r in 0..rows {
-                mean[r] += c[r];
-            }
-        }
-        let n = cols as f32;
-        for m in mean.iter_mut() {
-            *m /= n;
-        }
-        for c in x.chunks_exact(rows) {
-            for r in 0..rows {
-                let d = c[r] - mean[r];
+                let d = c[r] - shift[r];
+                mean[r] += d;
                 rstd[r] += d * d;
             }
         }
-        for s in rstd.iter_mut() {
-            *s = 1.0 / (*s / n + eps).sqrt();
+        let n = cols as f32;
+        for r in 0..rows {
+            let m = mean[r] / n;
+            let var = (rstd[r] / n - m * m).max(0.0);
+            mean[r] = shift[r] + m;
+            rstd[r] = 1.0 / (var + eps).sqrt();
         }
     }
 }
@@ -503,9 +490,11 @@ multiversion! {
         rstd: &[f32],
         w: Option<&[f32]>,
         sums: &mut [f32],
+        col_sums: &mut [f32],
         dx: &mut [f32]
     ) {
         if rows == 0 {
+            col_sums.fill(0.0);
             return;
         }
         let rstd = &rstd[..rows];
@@ -513,6 +502,9 @@ multiversion! {
         m1.fill(0.0);
         m2.fill(0.0);
         let cols = g.len() / rows;
+        // col_sums: sum over rows of g * xhat (the weight's gradient), then
+        // of g (the bias's), one pair per column, in the same pass.
+        let (gw, gb) = col_sums[..2 * cols].split_at_mut(cols);
         for (j, (gc, hc)) in g.chunks_exact(rows).zip(xhat.chunks_exact(rows)).enumerate() {
             let wj = w.map_or(1.0, |w| w[j]);
             for r in 0..rows {
@@ -520,6 +512,10 @@ multiversion! {
                 m1[r] += d;
                 m2[r] += d * hc[r];
             }
+            // The column is in L1 now: its two sums in 16 interleaved
+            // partial sums each (as `sum` and `dot`).
+            gw[j] = dot_body(gc, hc);
+            gb[j] = sum_body(gc);
         }
         let n = cols as f32;
         for r in 0..rows {
@@ -540,24 +536,48 @@ multiversion! {
     }
 }
 
+/// [`dot`]'s body, for kernels that inline it.
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = 0.0f32;
+    for (l, v) in acc.iter().enumerate() {
+        s += v + ra.get(l).zip(rb.get(l)).map_or(0.0, |(x, y)| x * y);
+    }
+    s
+}
+
+/// [`sum`]'s body, for kernels that inline it.
+#[inline(always)]
+fn sum_body(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] += c[l];
+        }
+    }
+    let mut s = 0.0f32;
+    for (l, a) in acc.iter().enumerate() {
+        s += a + rest.get(l).copied().unwrap_or(0.0);
+    }
+    s
+}
+
 multiversion! {
     /// `sum(a * b)` in 16 interleaved partial sums (as [`sum`]).
     pub fn dot / dot_with(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [0.0f32; 16];
-        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for (x, y) in ca.zip(cb) {
-            for l in 0..16 {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        let mut s = 0.0f32;
-        for (l, v) in acc.iter().enumerate() {
-            s += v + ra.get(l).zip(rb.get(l)).map_or(0.0, |(x, y)| x * y);
-        }
-        s
+        dot_body(a, b)
     }
 }
 
@@ -637,7 +657,29 @@ mod layer_norm_tests {
             );
             let mut dx = vec![0.0; rows * cols];
             let mut sums = vec![0.0; 2 * rows];
-            layer_norm_dx_with(v, &g, &h, rows, &rstd, Some(&w), &mut sums, &mut dx);
+            let mut col_sums = vec![0.0; 2 * cols];
+            layer_norm_dx_with(
+                v,
+                &g,
+                &h,
+                rows,
+                &rstd,
+                Some(&w),
+                &mut sums,
+                &mut col_sums,
+                &mut dx,
+            );
+            for c in 0..cols {
+                let gw: f64 = (0..rows)
+                    .map(|r| f64::from(g[at(r, c)]) * f64::from(h[at(r, c)]))
+                    .sum();
+                let gb: f64 = (0..rows).map(|r| f64::from(g[at(r, c)])).sum();
+                assert!((f64::from(col_sums[c]) - gw).abs() < 1e-4, "{v:?} dweight");
+                assert!(
+                    (f64::from(col_sums[cols + c]) - gb).abs() < 1e-4,
+                    "{v:?} dbias"
+                );
+            }
             for r in 0..rows {
                 let xs: Vec<f64> = (0..cols).map(|c| f64::from(x[at(r, c)])).collect();
                 let m = xs.iter().sum::<f64>() / cols as f64;

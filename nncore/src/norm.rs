@@ -45,6 +45,7 @@ pub struct LayerNorm {
     output: Tensor,
     grad_input: Tensor,
     scratch: Vec<f32>,
+    col_sums: Vec<f32>,
     recorded: bool,
 }
 
@@ -73,6 +74,7 @@ impl LayerNorm {
             output: Tensor::zeros(0, 0),
             grad_input: Tensor::zeros(0, 0),
             scratch: Vec::new(),
+            col_sums: Vec::new(),
             recorded: false,
         }
     }
@@ -230,22 +232,9 @@ impl Forward for LayerNorm {
         self.recorded = false;
         let (rows, cols) = grad.shape();
         let (g, h) = (grad.as_slice(), self.xhat.as_slice());
-        let column = |j: usize| j * rows..(j + 1) * rows;
-        // dweight = sum over rows of g * xhat, dbias = sum over rows of g.
-        if let Some((_, dw, acc)) = self.weight.as_mut().and_then(Param::grad_slot) {
-            for (j, d) in dw.as_mut_slice().iter_mut().enumerate() {
-                let s = kernels::dot(&g[column(j)], &h[column(j)]);
-                *d = if acc { *d + s } else { s };
-            }
-        }
-        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
-            for (j, d) in db.as_mut_slice().iter_mut().enumerate() {
-                let s = kernels::sum(&g[column(j)]);
-                *d = if acc { *d + s } else { s };
-            }
-        }
         let w = self.weight.as_ref().map(|p| p.value().as_slice());
         self.scratch.resize(2 * rows, 0.0);
+        self.col_sums.resize(2 * cols, 0.0);
         ensure_shape(&mut self.grad_input, rows, cols);
         kernels::layer_norm_dx(
             g,
@@ -254,8 +243,21 @@ impl Forward for LayerNorm {
             &self.rstd,
             w,
             &mut self.scratch,
+            &mut self.col_sums,
             self.grad_input.as_mut_slice(),
         );
+        // The weight's and bias's gradients, summed over the rows above.
+        let (gw, gb) = self.col_sums.split_at(cols);
+        if let Some((_, dw, acc)) = self.weight.as_mut().and_then(Param::grad_slot) {
+            for (d, s) in dw.as_mut_slice().iter_mut().zip(gw) {
+                *d = if acc { *d + s } else { *s };
+            }
+        }
+        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
+            for (d, s) in db.as_mut_slice().iter_mut().zip(gb) {
+                *d = if acc { *d + s } else { *s };
+            }
+        }
         Ok(&self.grad_input)
     }
 }
