@@ -393,7 +393,7 @@ fn summary_lists_layers_shapes_and_counts() {
         ]
     );
     let mut frozen = WithSeq::new(false);
-    frozen.head.requires_grad(false);
+    frozen.head.requires_grad_(false);
     let s = nncore::summary(&frozen, (1, 6)).unwrap();
     assert_eq!(s.total_params, 155);
     assert_eq!(s.frozen_params, 27);

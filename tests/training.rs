@@ -302,7 +302,7 @@ fn backward_on_a_module_without_one_is_an_error() {
 #[test]
 fn frozen_module_gets_no_gradient_and_no_update() {
     let mut model = simple_net();
-    model.fc1.requires_grad(false);
+    model.fc1.requires_grad_(false);
     let before = model.fc1.weight().value().clone();
     let mut opt = Sgd::new(0.5);
     let x = Tensor::from_element(3, 6, 0.5);

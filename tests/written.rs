@@ -500,7 +500,7 @@ fn gradients_of_a_reused_parameter_accumulate_over_uses_and_steps() {
     );
     // Frozen parameters get no gradient.
     m.zero_grad();
-    m.shared.requires_grad(false);
+    m.shared.requires_grad_(false);
     m.forward_train(&x).unwrap();
     m.backward(&w).unwrap();
     assert!(m.shared.weight().grad().is_none());

@@ -267,16 +267,22 @@ impl Sequential {
         Self::default()
     }
 
-    /// Appends a layer (builder style).
+    /// Appends a layer, builder style: `Sequential::new().with(a).with(b)`.
     #[must_use]
-    pub fn push<L: Layer + 'static>(mut self, layer: L) -> Self {
+    pub fn with<L: Layer + 'static>(mut self, layer: L) -> Self {
         self.layers.push(Box::new(layer));
         self
     }
 
-    /// Appends a layer.
-    pub fn add<L: Layer + 'static>(&mut self, layer: L) {
+    /// Appends a layer, as `Vec::push` (PyTorch's `append`).
+    pub fn push<L: Layer + 'static>(&mut self, layer: L) {
         self.layers.push(Box::new(layer));
+    }
+
+    /// Appends a layer.
+    #[deprecated(since = "0.1.0", note = "use `push` (mutating) or `with` (builder)")]
+    pub fn add<L: Layer + 'static>(&mut self, layer: L) {
+        self.push(layer);
     }
 
     /// The number of layers.
@@ -372,7 +378,7 @@ impl Forward for Sequential {
 #[macro_export]
 macro_rules! seq {
     ($($layer:expr),* $(,)?) => {
-        $crate::Sequential::new()$(.push($layer))*
+        $crate::Sequential::new()$(.with($layer))*
     };
 }
 

@@ -419,6 +419,12 @@ multiversion! {
         // One pass: sums of `x - k` and of its square, shifted by each
         // row's first value `k` so that the variance does not cancel.
         let (mean, rstd) = (&mut mean[..rows], &mut rstd[..rows]);
+        if x.len() < rows {
+            // No features: nothing to normalize.
+            mean.fill(0.0);
+            rstd.fill(0.0);
+            return;
+        }
         let shift = &x[..rows];
         mean.fill(0.0);
         rstd.fill(0.0);

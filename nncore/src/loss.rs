@@ -164,12 +164,18 @@ impl MSELoss {
 
 impl MSELoss {
     /// The reduced loss, with `dL/d input` written into `grad` (resized as
-    /// needed; no allocation once it has the input's shape). For
-    /// [`Reduction::None`] the returned value is the sum.
+    /// needed; no allocation once it has the input's shape): what
+    /// [`MSELoss::forward`] computes for `Mean` and `Sum`.
     ///
     /// # Errors
-    /// As [`MSELoss::forward`].
+    /// As [`MSELoss::forward`]; [`Reduction::None`], whose per-element
+    /// losses are not one number (use [`MSELoss::forward`]).
     pub fn forward_into(&self, input: &Tensor, target: &Tensor, grad: &mut Tensor) -> Result<f32> {
+        if self.reduction == Reduction::None {
+            return Err(Error::InvalidArgument(
+                "MSELoss::forward_into returns one number: use forward for reduction='none'".into(),
+            ));
+        }
         shape_check("MSELoss", input, target)?;
         finite_targets("MSELoss", target)?;
         crate::ops::ensure_shape(grad, input.nrows(), input.ncols());

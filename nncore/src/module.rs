@@ -191,8 +191,15 @@ pub trait Module {
 
     /// Freezes (`false`) or unfreezes (`true`) every parameter of the
     /// module (PyTorch's `module.requires_grad_(flag)`).
-    fn requires_grad(&mut self, requires_grad: bool) {
+    fn requires_grad_(&mut self, requires_grad: bool) {
         self.for_each_parameter_mut(&mut |p| p.set_requires_grad(requires_grad));
+    }
+
+    /// The old name of [`Module::requires_grad_`]: a setter named like
+    /// `Param::requires_grad`, a getter.
+    #[deprecated(since = "0.1.0", note = "renamed `requires_grad_`, as PyTorch's")]
+    fn requires_grad(&mut self, requires_grad: bool) {
+        self.requires_grad_(requires_grad);
     }
 
     /// PyTorch's `state_dict()`: every parameter under its dotted name,
