@@ -115,7 +115,7 @@ pub mod __private {
     pub use crate::module::Flow;
     pub use crate::written::{
         backward, backward_params, dyn_mut, forward, forward_into, forward_traced, forward_train,
-        Binary, Eval, HasTape, ScalarOp, Site, Unary, Written,
+        Binary, Engine, Eval, HasTape, ScalarOp, Site, Unary, Written,
     };
     pub use std::string::String;
 

@@ -1268,14 +1268,22 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
                 &self,
                 __cx: &mut ::nncore::__private::Eval<'_, '_>,
                 #x_mut #x: ::nncore::Var,
-            ) -> ::nncore::Result<::nncore::Var> #eval_body
+            ) -> ::nncore::Result<::nncore::Var> {
+                #[allow(unused_imports)]
+                use ::nncore::__private::Engine as _;
+                #eval_body
+            }
 
             #[allow(unused_mut, unused_variables, clippy::all)]
             fn record(
                 &mut self,
                 __cx: &mut ::nncore::Tape,
                 #x_mut #x: ::nncore::Var,
-            ) -> ::nncore::Result<::nncore::Var> #train_body
+            ) -> ::nncore::Result<::nncore::Var> {
+                #[allow(unused_imports)]
+                use ::nncore::__private::Engine as _;
+                #train_body
+            }
 
             fn tape_mut(&mut self) -> &mut ::nncore::Tape {
                 ::nncore::__private::HasTape::tape_mut(self)

@@ -2,7 +2,7 @@
 //! comes, with buffers from a [`Workspace`] for `forward_into`.
 
 use super::math::{self, Binary, ScalarOp, Unary};
-use super::{Site, Var};
+use super::{Engine, Site, Var};
 use crate::module::{Forward, Trace, Workspace};
 use crate::{Error, ModulePath, Result, Tensor};
 
@@ -54,20 +54,6 @@ impl<'x, 'w> Eval<'x, 'w> {
         }
     }
 
-    fn ok(&self, vars: &[Var]) -> bool {
-        self.error.is_none() && !vars.contains(&Var::POISON)
-    }
-
-    fn fail(&mut self, message: String) -> Var {
-        if self.error.is_none() {
-            self.error = Some(Error::InvalidInput {
-                path: ModulePath::leaf(self.owner),
-                message,
-            });
-        }
-        Var::POISON
-    }
-
     fn buf(&mut self) -> Tensor {
         match &mut self.mode {
             Mode::Into(ws) => ws.take(),
@@ -78,17 +64,6 @@ impl<'x, 'w> Eval<'x, 'w> {
     fn push(&mut self, t: Tensor) -> Var {
         self.vals.push(t);
         Var(self.vals.len() as u32)
-    }
-
-    /// `Err` with the first error of the run so far.
-    ///
-    /// # Errors
-    /// The first failed operation's error.
-    pub fn check(&mut self, v: Var) -> Result<Var> {
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(v),
-        }
     }
 
     /// Runs child `m` (called at `site`) on `a`.
@@ -124,42 +99,6 @@ impl<'x, 'w> Eval<'x, 'w> {
                 Var::POISON
             }
         }
-    }
-
-    /// The call of a module-list element past the list's end.
-    pub fn out_of_range(&mut self, site: Site, len: usize) -> Var {
-        if self.error.is_none() {
-            self.error = Some(Error::InvalidInput {
-                path: ModulePath::leaf(self.owner),
-                message: format!(
-                    "index {} is out of range for `{}` (a module list of {len})",
-                    site.index, site.field
-                ),
-            });
-        }
-        Var::POISON
-    }
-
-    /// The `(rows, columns)` of a value (`(0, 0)` after a failure).
-    #[must_use]
-    pub fn shape(&self, v: Var) -> (usize, usize) {
-        if v == Var::POISON {
-            (0, 0)
-        } else {
-            self.get(v).shape()
-        }
-    }
-
-    /// The rows (batch) of a value.
-    #[must_use]
-    pub fn nrows(&self, v: Var) -> usize {
-        self.shape(v).0
-    }
-
-    /// The columns (features) of a value.
-    #[must_use]
-    pub fn ncols(&self, v: Var) -> usize {
-        self.shape(v).1
     }
 
     /// An element-wise function.
@@ -208,64 +147,10 @@ impl<'x, 'w> Eval<'x, 'w> {
         self.push(out)
     }
 
-    /// PyTorch's `narrow(dim, start, length)`.
-    pub fn narrow(&mut self, a: Var, dim: i64, start: i64, length: i64) -> Var {
-        if !self.ok(&[a]) {
-            return Var::POISON;
-        }
-        let x = self.get(a);
-        let r = math::features_axis(dim).and_then(|f| {
-            let size = if f { x.ncols() } else { x.nrows() };
-            math::narrow_start(size, start, length).map(|s| (f, s))
-        });
-        match r {
-            Ok((features, start)) => self.narrow_at(a, features, start, length as usize),
-            Err(m) => self.fail(m),
-        }
-    }
-
-    fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
+    fn narrow_at_impl(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
         let mut out = self.buf();
         math::narrow_into(self.get(a), features, start, len, &mut out);
         self.push(out)
-    }
-
-    /// PyTorch's `chunk(chunks, dim)` into exactly `N` pieces.
-    pub fn chunk<const N: usize>(&mut self, a: Var, chunks: i64, dim: i64) -> [Var; N] {
-        let parts = self.chunk_vec(a, chunks, dim);
-        if parts.len() == N {
-            std::array::from_fn(|i| parts[i])
-        } else {
-            if !parts.contains(&Var::POISON) {
-                self.fail(format!(
-                    "chunk gave {} pieces, not the {N} the forward unpacks (expected {N}, got {})",
-                    parts.len(),
-                    parts.len()
-                ));
-            }
-            [Var::POISON; N]
-        }
-    }
-
-    /// PyTorch's `chunk(chunks, dim)`.
-    pub fn chunk_vec(&mut self, a: Var, chunks: i64, dim: i64) -> Vec<Var> {
-        if !self.ok(&[a]) {
-            return vec![Var::POISON];
-        }
-        let x = self.get(a);
-        let r = math::features_axis(dim).and_then(|f| {
-            let size = if f { x.ncols() } else { x.nrows() };
-            math::chunk_sizes(size, chunks).map(|(split, count)| (f, size, split, count))
-        });
-        match r {
-            Ok((features, size, split, count)) => (0..count)
-                .map(|i| {
-                    let start = (i * split).min(size);
-                    self.narrow_at(a, features, start, split.min(size - start))
-                })
-                .collect(),
-            Err(m) => vec![self.fail(m)],
-        }
     }
 
     /// PyTorch's `torch.cat(xs, dim)`.
@@ -326,5 +211,27 @@ impl<'x, 'w> Eval<'x, 'w> {
             });
         }
         Ok(v)
+    }
+}
+
+impl Engine for Eval<'_, '_> {
+    fn value(&self, v: Var) -> &Tensor {
+        self.get(v)
+    }
+
+    fn error_slot(&mut self) -> &mut Option<Error> {
+        &mut self.error
+    }
+
+    fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    fn owner(&self) -> &'static str {
+        self.owner
+    }
+
+    fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
+        self.narrow_at_impl(a, features, start, len)
     }
 }

@@ -86,6 +86,140 @@ impl Site {
     }
 }
 
+/// What the inference and the training engines share: values by handle,
+/// the first error of a run, and the operations that only select from a
+/// value (`narrow`, `chunk`), which both compute the same way. The code
+/// that `#[nncore::forward]` generates calls these; not public API.
+#[doc(hidden)]
+pub trait Engine {
+    /// The value of `v` (not `Var::POISON`).
+    fn value(&self, v: Var) -> &Tensor;
+    /// Where the run's first error is kept.
+    fn error_slot(&mut self) -> &mut Option<Error>;
+    /// Whether an operation of the run failed.
+    fn failed(&self) -> bool;
+    /// The module's type name, for errors.
+    fn owner(&self) -> &'static str;
+    /// Columns (`features`) or rows `[start, start + len)` of `a`, checked.
+    fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var;
+
+    /// Whether the inputs of an operation are good: no earlier failure.
+    #[doc(hidden)]
+    fn ok(&self, vars: &[Var]) -> bool {
+        !self.failed() && !vars.contains(&Var::POISON)
+    }
+
+    /// Records a failure with PyTorch's message, if it is the first.
+    #[doc(hidden)]
+    fn fail(&mut self, message: String) -> Var {
+        let owner = self.owner();
+        let slot = self.error_slot();
+        if slot.is_none() {
+            *slot = Some(Error::InvalidInput {
+                path: crate::ModulePath::leaf(owner),
+                message,
+            });
+        }
+        Var::POISON
+    }
+
+    /// `Err` with the first error of the run so far (what `?` on a tensor
+    /// becomes).
+    ///
+    /// # Errors
+    /// The first failed operation's error.
+    fn check(&mut self, v: Var) -> Result<Var> {
+        match self.error_slot().take() {
+            Some(e) => Err(e),
+            None => Ok(v),
+        }
+    }
+
+    /// The call of a module-list element past the list's end.
+    fn out_of_range(&mut self, site: Site, len: usize) -> Var {
+        self.fail(format!(
+            "index {} is out of range for `{}` (a module list of {len})",
+            site.index, site.field
+        ))
+    }
+
+    /// The `(rows, columns)` of a value (`(0, 0)` after a failure).
+    fn shape(&self, v: Var) -> (usize, usize) {
+        if v == Var::POISON {
+            (0, 0)
+        } else {
+            self.value(v).shape()
+        }
+    }
+
+    /// The rows (batch) of a value.
+    fn nrows(&self, v: Var) -> usize {
+        self.shape(v).0
+    }
+
+    /// The columns (features) of a value.
+    fn ncols(&self, v: Var) -> usize {
+        self.shape(v).1
+    }
+
+    /// PyTorch's `narrow(dim, start, length)`.
+    fn narrow(&mut self, a: Var, dim: i64, start: i64, length: i64) -> Var {
+        if !self.ok(&[a]) {
+            return Var::POISON;
+        }
+        let x = self.value(a);
+        let r = math::features_axis(dim).and_then(|f| {
+            let size = if f { x.ncols() } else { x.nrows() };
+            math::narrow_start(size, start, length).map(|s| (f, s))
+        });
+        match r {
+            Ok((features, start)) => self.narrow_at(a, features, start, length as usize),
+            Err(m) => self.fail(m),
+        }
+    }
+
+    /// PyTorch's `chunk(chunks, dim)` into exactly `N` pieces.
+    fn chunk<const N: usize>(&mut self, a: Var, chunks: i64, dim: i64) -> [Var; N]
+    where
+        Self: Sized,
+    {
+        let parts = self.chunk_vec(a, chunks, dim);
+        if parts.len() == N {
+            std::array::from_fn(|i| parts[i])
+        } else {
+            if !parts.contains(&Var::POISON) {
+                self.fail(format!(
+                    "chunk gave {} pieces, not the {N} the forward unpacks (expected {N}, got {})",
+                    parts.len(),
+                    parts.len()
+                ));
+            }
+            [Var::POISON; N]
+        }
+    }
+
+    /// PyTorch's `chunk(chunks, dim)`.
+    fn chunk_vec(&mut self, a: Var, chunks: i64, dim: i64) -> Vec<Var> {
+        if !self.ok(&[a]) {
+            return vec![Var::POISON];
+        }
+        let x = self.value(a);
+        let r = math::features_axis(dim).and_then(|f| {
+            let size = if f { x.ncols() } else { x.nrows() };
+            math::chunk_sizes(size, chunks).map(|(split, count)| (f, size, split, count))
+        });
+        match r {
+            Ok((features, size, split, count)) => (0..count)
+                .map(|i| {
+                    let start = (i * split).min(size);
+                    self.narrow_at(a, features, start, split.min(size - start))
+                })
+                .collect(),
+            Err(m) => vec![self.fail(m)],
+        }
+    }
+}
+
 /// What `#[nncore::forward]` implements: the rewritten forward, for
 /// inference and for recording, and access to the children by call site.
 /// Not public API.

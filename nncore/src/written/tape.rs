@@ -2,7 +2,7 @@
 //! its value, then walks the record backwards.
 
 use super::math::{self, Binary, ScalarOp, Unary};
-use super::{Site, Var, Written};
+use super::{Engine, Site, Var, Written};
 use crate::module::Forward;
 use crate::ops::copy_into;
 use crate::{Error, ModulePath, Result, Tensor};
@@ -183,20 +183,6 @@ impl Tape {
         Var(self.len as u32 - 1)
     }
 
-    fn ok(&self, vars: &[Var]) -> bool {
-        self.error.is_none() && !vars.contains(&Var::POISON)
-    }
-
-    fn fail(&mut self, message: String) -> Var {
-        if self.error.is_none() {
-            self.error = Some(Error::InvalidInput {
-                path: ModulePath::leaf(self.owner),
-                message,
-            });
-        }
-        Var::POISON
-    }
-
     fn get(&self, v: Var) -> &Tensor {
         &self.vals[v.0 as usize]
     }
@@ -208,17 +194,6 @@ impl Tape {
         f(&self.vals, &mut out);
         self.vals[v.0 as usize] = out;
         v
-    }
-
-    /// `Err` with the first error of the pass so far.
-    ///
-    /// # Errors
-    /// The first failed operation's error.
-    pub fn check(&mut self, v: Var) -> Result<Var> {
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(v),
-        }
     }
 
     /// Runs child `m` (called at `site`) on `a`, recording.
@@ -251,42 +226,6 @@ impl Tape {
             out: v,
         });
         v
-    }
-
-    /// The call of a module-list element past the list's end.
-    pub fn out_of_range(&mut self, site: Site, len: usize) -> Var {
-        if self.error.is_none() {
-            self.error = Some(Error::InvalidInput {
-                path: ModulePath::leaf(self.owner),
-                message: format!(
-                    "index {} is out of range for `{}` (a module list of {len})",
-                    site.index, site.field
-                ),
-            });
-        }
-        Var::POISON
-    }
-
-    /// The `(rows, columns)` of a value (`(0, 0)` after a failure).
-    #[must_use]
-    pub fn shape(&self, v: Var) -> (usize, usize) {
-        if v == Var::POISON {
-            (0, 0)
-        } else {
-            self.get(v).shape()
-        }
-    }
-
-    /// The rows (batch) of a value.
-    #[must_use]
-    pub fn nrows(&self, v: Var) -> usize {
-        self.shape(v).0
-    }
-
-    /// The columns (features) of a value.
-    #[must_use]
-    pub fn ncols(&self, v: Var) -> usize {
-        self.shape(v).1
     }
 
     /// An element-wise function.
@@ -343,23 +282,7 @@ impl Tape {
         out
     }
 
-    /// PyTorch's `narrow(dim, start, length)`.
-    pub fn narrow(&mut self, a: Var, dim: i64, start: i64, length: i64) -> Var {
-        if !self.ok(&[a]) {
-            return Var::POISON;
-        }
-        let x = self.get(a);
-        let r = math::features_axis(dim).and_then(|f| {
-            let size = if f { x.ncols() } else { x.nrows() };
-            math::narrow_start(size, start, length).map(|s| (f, s))
-        });
-        match r {
-            Ok((features, start)) => self.narrow_at(a, features, start, length as usize),
-            Err(m) => self.fail(m),
-        }
-    }
-
-    fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
+    fn narrow_at_impl(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
         let out = self.compute(|v, o| math::narrow_into(&v[a.0 as usize], features, start, len, o));
         self.ops.push(Op::Narrow {
             a,
@@ -368,44 +291,6 @@ impl Tape {
             out,
         });
         out
-    }
-
-    /// PyTorch's `chunk(chunks, dim)` into exactly `N` pieces.
-    pub fn chunk<const N: usize>(&mut self, a: Var, chunks: i64, dim: i64) -> [Var; N] {
-        let parts = self.chunk_vec(a, chunks, dim);
-        if parts.len() == N {
-            std::array::from_fn(|i| parts[i])
-        } else {
-            if !parts.contains(&Var::POISON) {
-                self.fail(format!(
-                    "chunk gave {} pieces, not the {N} the forward unpacks (expected {N}, got {})",
-                    parts.len(),
-                    parts.len()
-                ));
-            }
-            [Var::POISON; N]
-        }
-    }
-
-    /// PyTorch's `chunk(chunks, dim)`.
-    pub fn chunk_vec(&mut self, a: Var, chunks: i64, dim: i64) -> Vec<Var> {
-        if !self.ok(&[a]) {
-            return vec![Var::POISON];
-        }
-        let x = self.get(a);
-        let r = math::features_axis(dim).and_then(|f| {
-            let size = if f { x.ncols() } else { x.nrows() };
-            math::chunk_sizes(size, chunks).map(|(split, count)| (f, size, split, count))
-        });
-        match r {
-            Ok((features, size, split, count)) => (0..count)
-                .map(|i| {
-                    let start = (i * split).min(size);
-                    self.narrow_at(a, features, start, split.min(size - start))
-                })
-                .collect(),
-            Err(m) => vec![self.fail(m)],
-        }
     }
 
     /// PyTorch's `torch.cat(xs, dim)`.
@@ -651,5 +536,27 @@ impl Tape {
             }
         }
         Ok(())
+    }
+}
+
+impl Engine for Tape {
+    fn value(&self, v: Var) -> &Tensor {
+        self.get(v)
+    }
+
+    fn error_slot(&mut self) -> &mut Option<Error> {
+        &mut self.error
+    }
+
+    fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    fn owner(&self) -> &'static str {
+        self.owner
+    }
+
+    fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
+        self.narrow_at_impl(a, features, start, len)
     }
 }
