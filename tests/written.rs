@@ -636,3 +636,52 @@ fn chunk_into_a_fixed_number_checks_the_count() {
         "Thirds: chunk gave 2 pieces, not the 3 the forward unpacks (expected 3, got 2)"
     );
 }
+
+#[derive(Module)]
+struct Generic<L> {
+    inner: L,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl<L: Forward> Generic<L> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.inner(x)?;
+        Ok(h * 2.0 + x)
+    }
+}
+
+#[derive(Module)]
+struct Pair(Linear, Linear, Tape);
+
+#[nncore::forward]
+impl Pair {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let a = self.0(x)?;
+        let b = (self.1)(x)?;
+        Ok(a - b)
+    }
+}
+
+#[test]
+fn generic_and_tuple_structs_write_forwards() {
+    let mut g = nncore::with_seed(2, || Generic {
+        inner: Linear::new(3, 3),
+        tape: Tape::default(),
+    });
+    let x = nncore::Generator::new(1).uniform_tensor(2, 3, -1.0, 1.0);
+    nncore::gradcheck(&mut g, &x).unwrap();
+    let mut p = nncore::with_seed(3, || {
+        Pair(Linear::new(3, 2), Linear::new(3, 2), Tape::default())
+    });
+    assert_eq!(
+        p.to_string(),
+        "Pair(\n  (0): Linear(in_features=3, out_features=2, bias=True)\n  (1): Linear(in_features=3, out_features=2, bias=True)\n)"
+    );
+    nncore::gradcheck(&mut p, &x).unwrap();
+    let e = p.forward(&Tensor::zeros(1, 4)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Pair.0 (Linear): expected input with 3 features, got 4"
+    );
+}
