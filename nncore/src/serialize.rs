@@ -871,3 +871,28 @@ pub(crate) fn check_finite<M: Module + ?Sized>(model: &M) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files of 16 MiB and more are mapped, smaller ones read (the
+    /// integration test of the large load checks the values; this one that
+    /// the large path is really the mapped one).
+    #[test]
+    fn large_files_are_memory_mapped() {
+        let dir = std::env::temp_dir().join(format!("nncore-mmap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (small, large) = (dir.join("small"), dir.join("large"));
+        std::fs::write(&small, vec![1u8; 1024]).unwrap();
+        std::fs::write(&large, vec![2u8; MMAP_THRESHOLD as usize]).unwrap();
+        let s = FileBytes::open(&small).unwrap();
+        assert!(matches!(s, FileBytes::Owned(_)));
+        let l = FileBytes::open(&large).unwrap();
+        assert!(matches!(l, FileBytes::Mapped(_)));
+        assert_eq!(l.as_slice().len(), MMAP_THRESHOLD as usize);
+        assert!(l.as_slice().iter().all(|b| *b == 2));
+        drop(l);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
