@@ -90,103 +90,84 @@ fn loss_and_grad(kind: &str, out: &Tensor, c: &Case) -> (f32, Tensor) {
     }
 }
 
-fn run_case<M: Forward>(name: &str, make: fn() -> M) {
+/// Forward and training forward against PyTorch's output.
+fn check_forward<M: Forward>(name: &str, make: fn() -> M) {
     let c = load(name);
-    let seed = c.fx["seed"].as_u64().unwrap();
-
-    // Forward (inference and training forward agree).
-    let mut model = build(seed, make);
+    let mut model = build(c.fx["seed"].as_u64().unwrap(), make);
     let y = model.forward(&c.x).unwrap();
     assert_close(&row_major(&y), &floats(&c.fx["output"]), 1e-5, "output");
     let y_train = model.forward_train(&c.x).unwrap().clone();
     assert_eq!(y, y_train, "forward_train computes what forward does");
+}
 
-    // Losses and dL/d output.
-    let losses = &c.fx["losses"];
-    let check_loss = |key: &str, out: nncore::LossOutput| {
-        let e = &losses[key];
-        let got_loss = if out.loss.ncols() == 1 {
-            out.loss.as_slice().to_vec()
-        } else {
-            row_major(&out.loss)
-        };
-        assert_close(&got_loss, &floats(&e["loss"]), 1e-5, &format!("{key} loss"));
-        assert_close(
-            &row_major(&out.grad),
-            &floats(&e["grad"]),
-            1e-5,
-            &format!("{key} grad"),
-        );
-    };
+/// One loss (by its fixture key) and its `dL/d output` on the model's
+/// output.
+fn check_loss<M: Forward>(name: &str, make: fn() -> M, key: &str) {
+    let c = load(name);
+    let model = build(c.fx["seed"].as_u64().unwrap(), make);
+    let y = model.forward(&c.x).unwrap();
     let bce_target = c.target.map(|t| if t > 0.0 { 1.0 } else { 0.0 });
-    check_loss("mse_mean", MSELoss::new().forward(&y, &c.target).unwrap());
-    check_loss(
-        "mse_sum",
-        MSELoss::new()
+    let out = match key {
+        "mse_mean" => MSELoss::new().forward(&y, &c.target),
+        "mse_sum" => MSELoss::new()
             .reduction(Reduction::Sum)
-            .forward(&y, &c.target)
-            .unwrap(),
-    );
-    check_loss(
-        "mse_none",
-        MSELoss::new()
+            .forward(&y, &c.target),
+        "mse_none" => MSELoss::new()
             .reduction(Reduction::None)
-            .forward(&y, &c.target)
-            .unwrap(),
-    );
-    check_loss(
-        "ce_mean",
-        CrossEntropyLoss::new().forward(&y, &c.labels).unwrap(),
-    );
-    check_loss(
-        "ce_sum",
-        CrossEntropyLoss::new()
+            .forward(&y, &c.target),
+        "ce_mean" => CrossEntropyLoss::new().forward(&y, &c.labels),
+        "ce_sum" => CrossEntropyLoss::new()
             .reduction(Reduction::Sum)
-            .forward(&y, &c.labels)
-            .unwrap(),
-    );
-    check_loss(
-        "ce_none",
-        CrossEntropyLoss::new()
+            .forward(&y, &c.labels),
+        "ce_none" => CrossEntropyLoss::new()
             .reduction(Reduction::None)
-            .forward(&y, &c.labels)
-            .unwrap(),
-    );
-    check_loss(
-        "ce_smooth",
-        CrossEntropyLoss::new()
+            .forward(&y, &c.labels),
+        "ce_smooth" => CrossEntropyLoss::new()
             .label_smoothing(0.1)
-            .forward(&y, &c.labels)
-            .unwrap(),
-    );
-    check_loss(
-        "bce_mean",
-        BCEWithLogitsLoss::new().forward(&y, &bce_target).unwrap(),
-    );
-    check_loss(
-        "bce_none",
-        BCEWithLogitsLoss::new()
+            .forward(&y, &c.labels),
+        "bce_mean" => BCEWithLogitsLoss::new().forward(&y, &bce_target),
+        "bce_none" => BCEWithLogitsLoss::new()
             .reduction(Reduction::None)
-            .forward(&y, &bce_target)
-            .unwrap(),
-    );
-
-    // Parameter gradients and dL/dx.
-    for kind in ["mse", "ce"] {
-        model.zero_grad();
-        let out = model.forward_train(&c.x).unwrap().clone();
-        let (_, grad) = loss_and_grad(kind, &out, &c);
-        let dx = model.backward(&grad).unwrap().clone();
-        check_grads(&model, &c.fx[format!("grads_{kind}")], 1e-5, kind);
-        assert_close(
-            &row_major(&dx),
-            &floats(&c.fx[format!("grad_input_{kind}")]),
-            1e-5,
-            &format!("{kind} dL/dx"),
-        );
+            .forward(&y, &bce_target),
+        other => panic!("unknown loss {other}"),
     }
+    .unwrap();
+    let e = &c.fx["losses"][key];
+    let got_loss = if out.loss.ncols() == 1 {
+        out.loss.as_slice().to_vec()
+    } else {
+        row_major(&out.loss)
+    };
+    assert_close(&got_loss, &floats(&e["loss"]), 1e-5, &format!("{key} loss"));
+    assert_close(
+        &row_major(&out.grad),
+        &floats(&e["grad"]),
+        1e-5,
+        &format!("{key} grad"),
+    );
+}
 
-    // Accumulation over two backward calls.
+/// Every parameter's gradient and `dL/dx` for a loss kind, then the
+/// gradients accumulated over two backward calls.
+fn check_gradients<M: Forward>(name: &str, make: fn() -> M, kind: &str) {
+    let c = load(name);
+    let mut model = build(c.fx["seed"].as_u64().unwrap(), make);
+    model.zero_grad();
+    let out = model.forward_train(&c.x).unwrap().clone();
+    let (_, grad) = loss_and_grad(kind, &out, &c);
+    let dx = model.backward(&grad).unwrap().clone();
+    check_grads(&model, &c.fx[format!("grads_{kind}")], 1e-5, kind);
+    assert_close(
+        &row_major(&dx),
+        &floats(&c.fx[format!("grad_input_{kind}")]),
+        1e-5,
+        &format!("{kind} dL/dx"),
+    );
+}
+
+fn check_accumulation<M: Forward>(name: &str, make: fn() -> M) {
+    let c = load(name);
+    let mut model = build(c.fx["seed"].as_u64().unwrap(), make);
     model.zero_grad();
     for x in [&c.x, &c.x2] {
         let out = model.forward_train(x).unwrap().clone();
@@ -194,52 +175,84 @@ fn run_case<M: Forward>(name: &str, make: fn() -> M) {
         model.backward(&grad).unwrap();
     }
     check_grads(&model, &c.fx["grads_accumulated_mse"], 1e-5, "accumulated");
+}
 
-    // Optimizer trajectories.
-    let traj = c.fx["trajectories"].as_object().unwrap();
-    for (key, t) in traj {
-        let mut model = build(seed, make);
-        let mut opt: Box<dyn Optimizer> = match key.as_str() {
-            "sgd" => Box::new(Sgd::new(0.1)),
-            "sgd_momentum_wd" => Box::new(Sgd::new(0.1).momentum(0.9).weight_decay(0.01)),
-            "sgd_nesterov" => Box::new(Sgd::new(0.05).momentum(0.9).nesterov(true)),
-            "sgd_dampening" => Box::new(Sgd::new(0.05).momentum(0.5).dampening(0.3)),
-            "adam" => Box::new(Adam::new(0.01)),
-            "adam_wd_amsgrad" => Box::new(Adam::new(0.01).weight_decay(0.01).amsgrad(true)),
-            "adamw" => Box::new(Adam::adamw(0.01)),
-            "sgd_frozen" => {
-                let mut first = true;
-                model.visit_parameters_mut(&mut |_, p| {
-                    if first {
-                        p.set_requires_grad(false);
-                        first = false;
-                    }
-                });
-                Box::new(Sgd::new(0.1).momentum(0.9))
-            }
-            other => panic!("unknown trajectory {other}"),
-        };
-        let kind = t["loss"].as_str().unwrap();
-        for _ in 0..5 {
-            model.zero_grad();
-            let out = model.forward_train(&c.x).unwrap();
-            let (_, grad) = loss_and_grad(kind, out, &c);
-            model.backward(&grad).unwrap();
-            opt.step(&mut model).unwrap();
+/// Five optimizer steps (by the trajectory's fixture key) against PyTorch.
+fn check_trajectory<M: Forward>(name: &str, make: fn() -> M, key: &str) {
+    let c = load(name);
+    let t = &c.fx["trajectories"][key];
+    let mut model = build(c.fx["seed"].as_u64().unwrap(), make);
+    let mut opt: Box<dyn Optimizer> = match key {
+        "sgd" => Box::new(Sgd::new(0.1)),
+        "sgd_momentum_wd" => Box::new(Sgd::new(0.1).momentum(0.9).weight_decay(0.01)),
+        "sgd_nesterov" => Box::new(Sgd::new(0.05).momentum(0.9).nesterov(true)),
+        "sgd_dampening" => Box::new(Sgd::new(0.05).momentum(0.5).dampening(0.3)),
+        "adam" => Box::new(Adam::new(0.01)),
+        "adam_wd_amsgrad" => Box::new(Adam::new(0.01).weight_decay(0.01).amsgrad(true)),
+        "adamw" => Box::new(Adam::adamw(0.01)),
+        "sgd_frozen" => {
+            let mut first = true;
+            model.visit_parameters_mut(&mut |_, p| {
+                if first {
+                    p.set_requires_grad(false);
+                    first = false;
+                }
+            });
+            Box::new(Sgd::new(0.1).momentum(0.9))
         }
-        check_params(&model, &t["params"], 1e-4, key);
+        other => panic!("unknown trajectory {other}"),
+    };
+    let kind = t["loss"].as_str().unwrap();
+    for _ in 0..5 {
+        model.zero_grad();
+        let out = model.forward_train(&c.x).unwrap();
+        let (_, grad) = loss_and_grad(kind, out, &c);
+        model.backward(&grad).unwrap();
+        opt.step(&mut model).unwrap();
     }
+    check_params(&model, &t["params"], 1e-4, key);
 }
 
-#[test]
-fn simple_net_training_matches_pytorch() {
-    run_case("simple_net", simple_net);
+/// One test per model and check, so that a failure names its cause: the
+/// forward, each loss, the gradients per loss, accumulation, and each
+/// optimizer.
+macro_rules! training_tests {
+    ($model:ident, $make:expr) => {
+        mod $model {
+            use super::*;
+
+            #[test]
+            fn forward() {
+                check_forward(stringify!($model), $make);
+            }
+
+            #[test]
+            fn accumulation() {
+                check_accumulation(stringify!($model), $make);
+            }
+
+            training_tests!(@each $make, check_loss:
+                mse_mean, mse_sum, mse_none, ce_mean, ce_sum, ce_none, ce_smooth, bce_mean, bce_none);
+            training_tests!(@each $make, check_gradients: mse, ce);
+            training_tests!(@each $make, check_trajectory:
+                sgd, sgd_momentum_wd, sgd_nesterov, sgd_dampening, adam, adam_wd_amsgrad, adamw, sgd_frozen);
+        }
+    };
+    (@each $make:expr, $check:ident: $($key:ident),*) => {
+        mod $check {
+            use super::*;
+            $(
+                #[test]
+                fn $key() {
+                    $check(module_path!().split("::").nth(1).unwrap(), $make, stringify!($key));
+                }
+            )*
+        }
+    };
 }
 
-#[test]
-fn nested_training_matches_pytorch() {
-    run_case("nested", nested);
-}
+training_tests!(simple_net, simple_net);
+training_tests!(nested, nested);
 
 #[test]
 fn backward_misuse_is_an_error() {
