@@ -110,7 +110,7 @@ pub type Tensor = nalgebra::DMatrix<f32>;
 
 /// Re-exports the generated code uses; not public API.
 #[doc(hidden)]
-pub mod __private {
+pub mod __private_v1 {
     pub use crate::chain;
     pub use crate::module::Flow;
     pub use crate::written::{

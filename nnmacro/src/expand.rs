@@ -71,6 +71,10 @@ fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
             let ty = f.module_ty();
             quote_spanned!(ty.span()=> #ty: #bound,)
         });
+    let field_bounds: Vec<TokenStream> = field_bounds.collect();
+    if existing.is_empty() && field_bounds.is_empty() {
+        return TokenStream::new();
+    }
     quote!(where #existing #(#field_bounds)*)
 }
 
@@ -126,20 +130,21 @@ fn expand(input: &Input<'_>) -> TokenStream {
     let visit = children.iter().map(|f| {
         let child = &f.name;
         let span = f.module_ty().span();
-        let call = quote_spanned!(span=> __f(#child, ::nncore::__private::Child::as_module(__m)););
+        let call =
+            quote_spanned!(span=> __f(#child, ::nncore::__private_v1::Child::as_module(__m)););
         with_child(f, false, call, TokenStream::new())
     });
     let visit_mut = children.iter().map(|f| {
         let child = &f.name;
         let span = f.module_ty().span();
         let call =
-            quote_spanned!(span=> __f(#child, ::nncore::__private::Child::as_module_mut(__m)););
+            quote_spanned!(span=> __f(#child, ::nncore::__private_v1::Child::as_module_mut(__m)););
         with_child(f, true, call, TokenStream::new())
     });
 
     let extra_repr = input.attrs.extra_repr.as_ref().map(|path| {
         quote! {
-            fn extra_repr(&self) -> ::nncore::__private::String {
+            fn extra_repr(&self) -> ::nncore::__private_v1::String {
                 #path(self)
             }
         }
@@ -187,7 +192,7 @@ fn expand(input: &Input<'_>) -> TokenStream {
         let (_, _, where_clause) = input.generics.split_for_impl();
         quote! {
             #[automatically_derived]
-            impl #impl_generics ::nncore::__private::HasTape for #ident #ty_generics #where_clause {
+            impl #impl_generics ::nncore::__private_v1::HasTape for #ident #ty_generics #where_clause {
                 fn tape(&self) -> &::nncore::Tape {
                     &self.#member
                 }
@@ -223,7 +228,7 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
             let child = &f.name;
             let span = f.module_ty().span();
             let body = quote_spanned! {span=>
-                __v.visit(::nncore::__private::chain::Name::Field(#child), __m)?;
+                __v.visit(::nncore::__private_v1::chain::Name::Field(#child), __m)?;
             };
             with_child(f, mutable, body, TokenStream::new())
         });
@@ -234,24 +239,24 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
 
     quote! {
         #[automatically_derived]
-        impl #impl_generics ::nncore::__private::chain::Chain for #ident #ty_generics #forward_where {
+        impl #impl_generics ::nncore::__private_v1::chain::Chain for #ident #ty_generics #forward_where {
             const NAME: &'static str = #name;
 
-            fn visit<'__a, __V: ::nncore::__private::chain::Visitor<'__a>>(
+            fn visit<'__a, __V: ::nncore::__private_v1::chain::Visitor<'__a>>(
                 &'__a self,
                 __v: &mut __V,
             ) -> ::nncore::Result<()> {
                 #shared
             }
 
-            fn visit_mut<'__a, __V: ::nncore::__private::chain::VisitorMut<'__a>>(
+            fn visit_mut<'__a, __V: ::nncore::__private_v1::chain::VisitorMut<'__a>>(
                 &'__a mut self,
                 __v: &mut __V,
             ) -> ::nncore::Result<()> {
                 #forward_mut
             }
 
-            fn visit_mut_rev<'__a, __V: ::nncore::__private::chain::VisitorMut<'__a>>(
+            fn visit_mut_rev<'__a, __V: ::nncore::__private_v1::chain::VisitorMut<'__a>>(
                 &'__a mut self,
                 __v: &mut __V,
             ) -> ::nncore::Result<()> {
@@ -263,12 +268,12 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
         impl #impl_generics ::nncore::Forward for #ident #ty_generics #forward_where {
             #[inline]
             fn forward(&self, __x: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private::chain::forward(self, __x)
+                ::nncore::__private_v1::chain::forward(self, __x)
             }
 
             #[inline]
             fn forward_owned(&self, __x: ::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private::chain::forward_owned(self, __x)
+                ::nncore::__private_v1::chain::forward_owned(self, __x)
             }
 
             #[inline]
@@ -278,7 +283,7 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
                 __out: &mut ::nncore::Tensor,
                 __ws: &mut ::nncore::Workspace,
             ) -> ::nncore::Result<()> {
-                ::nncore::__private::chain::forward_into(self, __x, __out, __ws)
+                ::nncore::__private_v1::chain::forward_into(self, __x, __out, __ws)
             }
 
             #[inline]
@@ -286,7 +291,7 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
                 &'__a mut self,
                 __x: &'__a ::nncore::Tensor,
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                ::nncore::__private::chain::forward_train(self, __x)
+                ::nncore::__private_v1::chain::forward_train(self, __x)
             }
 
             #[inline]
@@ -294,12 +299,12 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
                 &'__a mut self,
                 __g: &'__a ::nncore::Tensor,
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                ::nncore::__private::chain::backward(self, __g)
+                ::nncore::__private_v1::chain::backward(self, __g)
             }
 
             #[inline]
             fn backward_params(&mut self, __g: &::nncore::Tensor) -> ::nncore::Result<()> {
-                ::nncore::__private::chain::backward_params(self, __g)
+                ::nncore::__private_v1::chain::backward_params(self, __g)
             }
 
             fn forward_traced(
@@ -307,7 +312,7 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
                 __x: &::nncore::Tensor,
                 __trace: &mut ::nncore::Trace,
             ) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private::chain::forward_traced(self, __x, __trace)
+                ::nncore::__private_v1::chain::forward_traced(self, __x, __trace)
             }
         }
     }

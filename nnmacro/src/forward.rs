@@ -468,7 +468,7 @@ impl Lower<'_> {
         let value = if lt && rt {
             let op = format_ident!("{}", name, span = span);
             quote_spanned! {span=>
-                { let __a = #l; let __b = #r; __cx.binary(::nncore::__private::Binary::#op, __a, __b) }
+                { let __a = #l; let __b = #r; __cx.binary(::nncore::__private_v1::Binary::#op, __a, __b) }
             }
         } else {
             // A tensor and a scalar, in either order.
@@ -484,7 +484,7 @@ impl Lower<'_> {
             };
             let op = format_ident!("{}", name, span = span);
             quote_spanned! {span=>
-                { let __a = #t; let __s = (#s) as f32; __cx.scalar(::nncore::__private::ScalarOp::#op, __a, __s) }
+                { let __a = #t; let __s = (#s) as f32; __cx.scalar(::nncore::__private_v1::ScalarOp::#op, __a, __s) }
             }
         };
         if assign {
@@ -507,7 +507,7 @@ impl Lower<'_> {
             (_, Kind::Other) => (quote!(#op #ts), Kind::Other),
             (syn::UnOp::Neg(_), Kind::Tensor) => (
                 quote_spanned! {op.span()=>
-                    { let __a = #ts; __cx.scalar(::nncore::__private::ScalarOp::Mul, __a, -1.0) }
+                    { let __a = #ts; __cx.scalar(::nncore::__private_v1::ScalarOp::Mul, __a, -1.0) }
                 },
                 Kind::Tensor,
             ),
@@ -539,8 +539,8 @@ impl Lower<'_> {
         let list = matches!(access, Access::Element(_));
         let id = self.new_site(access);
         let site = match index {
-            Some(i) if list => quote!(::nncore::__private::Site::element(#id, #field, #i)),
-            _ => quote!(::nncore::__private::Site::field(#id, #field)),
+            Some(i) if list => quote!(::nncore::__private_v1::Site::element(#id, #field, #i)),
+            _ => quote!(::nncore::__private_v1::Site::field(#id, #field)),
         };
         let m = if self.train { module_mut } else { module };
         (
@@ -582,7 +582,7 @@ impl Lower<'_> {
                 {
                     let __i: usize = #index;
                     let __a = #arg;
-                    let __site = ::nncore::__private::Site::element(#id, #field, __i);
+                    let __site = ::nncore::__private_v1::Site::element(#id, #field, __i);
                     match self.#member.#get(__i) {
                         ::core::option::Option::Some(__m) => __cx.call(__m, __site, __a),
                         ::core::option::Option::None => __cx.out_of_range(__site, self.#member.len()),
@@ -719,7 +719,7 @@ impl Lower<'_> {
         let arg = |i: usize| args.get(i).map(|(ts, _)| ts.clone()).unwrap_or_default();
         let unary = |k: TokenStream| {
             quote_spanned! {span=>
-                { let __a = #x; __cx.unary(::nncore::__private::Unary::#k, __a) }
+                { let __a = #x; __cx.unary(::nncore::__private_v1::Unary::#k, __a) }
             }
         };
         let usage = |sig: &str| {
@@ -752,7 +752,7 @@ impl Lower<'_> {
                 }
                 let s = arg(1);
                 quote_spanned! {span=>
-                    { let __a = #x; let __s = (#s) as f32; __cx.unary(::nncore::__private::Unary::LeakyRelu(__s), __a) }
+                    { let __a = #x; let __s = (#s) as f32; __cx.unary(::nncore::__private_v1::Unary::LeakyRelu(__s), __a) }
                 }
             }
             "gelu" => {
@@ -1237,18 +1237,19 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
     }
     let mut quiet = Ctxt::default();
     let (train_body, sites) = lower(true, &mut quiet);
-    drop(quiet);
+    // The training pass reports what the inference pass already did.
+    let _ = quiet.check();
 
     let accesses = sites.iter().enumerate().map(|(id, access)| {
         let id = id as u32;
         let body = match access {
             Access::Field(m) => {
-                quote!(::core::option::Option::Some(::nncore::__private::dyn_mut(&mut self.#m)))
+                quote!(::core::option::Option::Some(::nncore::__private_v1::dyn_mut(&mut self.#m)))
             }
             Access::Element(m) => {
-                quote!(self.#m.get_mut(__site.index).map(::nncore::__private::dyn_mut))
+                quote!(self.#m.get_mut(__site.index).map(::nncore::__private_v1::dyn_mut))
             }
-            Access::Optional(m) => quote!(self.#m.as_mut().map(::nncore::__private::dyn_mut)),
+            Access::Optional(m) => quote!(self.#m.as_mut().map(::nncore::__private_v1::dyn_mut)),
         };
         quote!(#id => #body,)
     });
@@ -1260,17 +1261,17 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
     let x = &input.ident;
     let generated = quote_spanned! {span=>
         #[automatically_derived]
-        impl #impl_generics ::nncore::__private::Written for #self_ty #where_clause {
+        impl #impl_generics ::nncore::__private_v1::Written for #self_ty #where_clause {
             const NAME: &'static str = #owner;
 
             #[allow(unused_mut, unused_variables, clippy::all)]
             fn eval(
                 &self,
-                __cx: &mut ::nncore::__private::Eval<'_, '_>,
+                __cx: &mut ::nncore::__private_v1::Eval<'_, '_>,
                 #x_mut #x: ::nncore::Var,
             ) -> ::nncore::Result<::nncore::Var> {
                 #[allow(unused_imports)]
-                use ::nncore::__private::Engine as _;
+                use ::nncore::__private_v1::Engine as _;
                 #eval_body
             }
 
@@ -1281,17 +1282,17 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
                 #x_mut #x: ::nncore::Var,
             ) -> ::nncore::Result<::nncore::Var> {
                 #[allow(unused_imports)]
-                use ::nncore::__private::Engine as _;
+                use ::nncore::__private_v1::Engine as _;
                 #train_body
             }
 
             fn tape_mut(&mut self) -> &mut ::nncore::Tape {
-                ::nncore::__private::HasTape::tape_mut(self)
+                ::nncore::__private_v1::HasTape::tape_mut(self)
             }
 
             fn child_mut(
                 &mut self,
-                __site: ::nncore::__private::Site,
+                __site: ::nncore::__private_v1::Site,
             ) -> ::core::option::Option<&mut dyn ::nncore::Forward> {
                 match __site.id {
                     #(#accesses)*
@@ -1303,7 +1304,7 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
         #[automatically_derived]
         impl #impl_generics ::nncore::Forward for #self_ty #where_clause {
             fn forward(&self, __x: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private::forward(self, __x)
+                ::nncore::__private_v1::forward(self, __x)
             }
 
             fn forward_into(
@@ -1312,25 +1313,25 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
                 __out: &mut ::nncore::Tensor,
                 __ws: &mut ::nncore::Workspace,
             ) -> ::nncore::Result<()> {
-                ::nncore::__private::forward_into(self, __x, __out, __ws)
+                ::nncore::__private_v1::forward_into(self, __x, __out, __ws)
             }
 
             fn forward_train<'__a>(
                 &'__a mut self,
                 __x: &'__a ::nncore::Tensor,
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                ::nncore::__private::forward_train(self, __x)
+                ::nncore::__private_v1::forward_train(self, __x)
             }
 
             fn backward<'__a>(
                 &'__a mut self,
                 __g: &'__a ::nncore::Tensor,
             ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                ::nncore::__private::backward(self, __g)
+                ::nncore::__private_v1::backward(self, __g)
             }
 
             fn backward_params(&mut self, __g: &::nncore::Tensor) -> ::nncore::Result<()> {
-                ::nncore::__private::backward_params(self, __g)
+                ::nncore::__private_v1::backward_params(self, __g)
             }
 
             fn forward_traced(
@@ -1338,7 +1339,7 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
                 __x: &::nncore::Tensor,
                 __t: &mut ::nncore::Trace,
             ) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private::forward_traced(self, __x, __t)
+                ::nncore::__private_v1::forward_traced(self, __x, __t)
             }
         }
     };
