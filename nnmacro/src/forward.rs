@@ -428,9 +428,9 @@ impl Lower<'_> {
         let lt = matches!(lk, Kind::Tensor);
         let rt = matches!(rk, Kind::Tensor);
         for (k, side) in [(&lk, &b.left), (&rk, &b.right)] {
-            if matches!(k, Kind::Tensors | Kind::Module(_) | Kind::Tuple(_))
-                && !matches!(k, Kind::Tuple(v) if v.iter().all(|k| matches!(k, Kind::Other)))
-            {
+            let plain_tuple =
+                matches!(k, Kind::Tuple(v) if v.iter().all(|k| matches!(k, Kind::Other)));
+            if matches!(k, Kind::Tensors | Kind::Module(_) | Kind::Tuple(_)) && !plain_tuple {
                 return self.error(side, "arithmetic takes single tensors or scalars");
             }
         }
@@ -638,10 +638,10 @@ impl Lower<'_> {
             .iter()
             .any(|(_, k)| matches!(k, Kind::Tensor | Kind::Tensors));
         if !any_tensor {
-            return self.plain_call_lowered(c, path.to_token_stream(), &args);
+            return Self::plain_call_lowered(path.to_token_stream(), &args);
         }
         if matches!(last.as_str(), "Ok" | "Some" | "Err" | "Box" | "identity") {
-            return self.plain_call_lowered(c, path.to_token_stream(), &args);
+            return Self::plain_call_lowered(path.to_token_stream(), &args);
         }
         self.function(c, &last, &args, &c.args)
     }
@@ -676,15 +676,12 @@ impl Lower<'_> {
         if args.iter().any(|(_, k)| !matches!(k, Kind::Other)) {
             return self.error(c, format!("this call cannot take tensors; {VOCABULARY}"));
         }
-        self.plain_call_lowered(c, func, &args)
+        Self::plain_call_lowered(func, &args)
     }
 
-    fn plain_call_lowered(
-        &mut self,
-        _c: &syn::ExprCall,
-        func: TokenStream,
-        args: &[(TokenStream, Kind)],
-    ) -> (TokenStream, Kind) {
+    /// A call of plain Rust (or `Ok(..)` around a tensor), arguments
+    /// already lowered.
+    fn plain_call_lowered(func: TokenStream, args: &[(TokenStream, Kind)]) -> (TokenStream, Kind) {
         let args = args.iter().map(|(ts, _)| ts);
         (quote!(#func(#(#args),*)), Kind::Other)
     }

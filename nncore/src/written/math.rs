@@ -120,11 +120,8 @@ pub(crate) fn scalar_grad(
         ScalarOp::RSub => map_into(g_, d, |g| -g),
         ScalarOp::Mul => map_into(g_, d, |g| g * s),
         ScalarOp::Div => map_into(g_, d, |g| g / s),
-        // d(s / x) = -s / x^2 = -y / x.
-        ScalarOp::RDiv => {
-            let _ = y;
-            zip_map_into(g_, x.as_slice(), d, |g, x| -g * (s / x) / x);
-        }
+        // d(s / x) = -s / x^2.
+        ScalarOp::RDiv => zip_map_into(g_, x.as_slice(), d, |g, x| -g * (s / x) / x),
     }
 }
 

@@ -472,10 +472,10 @@ impl Tape {
                     self.accumulate_scratch(a);
                 }
             }
-            Op::Scalar { op, s, a, out } => {
+            Op::Scalar { op, s, a, .. } => {
                 if self.needs(a) {
                     let mut d = std::mem::replace(&mut self.scratch, Tensor::zeros(0, 0));
-                    math::scalar_grad(op, s, self.get(a), self.get(out), g, &mut d);
+                    math::scalar_grad(op, s, self.get(a), g, &mut d);
                     self.scratch = d;
                     self.accumulate_scratch(a);
                 }
