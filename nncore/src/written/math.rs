@@ -104,15 +104,8 @@ pub(crate) fn scalar_into(op: ScalarOp, s: f32, x: &Tensor, out: &mut Tensor) {
     }
 }
 
-/// `dx` of a scalar operation, given the input `x` and output `y`.
-pub(crate) fn scalar_grad(
-    op: ScalarOp,
-    s: f32,
-    x: &Tensor,
-    y: &Tensor,
-    g: &Tensor,
-    dx: &mut Tensor,
-) {
+/// `dx` of a scalar operation, given its input `x`.
+pub(crate) fn scalar_grad(op: ScalarOp, s: f32, x: &Tensor, g: &Tensor, dx: &mut Tensor) {
     ensure_shape(dx, g.nrows(), g.ncols());
     let (g_, d) = (g.as_slice(), dx.as_mut_slice());
     match op {
