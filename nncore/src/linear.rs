@@ -22,7 +22,8 @@ use crate::{with_default_generator, Error, Generator, ModulePath, Param, Result,
 /// more multiplies by a transposed copy of the weight, which is faster; the
 /// copy costs as much memory as the weight, is made once 256 input rows
 /// have gone through the same weight values, and is remade after the
-/// weight changes (see [`Param::version`]). Training never makes it.
+/// weight changes (see [`Param::version`]). A training forward of 64
+/// rows or more makes it at once, since its weight changes every step.
 ///
 /// # Example
 /// ```
@@ -248,11 +249,23 @@ impl Linear {
     /// have gone through the same weight version, and then kept until the
     /// weight changes: inference on a fixed model gets it from its second
     /// batch on, while a loop that updates the weight between single
-    /// forwards never pays for it. Training (`forward_train`) never makes
-    /// one.
+    /// forwards never pays for it.
     fn with_inference_weight<R>(&self, rows: usize, f: impl FnOnce(&Tensor, Trans) -> R) -> R {
+        self.with_transposed_weight(rows, false, f)
+    }
+
+    /// As [`Linear::with_inference_weight`]; with `now`, the copy is made
+    /// at once for a product of at least [`TRANSPOSE_TRAIN_ROWS`] rows
+    /// (the training forward, whose weight changes every step).
+    fn with_transposed_weight<R>(
+        &self,
+        rows: usize,
+        now: bool,
+        f: impl FnOnce(&Tensor, Trans) -> R,
+    ) -> R {
         let w = self.weight.value();
-        if rows < 2 || self.weight.numel() < TRANSPOSE_MIN {
+        let min_rows = if now { TRANSPOSE_TRAIN_ROWS } else { 2 };
+        if rows < min_rows || self.weight.numel() < TRANSPOSE_MIN {
             return f(w, Trans::Yes);
         }
         let version = self.weight.version();
@@ -264,7 +277,7 @@ impl Linear {
                 }
             }
         }
-        if !self.transposed.count(version, rows) {
+        if !now && !self.transposed.count(version, rows) {
             return f(w, Trans::Yes);
         }
         let mut cached = self.transposed.write();
@@ -346,7 +359,7 @@ impl Forward for Linear {
         crate::ops::copy_into(x, &mut self.input);
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
         ensure_shape(&mut out, x.nrows(), self.out_features());
-        self.apply(x, self.weight.value(), Trans::Yes, &mut out);
+        self.with_transposed_weight(x.nrows(), true, |w, t| self.apply(x, w, t, &mut out));
         self.output = out;
         self.recorded = true;
         Ok(&self.output)
@@ -412,6 +425,13 @@ impl Linear {
 /// Weights of at least this many elements get a transposed copy for
 /// inference (1 MiB: below it the two layouts multiply equally fast).
 const TRANSPOSE_MIN: usize = 1 << 18;
+
+/// A training forward of at least this many rows multiplies by a fresh
+/// transposed copy of a large weight: on the Intel AVX-512 VM faer's
+/// `x W^T` through a transposed view ran at 47 GFLOP/s for 256x1024x1024
+/// against ~100 through the copy, which costs ~0.3 ms per million weights
+/// (`cargo bench --bench gemm`, `--bench written`).
+const TRANSPOSE_TRAIN_ROWS: usize = 64;
 
 /// How many input rows must have gone through one version of a weight
 /// before its transposed copy is made (see `Linear::with_inference_weight`).
