@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import ResBlock
+
 
 def simple_net():
     return nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))
@@ -28,18 +30,6 @@ def simple_net():
 
 def mlp():
     return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-
-
-class ResBlock(nn.Module):
-    def __init__(self, n):
-        super().__init__()
-        self.fc1 = nn.Linear(n, n)
-        self.fc2 = nn.Linear(n, n)
-
-    def forward(self, x):
-        h = torch.relu(self.fc1(x))
-        h = self.fc2(h)
-        return torch.relu(h + x)
 
 
 class ResMlp(nn.Module):

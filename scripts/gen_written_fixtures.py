@@ -22,7 +22,7 @@ import os
 import torch
 import torch.nn as nn
 
-from models import flat
+from models import ResBlock, flat
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "written.json")
 
@@ -41,18 +41,6 @@ class SimpleNet(nn.Module):
         out = self.relu(out)
         out = self.fc2(out)
         return out
-
-
-class ResBlock(nn.Module):
-    def __init__(self, n):
-        super().__init__()
-        self.fc1 = nn.Linear(n, n)
-        self.fc2 = nn.Linear(n, n)
-
-    def forward(self, x):
-        h = torch.relu(self.fc1(x))
-        h = self.fc2(h)
-        return torch.relu(h + x)
 
 
 class ResMlp(nn.Module):

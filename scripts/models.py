@@ -1,5 +1,6 @@
 """The PyTorch models the fixture scripts share (the same structs are
 defined with #[derive(Module)] in the Rust tests)."""
+import torch
 import torch.nn as nn
 
 
@@ -46,6 +47,21 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.head(self.encoder(x))
+
+
+class ResBlock(nn.Module):
+    """relu(fc2(relu(fc1(x))) + x): the residual block of the written-forward
+    fixtures and benchmarks."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.fc1 = nn.Linear(n, n)
+        self.fc2 = nn.Linear(n, n)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        h = self.fc2(h)
+        return torch.relu(h + x)
 
 
 def flat(t):
