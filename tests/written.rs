@@ -28,21 +28,8 @@ impl SimpleNet {
     }
 }
 
-#[derive(Module)]
-struct ResBlock {
-    fc1: Linear,
-    fc2: Linear,
-    tape: Tape,
-}
-
-#[nncore::forward]
-impl ResBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = relu(self.fc1(x)?);
-        let h = self.fc2(h)?;
-        Ok(relu(h + x))
-    }
-}
+// The residual block of the speed workloads: relu(fc2(relu(fc1(x))) + x).
+use nnrs::workloads::ResBlock;
 
 #[derive(Module)]
 struct ResMlp {

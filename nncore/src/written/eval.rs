@@ -4,7 +4,7 @@
 use super::math::{self, Binary, ScalarOp, Unary};
 use super::{Engine, Site, Var};
 use crate::module::{Forward, Trace, Workspace};
-use crate::{Error, ModulePath, Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 pub(crate) enum Mode<'w> {
     Plain,
@@ -177,7 +177,7 @@ impl<'x, 'w> Eval<'x, 'w> {
     }
 
     pub(crate) fn finish(mut self, r: Result<Var>) -> Result<Tensor> {
-        let v = self.result(r)?;
+        let v = self.finish_run(r)?;
         Ok(if v == Var::INPUT {
             self.input.clone()
         } else {
@@ -187,7 +187,7 @@ impl<'x, 'w> Eval<'x, 'w> {
 
     pub(crate) fn finish_into(mut self, r: Result<Var>, out: &mut Tensor) -> Result<()> {
         let r = self
-            .result(r)
+            .finish_run(r)
             .map(|v| crate::ops::copy_into(self.get(v), out));
         if let Mode::Into(ws) = &mut self.mode {
             let mut vals = std::mem::take(&mut self.vals);
@@ -197,20 +197,6 @@ impl<'x, 'w> Eval<'x, 'w> {
             ws.give_arena(vals);
         }
         r
-    }
-
-    fn result(&mut self, r: Result<Var>) -> Result<Var> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        let v = r?;
-        if v == Var::POISON {
-            return Err(Error::InvalidInput {
-                path: ModulePath::leaf(self.owner),
-                message: "the forward returned the value of a failed operation".into(),
-            });
-        }
-        Ok(v)
     }
 }
 

@@ -135,6 +135,23 @@ pub trait Engine {
         }
     }
 
+    /// The output of a finished run: its first error, or the returned
+    /// value, which must not be the value of a failed operation.
+    #[doc(hidden)]
+    fn finish_run(&mut self, r: Result<Var>) -> Result<Var> {
+        if let Some(e) = self.error_slot().take() {
+            return Err(e);
+        }
+        let v = r?;
+        if v == Var::POISON {
+            return Err(Error::InvalidInput {
+                path: crate::ModulePath::leaf(self.owner()),
+                message: "the forward returned the value of a failed operation".into(),
+            });
+        }
+        Ok(v)
+    }
+
     /// The call of a module-list element past the list's end.
     fn out_of_range(&mut self, site: Site, len: usize) -> Var {
         self.fail(format!(

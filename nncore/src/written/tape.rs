@@ -152,16 +152,7 @@ impl Tape {
     }
 
     pub(crate) fn end(&mut self, r: Result<Var>) -> Result<()> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        let v = r?;
-        if v == Var::POISON {
-            return Err(Error::InvalidInput {
-                path: ModulePath::leaf(self.owner),
-                message: "the forward returned the value of a failed operation".into(),
-            });
-        }
+        let v = self.finish_run(r)?;
         self.out = Some(v);
         self.recorded = true;
         Ok(())
