@@ -33,8 +33,11 @@ impl SimpleNet {
 
 fn tensor(sd: &StateDict, key: &str) -> Result<Tensor, Box<dyn std::error::Error>> {
     let t = sd.get(key).ok_or_else(|| format!("no tensor {key:?}"))?;
+    let values = t
+        .as_f32()
+        .ok_or_else(|| format!("{key}: expected a float tensor, got {:?}", t.dtype()))?;
     match t.shape() {
-        [rows, cols] => Ok(Tensor::from_row_slice(*rows, *cols, t.data())),
+        [rows, cols] => Ok(Tensor::from_row_slice(*rows, *cols, values)),
         other => Err(format!("{key}: expected a 2-D tensor, got shape {other:?}").into()),
     }
 }

@@ -39,7 +39,7 @@ fn snapshot<M: Module>(m: &M) -> Vec<(String, Vec<f32>)> {
 
 fn io_tensor(sd: &StateDict, key: &str) -> Tensor {
     let t = sd.get(key).unwrap();
-    Tensor::from_row_slice(t.shape()[0], t.shape()[1], t.data())
+    Tensor::from_row_slice(t.shape()[0], t.shape()[1], t.as_f32().unwrap())
 }
 
 #[test]

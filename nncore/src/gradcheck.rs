@@ -12,7 +12,11 @@ use crate::{Error, Generator, Result, Tensor};
 /// random weight `w` of the output's shape (a vector-Jacobian product, as
 /// PyTorch's fast mode does), runs `forward_train` and `backward(w)`, and
 /// compares each gradient element with `(L(v + eps) - L(v - eps)) / 2 eps`
-/// computed with `forward`. nncore computes in `f32`, so the defaults are
+/// computed with `forward_train` (the function `backward` differentiates:
+/// BatchNorm in training mode normalizes with the batch's statistics); the
+/// buffers the training forwards move (running statistics) are restored
+/// afterwards. A layer that draws at random in training (dropout) must be
+/// in eval mode for the check. nncore computes in `f32`, so the defaults are
 /// looser than PyTorch's `f64` ones: `eps = 1e-3`, a mismatch is
 /// `|analytic - numeric| > atol + rtol * |numeric|` with `atol = 2e-3`,
 /// `rtol = 2e-2`. Inputs that put a ReLU's argument within `eps` of 0 sit on
@@ -112,6 +116,13 @@ impl GradCheck {
     /// many mismatch in all); whatever the forward or backward report; an
     /// invalid setting ([`Error::InvalidArgument`]).
     pub fn run<M: Forward + ?Sized>(&self, model: &mut M, x: &Tensor) -> Result<GradCheckReport> {
+        let saved = crate::module::save_buffers(model);
+        let result = self.check(model, x);
+        crate::module::restore_buffers(model, saved);
+        result
+    }
+
+    fn check<M: Forward + ?Sized>(&self, model: &mut M, x: &Tensor) -> Result<GradCheckReport> {
         if !(self.eps.is_finite() && self.eps > 0.0 && self.atol >= 0.0 && self.rtol >= 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "gradcheck: eps must be positive and tolerances non-negative, got eps={}, atol={}, rtol={}",
@@ -122,8 +133,12 @@ impl GradCheck {
         let out = model.forward_train(x)?;
         let w = Generator::new(self.seed).uniform_tensor(out.nrows(), out.ncols(), -1.0, 1.0);
         let dx = model.backward(&w)?.clone();
-        let loss = |m: &M, x: &Tensor| -> Result<f64> {
-            let y = m.forward(x)?;
+        // The finite differences run the training forward, the function
+        // `backward` differentiates (BatchNorm in training mode normalizes
+        // with the batch's statistics, its inference forward with the
+        // running ones); the buffers it updates are restored at the end.
+        let loss = |m: &mut M, x: &Tensor| -> Result<f64> {
+            let y = m.forward_train(x)?;
             Ok(y.iter()
                 .zip(w.iter())
                 .map(|(a, b)| f64::from(*a) * f64::from(*b))

@@ -45,6 +45,7 @@
 extern crate self as nncore;
 
 mod activation;
+mod buffer;
 #[doc(hidden)]
 pub mod chain;
 mod clip;
@@ -67,6 +68,7 @@ mod summary;
 mod written;
 
 pub use activation::{GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, GELU};
+pub use buffer::Buffer;
 pub use clip::{clip_grad_norm_, clip_grad_norm_with, clip_grad_value_};
 pub use container::{Layer, Sequential};
 pub use dropout::Dropout;
@@ -81,14 +83,14 @@ pub use loss::{
 #[doc(hidden)]
 pub use module::{add_indent, fmt_module, Flow};
 pub use module::{repr, Forward, Module, Trace, Workspace};
-pub use norm::LayerNorm;
+pub use norm::{BatchNorm1d, LayerNorm};
 pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;
 pub use rng::{
     manual_seed, rand_uniform, with_default_generator, with_seed, Generator, DEFAULT_SEED,
 };
 pub use serialize::{
-    LoadError, LoadOptions, LoadReport, SaveDtype, SaveOptions, StateDict, TensorData,
+    DType, LoadError, LoadOptions, LoadReport, SaveDtype, SaveOptions, StateDict, TensorData,
 };
 pub use summary::{human_count, summary, Summary, SummaryRow};
 pub use written::{Tape, Var};
@@ -213,8 +215,9 @@ pub mod __private_v1 {
 pub mod prelude {
     pub use crate::{
         bce_with_logits, clip_grad_norm_, clip_grad_value_, cross_entropy, forward, mse_loss, seq,
-        Adam, BCEWithLogitsLoss, CrossEntropyLoss, Dropout, Forward, GeluApproximate, Identity,
-        LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss, Module, Optimizer, Param,
-        ReLU, Reduction, Result, Sequential, Sgd, Sigmoid, Softmax, Tanh, Tape, Tensor, GELU,
+        Adam, BCEWithLogitsLoss, BatchNorm1d, Buffer, CrossEntropyLoss, Dropout, Forward,
+        GeluApproximate, Identity, LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss,
+        Module, Optimizer, Param, ReLU, Reduction, Result, Sequential, Sgd, Sigmoid, Softmax, Tanh,
+        Tape, Tensor, GELU,
     };
 }

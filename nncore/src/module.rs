@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::serialize::{self, LoadOptions, LoadReport, SaveOptions, StateDict};
-use crate::{Error, ModulePath, Param, Result, Tensor};
+use crate::{Buffer, Error, ModulePath, Param, Result, Tensor};
 
 /// A node of a model: its name, its direct parameters and its child
 /// modules. What `nn.Module` is to PyTorch, minus `forward` (see
@@ -77,6 +77,18 @@ pub trait Module {
 
     /// Calls `f` with the parameters this module owns directly, mutably.
     fn visit_own_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        let _ = f;
+    }
+
+    /// Calls `f` with the buffers this module owns directly (not its
+    /// children's), in registration order: `running_mean`, `running_var`,
+    /// `num_batches_tracked` for `BatchNorm1d`.
+    fn visit_own_buffers<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Buffer)) {
+        let _ = f;
+    }
+
+    /// Calls `f` with the buffers this module owns directly, mutably.
+    fn visit_own_buffers_mut(&mut self, f: &mut dyn FnMut(&str, &mut Buffer)) {
         let _ = f;
     }
 
@@ -195,6 +207,20 @@ pub trait Module {
         self.for_each_parameter_mut(&mut |p| p.set_requires_grad(requires_grad));
     }
 
+    /// Every buffer (persistent or not) with its dotted PyTorch name
+    /// (`bn.running_mean`), in PyTorch's order: own buffers first, then
+    /// each child's, depth first.
+    fn named_buffers(&self) -> Vec<(String, &Buffer)> {
+        let mut out = Vec::new();
+        let mut prefix = String::new();
+        walk_state(self, &mut prefix, &mut |name: &str, s| {
+            if let State::Buffer(b) = s {
+                out.push((name.to_owned(), b));
+            }
+        });
+        out
+    }
+
     /// The old name of [`Module::requires_grad_`]: a setter named like
     /// `Param::requires_grad`, a getter.
     #[deprecated(since = "0.1.0", note = "renamed `requires_grad_`, as PyTorch's")]
@@ -202,8 +228,9 @@ pub trait Module {
         self.requires_grad_(requires_grad);
     }
 
-    /// PyTorch's `state_dict()`: every parameter under its dotted name,
-    /// row-major, in the model's order.
+    /// PyTorch's `state_dict()`: every parameter and persistent buffer
+    /// under its dotted name, row-major, in PyTorch's order (each module's
+    /// parameters, then its buffers, then its children's).
     fn state_dict(&self) -> StateDict {
         serialize::state_dict(self)
     }
@@ -330,6 +357,85 @@ fn walk_parameters_mut<M: Module + ?Sized>(
         let len = join(prefix, name);
         walk_parameters_mut(child, prefix, f);
         prefix.truncate(len);
+    });
+}
+
+/// A parameter or a buffer, as `state_dict` lists them.
+pub(crate) enum State<'a> {
+    Param(&'a Param),
+    Buffer(&'a Buffer),
+}
+
+/// A parameter or a buffer, mutably.
+pub(crate) enum StateMut<'a> {
+    Param(&'a mut Param),
+    Buffer(&'a mut Buffer),
+}
+
+/// Parameters and buffers in `_save_to_state_dict`'s order: a module's own
+/// parameters, its own buffers, then each child's, depth first.
+pub(crate) fn walk_state<'a, M: Module + ?Sized>(
+    m: &'a M,
+    prefix: &mut String,
+    f: &mut dyn FnMut(&str, State<'a>),
+) {
+    m.visit_own_parameters(&mut |name, p| {
+        let len = join(prefix, name);
+        f(prefix, State::Param(p));
+        prefix.truncate(len);
+    });
+    m.visit_own_buffers(&mut |name, b| {
+        let len = join(prefix, name);
+        f(prefix, State::Buffer(b));
+        prefix.truncate(len);
+    });
+    m.visit_children(&mut |name, child| {
+        let len = join(prefix, name);
+        walk_state(child, prefix, f);
+        prefix.truncate(len);
+    });
+}
+
+/// [`walk_state`], mutably.
+pub(crate) fn walk_state_mut<M: Module + ?Sized>(
+    m: &mut M,
+    prefix: &mut String,
+    f: &mut dyn FnMut(&str, StateMut<'_>),
+) {
+    m.visit_own_parameters_mut(&mut |name, p| {
+        let len = join(prefix, name);
+        f(prefix, StateMut::Param(p));
+        prefix.truncate(len);
+    });
+    m.visit_own_buffers_mut(&mut |name, b| {
+        let len = join(prefix, name);
+        f(prefix, StateMut::Buffer(b));
+        prefix.truncate(len);
+    });
+    m.visit_children_mut(&mut |name, child| {
+        let len = join(prefix, name);
+        walk_state_mut(child, prefix, f);
+        prefix.truncate(len);
+    });
+}
+
+/// Every buffer's value, in [`walk_state`] order.
+pub(crate) fn save_buffers<M: Module + ?Sized>(m: &M) -> Vec<Buffer> {
+    m.named_buffers()
+        .into_iter()
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+/// Puts back the buffers [`save_buffers`] took from the same model.
+pub(crate) fn restore_buffers<M: Module + ?Sized>(m: &mut M, saved: Vec<Buffer>) {
+    let mut saved = saved.into_iter();
+    walk_state_mut(m, &mut String::new(), &mut |_, s| {
+        if let StateMut::Buffer(b) = s {
+            if let Some(v) = saved.next() {
+                *b = v;
+            }
+        }
     });
 }
 

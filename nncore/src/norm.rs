@@ -6,7 +6,7 @@ use crate::activation::py_float;
 use crate::kernels;
 use crate::module::{Forward, Module};
 use crate::ops::ensure_shape;
-use crate::{Error, ModulePath, Param, Result, Tensor};
+use crate::{Buffer, Error, ModulePath, Param, Result, Tensor};
 
 /// PyTorch's `nn.LayerNorm(normalized_shape)` over the features of a
 /// `(batch, features)` input: each row is normalized to mean 0 and
@@ -263,6 +263,506 @@ impl Forward for LayerNorm {
 }
 
 impl fmt::Display for LayerNorm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_repr(f)
+    }
+}
+
+/// PyTorch's `nn.BatchNorm1d(num_features)` on a `(batch, num_features)`
+/// input: each feature is normalized over the batch to mean 0 and
+/// variance 1, then scaled by `weight` and shifted by `bias`.
+///
+/// - In training mode, [`Forward::forward_train`] normalizes with the
+///   batch's statistics (biased variance) and, with
+///   `track_running_stats`, updates the buffers as PyTorch does:
+///   `running = (1 - momentum) * running + momentum * batch`, with the
+///   unbiased variance, `num_batches_tracked += 1`, and with
+///   `momentum = None` a cumulative average (`1 / num_batches_tracked`).
+///   A batch of one row is an error, as in PyTorch.
+/// - In eval mode, and always in [`Forward::forward`] (inference never
+///   changes state in nncore, see [`Dropout`](crate::Dropout)), it
+///   normalizes with the running statistics; without
+///   `track_running_stats` there are none and the batch's are used.
+///
+/// Shapes: input and output `(batch, num_features)`; `weight`, `bias`,
+/// `running_mean`, `running_var` `[num_features]`; `num_batches_tracked`
+/// an `i64` scalar `[]`. Its `state_dict` is PyTorch's: `weight`, `bias`,
+/// `running_mean`, `running_var`, `num_batches_tracked`.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+///
+/// let mut bn = BatchNorm1d::new(3);
+/// assert_eq!(
+///     bn.to_string(),
+///     "BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
+/// );
+/// let x = Tensor::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 3.0, 2.0, 1.0]);
+/// let y = bn.forward_train(&x)?;
+/// assert!((y[(0, 0)] + 1.0).abs() < 1e-3 && (y[(1, 0)] - 1.0).abs() < 1e-3);
+/// assert_eq!(bn.running_mean().unwrap()[0], 0.2);
+/// assert_eq!(bn.num_batches_tracked(), Some(1));
+/// let names: Vec<String> = bn.state_dict().keys().map(String::from).collect();
+/// assert_eq!(names, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]);
+///
+/// let plain = BatchNorm1d::new(3).with_momentum(None).with_affine(false);
+/// assert_eq!(plain.num_parameters(), 0);
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchNorm1d {
+    features: usize,
+    eps: f64,
+    momentum: Option<f64>,
+    weight: Option<Param>,
+    bias: Option<Param>,
+    running_mean: Option<Buffer>,
+    running_var: Option<Buffer>,
+    num_batches_tracked: Option<Buffer>,
+    training: bool,
+    // Training buffers: the normalized input, 1/std per feature, the
+    // output and the input gradient; whether the recorded forward used the
+    // batch's statistics.
+    xhat: Tensor,
+    invstd: Vec<f32>,
+    output: Tensor,
+    grad_input: Tensor,
+    batch_stats: bool,
+    recorded: bool,
+}
+
+impl BatchNorm1d {
+    /// `nn.BatchNorm1d(num_features)`: `eps=1e-5`, `momentum=0.1`,
+    /// `affine=True` (weight ones, bias zeros), `track_running_stats=True`
+    /// (running mean zeros, running variance ones, counter 0).
+    #[must_use]
+    pub fn new(num_features: usize) -> Self {
+        let mut bn = Self {
+            features: num_features,
+            eps: 1e-5,
+            momentum: Some(0.1),
+            weight: None,
+            bias: None,
+            running_mean: None,
+            running_var: None,
+            num_batches_tracked: None,
+            training: true,
+            xhat: Tensor::zeros(0, 0),
+            invstd: Vec::new(),
+            output: Tensor::zeros(0, 0),
+            grad_input: Tensor::zeros(0, 0),
+            batch_stats: true,
+            recorded: false,
+        };
+        bn = bn.with_affine(true).with_track_running_stats(true);
+        bn
+    }
+
+    /// `eps`, added to the variance.
+    #[must_use]
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// `momentum`; `None` is PyTorch's `momentum=None`, a cumulative
+    /// moving average.
+    #[must_use]
+    pub fn with_momentum(mut self, momentum: Option<f64>) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// `affine`: with it, a weight (ones) and a bias (zeros); without,
+    /// neither.
+    #[must_use]
+    pub fn with_affine(mut self, affine: bool) -> Self {
+        let n = self.features;
+        self.weight = affine.then(|| Param::vector(&vec![1.0; n]));
+        self.bias = affine.then(|| Param::vector(&vec![0.0; n]));
+        self
+    }
+
+    /// PyTorch's keyword `bias`: with `false`, an affine layer has a
+    /// weight but no bias. Only applies with `affine`.
+    #[must_use]
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        let n = self.features;
+        self.bias = (self.weight.is_some() && bias).then(|| Param::vector(&vec![0.0; n]));
+        self
+    }
+
+    /// `track_running_stats`: with it, the running statistics and the
+    /// counter as buffers (reset to zeros, ones and 0); without, no
+    /// buffers, and the batch's statistics are used in eval mode too.
+    #[must_use]
+    pub fn with_track_running_stats(mut self, track: bool) -> Self {
+        let n = self.features;
+        self.running_mean = track.then(|| Buffer::zeros(n));
+        self.running_var = track.then(|| Buffer::filled(n, 1.0));
+        self.num_batches_tracked = track.then(|| Buffer::scalar_i64(0).optional_on_load());
+        self
+    }
+
+    /// `num_features`.
+    #[must_use]
+    pub fn num_features(&self) -> usize {
+        self.features
+    }
+
+    /// `eps`.
+    #[must_use]
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// `momentum` (`None`: cumulative moving average).
+    #[must_use]
+    pub fn momentum(&self) -> Option<f64> {
+        self.momentum
+    }
+
+    /// The weight (`[num_features]`), with `affine`.
+    #[must_use]
+    pub fn weight(&self) -> Option<&Param> {
+        self.weight.as_ref()
+    }
+
+    /// The bias (`[num_features]`), with `affine` and `bias`.
+    #[must_use]
+    pub fn bias(&self) -> Option<&Param> {
+        self.bias.as_ref()
+    }
+
+    /// The running mean (`[num_features]`), with `track_running_stats`.
+    #[must_use]
+    pub fn running_mean(&self) -> Option<&[f32]> {
+        self.running_mean.as_ref().and_then(Buffer::as_f32)
+    }
+
+    /// The running (unbiased) variance, with `track_running_stats`.
+    #[must_use]
+    pub fn running_var(&self) -> Option<&[f32]> {
+        self.running_var.as_ref().and_then(Buffer::as_f32)
+    }
+
+    /// How many training batches updated the running statistics, with
+    /// `track_running_stats`.
+    #[must_use]
+    pub fn num_batches_tracked(&self) -> Option<i64> {
+        self.num_batches_tracked
+            .as_ref()
+            .and_then(|b| b.as_i64())
+            .and_then(|v| v.first().copied())
+    }
+
+    /// PyTorch's `reset_running_stats()`: running mean zeros, running
+    /// variance ones, counter 0.
+    pub fn reset_running_stats(&mut self) {
+        for (b, v) in [(&mut self.running_mean, 0.0), (&mut self.running_var, 1.0)] {
+            if let Some(s) = b.as_mut().and_then(Buffer::as_f32_mut) {
+                s.fill(v);
+            }
+        }
+        if let Some(c) = self
+            .num_batches_tracked
+            .as_mut()
+            .and_then(Buffer::as_i64_mut)
+        {
+            c.fill(0);
+        }
+    }
+
+    fn check(&self, x: &Tensor, batch_stats: bool) -> Result<()> {
+        let err = |message: String| {
+            Err(Error::InvalidInput {
+                path: ModulePath::leaf("BatchNorm1d"),
+                message,
+            })
+        };
+        if x.ncols() != self.features {
+            let what = if self.running_mean.is_some() {
+                "running_mean"
+            } else if self.weight.is_some() {
+                "weight"
+            } else {
+                ""
+            };
+            if !what.is_empty() {
+                return err(format!(
+                    "{what} should contain {} elements not {}",
+                    x.ncols(),
+                    self.features
+                ));
+            }
+        }
+        if batch_stats && x.nrows() == 1 {
+            return err(format!(
+                "Expected more than 1 value per channel when training, got input size torch.Size([1, {}])",
+                x.ncols()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a forward in the current mode uses the batch's statistics.
+    fn uses_batch_stats(&self, training: bool) -> bool {
+        training || self.running_mean.is_none()
+    }
+
+    /// Normalizes `x` into `out` (and `xhat`), with the batch's statistics
+    /// or the running ones; fills `invstd`. Returns the batch means and
+    /// biased variances when `batch` (for the running update).
+    fn compute(
+        &self,
+        x: &Tensor,
+        batch: bool,
+        invstd: &mut Vec<f32>,
+        mut xhat: Option<&mut Tensor>,
+        out: &mut Tensor,
+    ) -> Vec<(f32, f32)> {
+        let (rows, cols) = x.shape();
+        ensure_shape(out, rows, cols);
+        if let Some(h) = xhat.as_deref_mut() {
+            ensure_shape(h, rows, cols);
+        }
+        invstd.resize(cols, 0.0);
+        let mut stats = Vec::with_capacity(if batch { cols } else { 0 });
+        let xs = x.as_slice();
+        let eps = self.eps as f32;
+        for j in 0..cols {
+            let col = &xs[j * rows..(j + 1) * rows];
+            let (mean, rstd) = if batch {
+                let (mean, var) = column_moments(col);
+                stats.push((mean, var));
+                (mean, 1.0 / (var + eps).sqrt())
+            } else {
+                let rm = self.running_mean().map_or(0.0, |m| m[j]);
+                let rv = self.running_var().map_or(1.0, |v| v[j]);
+                (rm, 1.0 / (rv + eps).sqrt())
+            };
+            invstd[j] = rstd;
+            let w = self.weight.as_ref().map_or(1.0, |p| p.value()[j]);
+            let b = self.bias.as_ref().map_or(0.0, |p| p.value()[j]);
+            let o = &mut out.as_mut_slice()[j * rows..(j + 1) * rows];
+            match xhat.as_deref_mut() {
+                Some(h) => {
+                    let h = &mut h.as_mut_slice()[j * rows..(j + 1) * rows];
+                    for ((o, h), &v) in o.iter_mut().zip(h).zip(col) {
+                        *h = (v - mean) * rstd;
+                        *o = *h * w + b;
+                    }
+                }
+                None => {
+                    for (o, &v) in o.iter_mut().zip(col) {
+                        *o = (v - mean) * rstd * w + b;
+                    }
+                }
+            }
+        }
+        stats
+    }
+
+    /// PyTorch's running-statistics update after a training batch of
+    /// `n` rows with per-feature `(mean, biased variance)`.
+    fn update_running(&mut self, n: usize, stats: &[(f32, f32)]) {
+        let Some(count) = self
+            .num_batches_tracked
+            .as_mut()
+            .and_then(Buffer::as_i64_mut)
+        else {
+            return;
+        };
+        count[0] = count[0].saturating_add(1);
+        if n == 0 {
+            return;
+        }
+        let factor = match self.momentum {
+            Some(m) => m,
+            None => 1.0 / count[0] as f64,
+        } as f32;
+        let unbias = if n > 1 {
+            n as f32 / (n - 1) as f32
+        } else {
+            f32::NAN
+        };
+        if let Some(rm) = self.running_mean.as_mut().and_then(Buffer::as_f32_mut) {
+            for (r, (m, _)) in rm.iter_mut().zip(stats) {
+                *r = (1.0 - factor) * *r + factor * m;
+            }
+        }
+        if let Some(rv) = self.running_var.as_mut().and_then(Buffer::as_f32_mut) {
+            for (r, (_, v)) in rv.iter_mut().zip(stats) {
+                *r = (1.0 - factor) * *r + factor * (v * unbias);
+            }
+        }
+    }
+}
+
+/// The mean and biased variance of a column, in two passes (the mean
+/// first, then the centred squares), as PyTorch's CPU kernel.
+fn column_moments(col: &[f32]) -> (f32, f32) {
+    if col.is_empty() {
+        return (0.0, f32::NAN);
+    }
+    let n = col.len() as f32;
+    let mean = col.iter().sum::<f32>() / n;
+    let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, var)
+}
+
+impl Module for BatchNorm1d {
+    fn name(&self) -> &str {
+        "BatchNorm1d"
+    }
+
+    fn extra_repr(&self) -> String {
+        let py_bool = |b: bool| if b { "True" } else { "False" };
+        format!(
+            "{}, eps={}, momentum={}, affine={}, bias={}, track_running_stats={}",
+            self.features,
+            py_float(self.eps),
+            self.momentum.map_or_else(|| "None".to_owned(), py_float),
+            py_bool(self.weight.is_some()),
+            py_bool(self.bias.is_some()),
+            py_bool(self.running_mean.is_some())
+        )
+    }
+
+    fn visit_own_parameters<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Param)) {
+        if let Some(w) = &self.weight {
+            f("weight", w);
+        }
+        if let Some(b) = &self.bias {
+            f("bias", b);
+        }
+    }
+
+    fn visit_own_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        if let Some(w) = &mut self.weight {
+            f("weight", w);
+        }
+        if let Some(b) = &mut self.bias {
+            f("bias", b);
+        }
+    }
+
+    fn visit_own_buffers<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Buffer)) {
+        for (name, b) in [
+            ("running_mean", &self.running_mean),
+            ("running_var", &self.running_var),
+            ("num_batches_tracked", &self.num_batches_tracked),
+        ] {
+            if let Some(b) = b {
+                f(name, b);
+            }
+        }
+    }
+
+    fn visit_own_buffers_mut(&mut self, f: &mut dyn FnMut(&str, &mut Buffer)) {
+        for (name, b) in [
+            ("running_mean", &mut self.running_mean),
+            ("running_var", &mut self.running_var),
+            ("num_batches_tracked", &mut self.num_batches_tracked),
+        ] {
+            if let Some(b) = b {
+                f(name, b);
+            }
+        }
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+impl Forward for BatchNorm1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let batch = self.uses_batch_stats(false);
+        self.check(x, batch)?;
+        let mut out = Tensor::zeros(0, 0);
+        self.compute(x, batch, &mut Vec::new(), None, &mut out);
+        Ok(out)
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        let batch = self.uses_batch_stats(self.training);
+        self.check(x, batch)?;
+        let mut xhat = std::mem::replace(&mut self.xhat, Tensor::zeros(0, 0));
+        let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
+        let mut invstd = std::mem::take(&mut self.invstd);
+        let stats = self.compute(x, batch, &mut invstd, Some(&mut xhat), &mut out);
+        if self.training {
+            self.update_running(x.nrows(), &stats);
+        }
+        (self.xhat, self.output, self.invstd) = (xhat, out, invstd);
+        self.batch_stats = batch;
+        self.recorded = true;
+        Ok(&self.output)
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        if !self.recorded {
+            return Err(Error::NoRecordedForward {
+                path: ModulePath::leaf("BatchNorm1d"),
+            });
+        }
+        if grad.shape() != self.xhat.shape() {
+            return Err(Error::gradient_shape(
+                "BatchNorm1d",
+                self.xhat.shape(),
+                grad.shape(),
+            ));
+        }
+        self.recorded = false;
+        let (rows, cols) = grad.shape();
+        ensure_shape(&mut self.grad_input, rows, cols);
+        let (g, h) = (grad.as_slice(), self.xhat.as_slice());
+        let mut sums = vec![(0.0f32, 0.0f32); cols];
+        let n = rows as f32;
+        for (j, sum) in sums.iter_mut().enumerate() {
+            let range = j * rows..(j + 1) * rows;
+            let (gc, hc) = (&g[range.clone()], &h[range.clone()]);
+            let (mut sg, mut sgh) = (0.0f32, 0.0f32);
+            for (&a, &b) in gc.iter().zip(hc) {
+                sg += a;
+                sgh += a * b;
+            }
+            *sum = (sg, sgh);
+            let w = self.weight.as_ref().map_or(1.0, |p| p.value()[j]);
+            let scale = w * self.invstd[j];
+            let dx = &mut self.grad_input.as_mut_slice()[range];
+            if self.batch_stats {
+                let (mg, mgh) = (sg / n, sgh / n);
+                for ((d, &a), &b) in dx.iter_mut().zip(gc).zip(hc) {
+                    *d = scale * (a - mg - b * mgh);
+                }
+            } else {
+                for (d, &a) in dx.iter_mut().zip(gc) {
+                    *d = scale * a;
+                }
+            }
+        }
+        if let Some((_, dw, acc)) = self.weight.as_mut().and_then(Param::grad_slot) {
+            for (d, (_, s)) in dw.as_mut_slice().iter_mut().zip(&sums) {
+                *d = if acc { *d + s } else { *s };
+            }
+        }
+        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
+            for (d, (s, _)) in db.as_mut_slice().iter_mut().zip(&sums) {
+                *d = if acc { *d + s } else { *s };
+            }
+        }
+        Ok(&self.grad_input)
+    }
+}
+
+impl fmt::Display for BatchNorm1d {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_repr(f)
     }

@@ -37,52 +37,171 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
 
+use crate::module::{walk_state, walk_state_mut, State, StateMut};
 use crate::{Error, Module, Param, Result};
 
+/// The element type of a [`TensorData`]: what a state dict holds.
+/// Parameters and most buffers are `F32`; counters such as BatchNorm's
+/// `num_batches_tracked` are `I64` (PyTorch's `torch.long`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    /// 32-bit floats (`torch.float32`).
+    F32,
+    /// 64-bit signed integers (`torch.int64`, `torch.long`).
+    I64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Values {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+impl Values {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len(),
+            Self::I64(v) => v.len(),
+        }
+    }
+}
+
 /// One tensor of a [`StateDict`]: a PyTorch shape and its values in
-/// row-major (C) order.
+/// row-major (C) order, `f32` or `i64`. A scalar has shape `[]` and one
+/// value.
+///
+/// # Example
+/// ```
+/// use nncore::{DType, TensorData};
+/// let w = TensorData::new(vec![2, 3], vec![0.0; 6])?;
+/// assert_eq!((w.dtype(), w.shape(), w.numel()), (DType::F32, &[2, 3][..], 6));
+/// let count = TensorData::from_i64(vec![], vec![7])?;
+/// assert_eq!(count.as_i64(), Some(&[7i64][..]));
+/// assert_eq!(count.as_f32(), None);
+/// # Ok::<(), nncore::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorData {
     shape: Vec<usize>,
-    data: Vec<f32>,
+    values: Values,
+}
+
+fn check_numel(what: &str, shape: &[usize], len: usize) -> Result<()> {
+    match shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n == len => Ok(()),
+        Some(n) => Err(Error::InvalidArgument(format!(
+            "{what}: shape {shape:?} holds {n} elements, got {len} values"
+        ))),
+        None => Err(Error::InvalidArgument(format!(
+            "{what}: shape {shape:?} has more elements than memory can hold (got {len} values)"
+        ))),
+    }
 }
 
 impl TensorData {
-    /// A tensor of `shape` with row-major `data`.
+    /// An `f32` tensor of `shape` with row-major `data`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `data` does not have as many
     /// elements as `shape` says (or the count overflows).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        match numel {
-            Some(n) if n == data.len() => {}
-            Some(n) => {
-                return Err(Error::InvalidArgument(format!(
-                    "TensorData::new: shape {shape:?} holds {n} elements, got {} values",
-                    data.len()
-                )))
-            }
-            None => {
-                return Err(Error::InvalidArgument(format!(
-                    "TensorData::new: shape {shape:?} has more elements than memory can hold (got {} values)",
-                    data.len()
-                )))
-            }
-        }
-        Ok(Self { shape, data })
+        check_numel("TensorData::new", &shape, data.len())?;
+        Ok(Self {
+            shape,
+            values: Values::F32(data),
+        })
     }
 
-    /// PyTorch's shape.
+    /// An `i64` tensor of `shape` with row-major `data`.
+    ///
+    /// # Errors
+    /// As [`TensorData::new`].
+    pub fn from_i64(shape: Vec<usize>, data: Vec<i64>) -> Result<Self> {
+        check_numel("TensorData::from_i64", &shape, data.len())?;
+        Ok(Self {
+            shape,
+            values: Values::I64(data),
+        })
+    }
+
+    /// A one-dimensional `f32` tensor (shape `[data.len()]`).
+    #[must_use]
+    pub fn vector(data: Vec<f32>) -> Self {
+        Self {
+            shape: vec![data.len()],
+            values: Values::F32(data),
+        }
+    }
+
+    /// An `i64` scalar (shape `[]`), as `torch.tensor(value)`.
+    #[must_use]
+    pub fn scalar_i64(value: i64) -> Self {
+        Self {
+            shape: Vec::new(),
+            values: Values::I64(vec![value]),
+        }
+    }
+
+    /// PyTorch's shape (`[]` for a scalar).
     #[must_use]
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
-    /// The values, row-major.
+    /// The element type.
     #[must_use]
-    pub fn data(&self) -> &[f32] {
-        &self.data
+    pub fn dtype(&self) -> DType {
+        match self.values {
+            Values::F32(_) => DType::F32,
+            Values::I64(_) => DType::I64,
+        }
+    }
+
+    /// The number of elements (1 for a scalar).
+    #[must_use]
+    pub fn numel(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The values, row-major, of an `f32` tensor; `None` for `i64`.
+    #[must_use]
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.values {
+            Values::F32(v) => Some(v),
+            Values::I64(_) => None,
+        }
+    }
+
+    /// The values, row-major, of an `i64` tensor; `None` for `f32`.
+    #[must_use]
+    pub fn as_i64(&self) -> Option<&[i64]> {
+        match &self.values {
+            Values::I64(v) => Some(v),
+            Values::F32(_) => None,
+        }
+    }
+
+    /// The values of an `f32` tensor, mutably (the shape stays).
+    pub fn as_f32_mut(&mut self) -> Option<&mut [f32]> {
+        match &mut self.values {
+            Values::F32(v) => Some(v),
+            Values::I64(_) => None,
+        }
+    }
+
+    /// The values of an `i64` tensor, mutably (the shape stays).
+    pub fn as_i64_mut(&mut self) -> Option<&mut [i64]> {
+        match &mut self.values {
+            Values::I64(v) => Some(v),
+            Values::F32(_) => None,
+        }
+    }
+
+    fn source(&self) -> Source<'_> {
+        match &self.values {
+            Values::F32(v) => Source::F32(v),
+            Values::I64(v) => Source::I64(v),
+        }
     }
 }
 
@@ -189,20 +308,21 @@ impl StateDict {
         let entries = parse(bytes)?;
         let mut out = Self::new();
         for e in &entries.list {
-            let data = match e.source {
+            let values = match e.source {
                 Source::Raw(dtype, bytes) => decode(dtype, bytes).ok_or_else(|| {
                     Error::Format(format!(
-                        "tensor {} has dtype {dtype:?}; only floating-point tensors can be loaded",
+                        "tensor {} has dtype {dtype:?}; only floating-point tensors (F32, F16, BF16, F64) and integer tensors (I64, I32, I16, I8, U32, U16, U8) can be loaded",
                         e.name
                     ))
                 })?,
-                Source::F32(values) => values.to_vec(),
+                Source::F32(values) => Values::F32(values.to_vec()),
+                Source::I64(values) => Values::I64(values.to_vec()),
             };
             out.entries.push((
                 e.name.to_owned(),
                 TensorData {
                     shape: e.shape.to_vec(),
-                    data,
+                    values,
                 },
             ));
         }
@@ -328,7 +448,30 @@ fn torch_size(shape: &[usize]) -> String {
 #[derive(Clone, Copy)]
 enum Source<'a> {
     F32(&'a [f32]),
+    I64(&'a [i64]),
     Raw(StDtype, &'a [u8]),
+}
+
+impl Source<'_> {
+    /// The element type the data is: float or integer (or neither).
+    fn kind(&self) -> Option<DType> {
+        match self {
+            Self::F32(_) => Some(DType::F32),
+            Self::I64(_) => Some(DType::I64),
+            Self::Raw(d, _) if is_float(*d) => Some(DType::F32),
+            Self::Raw(d, _) if is_int(*d) => Some(DType::I64),
+            Self::Raw(..) => None,
+        }
+    }
+
+    /// The file's dtype name, as safetensors spells it.
+    fn dtype_name(&self) -> String {
+        match self {
+            Self::F32(_) => "F32".into(),
+            Self::I64(_) => "I64".into(),
+            Self::Raw(d, _) => format!("{d:?}"),
+        }
+    }
 }
 
 struct Entry<'a> {
@@ -341,11 +484,52 @@ struct Entries<'a> {
     list: Vec<Entry<'a>>,
 }
 
-/// Floating-point bytes to `f32`; `None` for other dtypes.
-fn decode(dtype: StDtype, bytes: &[u8]) -> Option<Vec<f32>> {
+/// Floating-point bytes to `f32`, integer bytes to `i64`; `None` for
+/// other dtypes.
+fn decode(dtype: StDtype, bytes: &[u8]) -> Option<Values> {
+    if is_int(dtype) {
+        let mut out = Vec::new();
+        decode_int(dtype, bytes, |v| out.push(v))?;
+        return Some(Values::I64(out));
+    }
     let mut out = Vec::new();
     decode_into(dtype, bytes, |v| out.push(v))?;
-    Some(out)
+    Some(Values::F32(out))
+}
+
+fn decode_int(dtype: StDtype, bytes: &[u8], mut f: impl FnMut(i64)) -> Option<()> {
+    fn each<const N: usize>(bytes: &[u8], mut f: impl FnMut([u8; N])) {
+        bytes.chunks_exact(N).for_each(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            f(a);
+        });
+    }
+    match dtype {
+        StDtype::I64 => each::<8>(bytes, |a| f(i64::from_le_bytes(a))),
+        StDtype::I32 => each::<4>(bytes, |a| f(i32::from_le_bytes(a).into())),
+        StDtype::U32 => each::<4>(bytes, |a| f(u32::from_le_bytes(a).into())),
+        StDtype::I16 => each::<2>(bytes, |a| f(i16::from_le_bytes(a).into())),
+        StDtype::U16 => each::<2>(bytes, |a| f(u16::from_le_bytes(a).into())),
+        StDtype::I8 => each::<1>(bytes, |a| f(i8::from_le_bytes(a).into())),
+        StDtype::U8 => each::<1>(bytes, |a| f(u8::from_le_bytes(a).into())),
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Integer dtypes that convert to `i64` exactly.
+fn is_int(dtype: StDtype) -> bool {
+    matches!(
+        dtype,
+        StDtype::I64
+            | StDtype::I32
+            | StDtype::U32
+            | StDtype::I16
+            | StDtype::U16
+            | StDtype::I8
+            | StDtype::U8
+    )
 }
 
 fn decode_into(dtype: StDtype, bytes: &[u8], mut f: impl FnMut(f32)) -> Option<()> {
@@ -532,7 +716,7 @@ fn parse(bytes: &[u8]) -> Result<Entries<'_>> {
     let base = bytes.as_ptr() as usize;
     list.sort_by_key(|e| match e.source {
         Source::Raw(_, b) => b.as_ptr() as usize - base,
-        Source::F32(_) => 0,
+        Source::F32(_) | Source::I64(_) => 0,
     });
     Ok(Entries { list })
 }
@@ -546,15 +730,16 @@ impl StateDict {
                 .map(|(n, t)| Entry {
                     name: n.clone(),
                     shape: t.shape.clone(),
-                    source: Source::F32(&t.data),
+                    source: t.source(),
                 })
                 .collect(),
         }
     }
 }
 
-/// Checks every entry against the model, then (only if all is well)
-/// copies them in: a failed load leaves the model as it was.
+/// Checks every entry against the model's parameters and persistent
+/// buffers, then (only if all is well) copies them in: a failed load leaves
+/// the model as it was.
 fn load_entries<M: Module + ?Sized>(
     model: &mut M,
     entries: &Entries<'_>,
@@ -569,27 +754,43 @@ fn load_entries<M: Module + ?Sized>(
     let mut missing = Vec::new();
     let mut mismatches = Vec::new();
     let mut used = vec![false; entries.list.len()];
-    for (name, p) in model.named_parameters() {
-        let Some(&i) = index.get(name.as_str()) else {
-            missing.push(name);
-            continue;
+    let mut prefix = String::new();
+    walk_state(model, &mut prefix, &mut |name, state| {
+        let (shape, want, what, optional) = match state {
+            State::Param(p) => (p.shape().to_vec(), DType::F32, "param", false),
+            State::Buffer(b) if b.is_persistent() => (
+                b.shape().to_vec(),
+                b.dtype(),
+                "buffer",
+                b.is_optional_on_load(),
+            ),
+            State::Buffer(_) => return,
+        };
+        let Some(&i) = index.get(name) else {
+            if !optional {
+                missing.push(name.to_owned());
+            }
+            return;
         };
         used[i] = true;
         let e = &entries.list[i];
-        if e.shape != p.shape() {
+        if e.shape != shape {
             mismatches.push(format!(
                 "size mismatch for {name}: copying a param with shape {} from checkpoint, the shape in current model is {}.",
                 torch_size(&e.shape),
-                torch_size(p.shape())
+                torch_size(&shape)
             ));
-        } else if let Source::Raw(dtype, _) = e.source {
-            if !is_float(dtype) {
-                mismatches.push(format!(
-                    "dtype mismatch for {name}: copying a tensor of dtype {dtype:?} from checkpoint, the param in current model is F32 (only F32, F16, BF16 and F64 can be loaded)."
-                ));
-            }
+        } else if e.source.kind() != Some(want) {
+            let accepts = match want {
+                DType::F32 => "F32, F16, BF16 or F64",
+                DType::I64 => "I64, I32, I16, I8, U32, U16 or U8",
+            };
+            mismatches.push(format!(
+                "dtype mismatch for {name}: copying a tensor of dtype {} from checkpoint, the {what} in current model is {want:?} (it loads {accepts}).",
+                e.source.dtype_name()
+            ));
         }
-    }
+    });
     let unexpected: Vec<String> = entries
         .list
         .iter()
@@ -605,9 +806,13 @@ fn load_entries<M: Module + ?Sized>(
             mismatches,
         }));
     }
-    model.visit_parameters_mut(&mut |name, p| {
-        if let Some(&i) = index.get(name) {
-            copy_into(p, entries.list[i].source);
+    walk_state_mut(model, &mut String::new(), &mut |name, state| {
+        let Some(&i) = index.get(name) else { return };
+        let source = entries.list[i].source;
+        match state {
+            StateMut::Param(p) => copy_into(p, source),
+            StateMut::Buffer(b) if b.is_persistent() => copy_into_buffer(b.data_mut(), source),
+            StateMut::Buffer(_) => {}
         }
     });
     Ok(LoadReport {
@@ -639,27 +844,51 @@ fn copy_into(p: &mut Param, source: Source<'_>) {
             f64::from_le_bytes(a) as f32
         })),
         // Other dtypes are refused before anything is copied.
-        Source::Raw(..) => {}
+        Source::Raw(..) | Source::I64(_) => {}
     }
 }
 
-/// The model's parameters as a state dict.
-pub(crate) fn state_dict<M: Module + ?Sized>(model: &M) -> StateDict {
-    StateDict {
-        entries: model
-            .named_parameters()
-            .into_iter()
-            .map(|(n, p)| {
-                (
-                    n,
-                    TensorData {
-                        shape: p.shape().to_vec(),
-                        data: p.to_row_major(),
-                    },
-                )
-            })
-            .collect(),
+/// Copies checked values into a buffer's data of the same kind.
+fn copy_into_buffer(t: &mut TensorData, source: Source<'_>) {
+    match (&mut t.values, source) {
+        (Values::F32(dst), Source::F32(src)) => dst.copy_from_slice(src),
+        (Values::I64(dst), Source::I64(src)) => dst.copy_from_slice(src),
+        (Values::F32(dst), Source::Raw(d, b)) => {
+            let mut it = dst.iter_mut();
+            decode_into(d, b, |v| {
+                if let Some(x) = it.next() {
+                    *x = v;
+                }
+            });
+        }
+        (Values::I64(dst), Source::Raw(d, b)) => {
+            let mut it = dst.iter_mut();
+            decode_int(d, b, |v| {
+                if let Some(x) = it.next() {
+                    *x = v;
+                }
+            });
+        }
+        // Kinds that disagree are refused before anything is copied.
+        _ => {}
     }
+}
+
+/// The model's parameters and persistent buffers as a state dict.
+pub(crate) fn state_dict<M: Module + ?Sized>(model: &M) -> StateDict {
+    let mut entries = Vec::new();
+    walk_state(model, &mut String::new(), &mut |name, state| match state {
+        State::Param(p) => entries.push((
+            name.to_owned(),
+            TensorData {
+                shape: p.shape().to_vec(),
+                values: Values::F32(p.to_row_major()),
+            },
+        )),
+        State::Buffer(b) if b.is_persistent() => entries.push((name.to_owned(), b.data().clone())),
+        State::Buffer(_) => {}
+    });
+    StateDict { entries }
 }
 
 pub(crate) fn load_state_dict<M: Module + ?Sized>(
@@ -756,7 +985,16 @@ impl View for &SaveView {
     }
 }
 
-fn encode(values: &[f32], dtype: SaveDtype) -> (StDtype, Vec<u8>) {
+fn encode(values: &Values, dtype: SaveDtype) -> (StDtype, Vec<u8>) {
+    let values = match values {
+        Values::F32(v) => v,
+        Values::I64(v) => {
+            return (
+                StDtype::I64,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        }
+    };
     match dtype {
         SaveDtype::F32 => (
             StDtype::F32,
@@ -786,7 +1024,7 @@ pub(crate) fn to_safetensors_bytes(sd: &StateDict, options: SaveOptions) -> Resu
         .entries
         .iter()
         .map(|(n, t)| {
-            let (dtype, bytes) = encode(&t.data, options.dtype);
+            let (dtype, bytes) = encode(&t.values, options.dtype);
             (
                 n.clone(),
                 SaveView {

@@ -25,6 +25,9 @@ pub(crate) struct Field<'a> {
     /// A field of type `Tape`: the recording of a written forward, not a
     /// child.
     pub(crate) tape: bool,
+    /// A field of type `Buffer` (or `Option<Buffer>`): registered as a
+    /// buffer under the field's name, not a child.
+    pub(crate) buffer: bool,
 }
 
 impl Field<'_> {
@@ -34,9 +37,9 @@ impl Field<'_> {
     }
 }
 
-/// Whether `ty` is written `Tape` (or a path ending in `Tape`, such as
+/// Whether `ty` is written `name` (or a path ending in `name`, such as
 /// `nncore::Tape`), without generics.
-fn is_tape(ty: &syn::Type) -> bool {
+fn is_named(ty: &syn::Type, name: &str) -> bool {
     let syn::Type::Path(tp) = ty else {
         return false;
     };
@@ -45,7 +48,7 @@ fn is_tape(ty: &syn::Type) -> bool {
             .path
             .segments
             .last()
-            .is_some_and(|s| s.ident == "Tape" && s.arguments.is_none())
+            .is_some_and(|s| s.ident == name && s.arguments.is_none())
 }
 
 /// `M` when `ty` is written `Option<M>` (or `std::option::Option<M>`,
@@ -97,12 +100,14 @@ impl<'a> Input<'a> {
                         ),
                         None => (syn::Member::Unnamed(syn::Index::from(i)), i.to_string()),
                     };
+                    let optional = option_inner(&field.ty);
                     fields.push(Field {
                         member,
                         name,
                         ty: &field.ty,
-                        optional: option_inner(&field.ty),
-                        tape: is_tape(&field.ty),
+                        optional,
+                        tape: is_named(&field.ty, "Tape"),
+                        buffer: is_named(optional.unwrap_or(&field.ty), "Buffer"),
                         attrs,
                     });
                 }
@@ -134,9 +139,16 @@ impl<'a> Input<'a> {
     }
 
     /// The fields that are child modules (not `#[module(skip)]`, not the
-    /// `Tape`).
+    /// `Tape`, not buffers).
     pub(crate) fn children(&self) -> impl DoubleEndedIterator<Item = &Field<'a>> + Clone {
-        self.fields.iter().filter(|f| !f.attrs.skip && !f.tape)
+        self.fields
+            .iter()
+            .filter(|f| !f.attrs.skip && !f.tape && !f.buffer)
+    }
+
+    /// The `Buffer` fields, in declaration order.
+    pub(crate) fn buffers(&self) -> impl Iterator<Item = &Field<'a>> {
+        self.fields.iter().filter(|f| !f.attrs.skip && f.buffer)
     }
 
     /// The `Tape` field, if the struct has one (its forward is written).

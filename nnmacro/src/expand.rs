@@ -142,6 +142,35 @@ fn expand(input: &Input<'_>) -> TokenStream {
         with_child(f, true, call, TokenStream::new())
     });
 
+    let buffers: Vec<&Field<'_>> = input.buffers().collect();
+    let buffer_fns = (!buffers.is_empty()).then(|| {
+        let visit = buffers.iter().map(|f| {
+            let name = &f.name;
+            let call = quote!(__f(#name, __m););
+            with_child(f, false, call, TokenStream::new())
+        });
+        let visit_mut = buffers.iter().map(|f| {
+            let name = &f.name;
+            let call = quote!(__f(#name, __m););
+            with_child(f, true, call, TokenStream::new())
+        });
+        quote! {
+            fn visit_own_buffers<'__a>(
+                &'__a self,
+                __f: &mut dyn ::core::ops::FnMut(&str, &'__a ::nncore::Buffer),
+            ) {
+                #( #visit )*
+            }
+
+            fn visit_own_buffers_mut(
+                &mut self,
+                __f: &mut dyn ::core::ops::FnMut(&str, &mut ::nncore::Buffer),
+            ) {
+                #( #visit_mut )*
+            }
+        }
+    });
+
     let extra_repr = input.attrs.extra_repr.as_ref().map(|path| {
         quote! {
             fn extra_repr(&self) -> ::nncore::__private_v1::String {
@@ -158,6 +187,8 @@ fn expand(input: &Input<'_>) -> TokenStream {
             }
 
             #extra_repr
+
+            #buffer_fns
 
             fn visit_children<'__a>(
                 &'__a self,

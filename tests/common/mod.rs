@@ -63,3 +63,18 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
 pub fn row_major(t: &Tensor) -> Vec<f32> {
     t.transpose().as_slice().to_vec()
 }
+
+/// The path of `tests/fixtures/<name>`.
+pub fn fixture_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A fresh directory under the system's temporary directory, unique to
+/// this process and `tag`.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nncore-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
