@@ -12,11 +12,15 @@ use crate::{Error, Generator, Result, Tensor};
 /// random weight `w` of the output's shape (a vector-Jacobian product, as
 /// PyTorch's fast mode does), runs `forward_train` and `backward(w)`, and
 /// compares each gradient element with `(L(v + eps) - L(v - eps)) / 2 eps`
-/// computed with `forward_train` (the function `backward` differentiates:
-/// BatchNorm in training mode normalizes with the batch's statistics); the
-/// buffers the training forwards move (running statistics) are restored
-/// afterwards. A layer that draws at random in training (dropout) must be
-/// in eval mode for the check. nncore computes in `f32`, so the defaults are
+/// computed with `forward`, so that a `forward_train` that computes
+/// something else than `forward` is caught too. Where training legitimately
+/// computes another function (BatchNorm in training mode normalizes with
+/// the batch's statistics, `forward` with the running ones), check the
+/// training function with [`GradCheck::training`], or inference after
+/// `model.eval()`; a failing check whose two forwards disagree says so.
+/// The buffers the training forwards move (running statistics) are
+/// restored afterwards. A layer that draws at random in training (dropout)
+/// must be in eval mode. nncore computes in `f32`, so the defaults are
 /// looser than PyTorch's `f64` ones: `eps = 1e-3`, a mismatch is
 /// `|analytic - numeric| > atol + rtol * |numeric|` with `atol = 2e-3`,
 /// `rtol = 2e-2`. Inputs that put a ReLU's argument within `eps` of 0 sit on
@@ -52,6 +56,7 @@ pub struct GradCheck {
     atol: f32,
     rtol: f32,
     seed: u64,
+    training: bool,
 }
 
 /// What a passing [`GradCheck`] measured.
@@ -70,6 +75,7 @@ impl Default for GradCheck {
             atol: 2e-3,
             rtol: 2e-2,
             seed: 0,
+            training: false,
         }
     }
 }
@@ -102,6 +108,15 @@ impl GradCheck {
         self
     }
 
+    /// Takes the finite differences of `forward_train` instead of
+    /// `forward`: checks the function training differentiates where it is
+    /// not inference's (BatchNorm in training mode).
+    #[must_use]
+    pub fn training(mut self, training: bool) -> Self {
+        self.training = training;
+        self
+    }
+
     /// The seed of the random output weight.
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
@@ -130,15 +145,22 @@ impl GradCheck {
             )));
         }
         model.zero_grad();
-        let out = model.forward_train(x)?;
+        let out = model.forward_train(x)?.clone();
         let w = Generator::new(self.seed).uniform_tensor(out.nrows(), out.ncols(), -1.0, 1.0);
         let dx = model.backward(&w)?.clone();
+        let training = self.training;
         // The finite differences run the training forward, the function
         // `backward` differentiates (BatchNorm in training mode normalizes
         // with the batch's statistics, its inference forward with the
         // running ones); the buffers it updates are restored at the end.
         let loss = |m: &mut M, x: &Tensor| -> Result<f64> {
-            let y = m.forward_train(x)?;
+            let inference;
+            let y = if training {
+                m.forward_train(x)?
+            } else {
+                inference = m.forward(x)?;
+                &inference
+            };
             Ok(y.iter()
                 .zip(w.iter())
                 .map(|(a, b)| f64::from(*a) * f64::from(*b))
@@ -202,17 +224,31 @@ impl GradCheck {
             compare(format!("input[{r}, {c}]"), dx[e], numeric, &mut report);
         }
         model.zero_grad();
-        match mismatches.first() {
-            None => Ok(report),
-            Some(first) => Err(Error::GradCheck(format!(
-                "{first} ({} of {} elements mismatch; atol={}, rtol={}, eps={})",
-                mismatches.len(),
-                report.checked,
-                self.atol,
-                self.rtol,
-                self.eps
-            ))),
+        let Some(first) = mismatches.first() else {
+            return Ok(report);
+        };
+        let mut hint = String::new();
+        if !training {
+            let y = model.forward(x)?;
+            let diff = y
+                .iter()
+                .zip(out.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            if y.shape() != out.shape() || diff > self.atol {
+                hint = format!(
+                    "; forward_train and forward disagree at this input (largest difference {diff}): a forward_train that computes something else than forward, or a layer whose training differs from inference (BatchNorm: check it with GradCheck::training(true), or after model.eval())"
+                );
+            }
         }
+        Err(Error::GradCheck(format!(
+            "{first} ({} of {} elements mismatch; atol={}, rtol={}, eps={}){hint}",
+            mismatches.len(),
+            report.checked,
+            self.atol,
+            self.rtol,
+            self.eps
+        )))
     }
 }
 

@@ -48,6 +48,7 @@ mod activation;
 mod buffer;
 #[doc(hidden)]
 pub mod chain;
+mod checkpoint;
 mod clip;
 mod container;
 mod dropout;
@@ -69,6 +70,7 @@ mod written;
 
 pub use activation::{GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, GELU};
 pub use buffer::Buffer;
+pub use checkpoint::{load_checkpoint, save_checkpoint, OptimizerState, SchedulerState};
 pub use clip::{clip_grad_norm_, clip_grad_norm_with, clip_grad_value_};
 pub use container::{Layer, Sequential};
 pub use dropout::Dropout;

@@ -31,7 +31,10 @@
 
 use std::collections::HashMap;
 
-use crate::{Error, Module, Param, Result, Tensor};
+use crate::checkpoint::{
+    match_state, tensor_data, to_tensor, Fields, OptimizerState, SchedulerState,
+};
+use crate::{Error, Module, Param, Result, Tensor, TensorData};
 
 /// What every optimizer does.
 pub trait Optimizer {
@@ -46,6 +49,38 @@ pub trait Optimizer {
 
     /// Sets the learning rate (what schedules do).
     fn set_lr(&mut self, lr: f64);
+
+    /// The optimizer's state (PyTorch's `optimizer.state_dict()`): its
+    /// hyper-parameters and its per-parameter tensors under `model`'s
+    /// parameter names. See [`OptimizerState`].
+    ///
+    /// # Errors
+    /// An optimizer that cannot save its state (the default, for
+    /// optimizers written outside nncore).
+    fn state_dict(&self, model: &dyn Module) -> Result<OptimizerState> {
+        let _ = model;
+        Err(Error::InvalidArgument(
+            "this optimizer does not implement Optimizer::state_dict".into(),
+        ))
+    }
+
+    /// Restores a state from [`Optimizer::state_dict`] (of an optimizer of
+    /// the same kind, for a model of the same parameter names and shapes),
+    /// hyper-parameters included, as PyTorch's
+    /// `optimizer.load_state_dict`. Every problem is reported at once; on
+    /// error nothing changes.
+    ///
+    /// # Errors
+    /// [`Error::LoadStateDict`] listing a kind mismatch, state for
+    /// parameters the model does not have, shape mismatches and incomplete
+    /// entries; [`Error::InvalidArgument`] for unreadable
+    /// hyper-parameters.
+    fn load_state_dict(&mut self, model: &dyn Module, state: &OptimizerState) -> Result<()> {
+        let _ = (model, state);
+        Err(Error::InvalidArgument(
+            "this optimizer does not implement Optimizer::load_state_dict".into(),
+        ))
+    }
 }
 
 fn check_hyper(name: &str, value: f64, ok: bool, what: &str) -> Result<()> {
@@ -259,6 +294,59 @@ impl Optimizer for Sgd {
     fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }
+
+    fn state_dict(&self, model: &dyn Module) -> Result<OptimizerState> {
+        let mut st = OptimizerState::new("SGD");
+        st.set_hyperparameter("lr", format!("{:?}", self.lr));
+        st.set_hyperparameter("momentum", format!("{:?}", self.momentum));
+        st.set_hyperparameter("dampening", format!("{:?}", self.dampening));
+        st.set_hyperparameter("weight_decay", format!("{:?}", self.weight_decay));
+        st.set_hyperparameter("nesterov", self.nesterov.to_string());
+        for (name, p) in model.named_parameters() {
+            if let Some(buf) = self.buffers.get(&p.id()) {
+                st.insert_tensor(&name, "momentum_buffer", tensor_data(p, buf));
+            }
+        }
+        Ok(st)
+    }
+
+    fn load_state_dict(&mut self, model: &dyn Module, state: &OptimizerState) -> Result<()> {
+        let mut f = Fields::new("SGD", state.hyperparameters());
+        let (lr, momentum, dampening, weight_decay, nesterov) = (
+            f.get::<f64>("lr"),
+            f.get::<f64>("momentum"),
+            f.get::<f64>("dampening"),
+            f.get::<f64>("weight_decay"),
+            f.get::<bool>("nesterov"),
+        );
+        let problems = std::mem::take(&mut f.problems);
+        let params = match_state(
+            "SGD",
+            model,
+            state,
+            &[("momentum_buffer", false, true)],
+            problems,
+        )?;
+        let (Some(lr), Some(momentum), Some(dampening), Some(weight_decay), Some(nesterov)) =
+            (lr, momentum, dampening, weight_decay, nesterov)
+        else {
+            return f.finish();
+        };
+        let next = Sgd {
+            lr,
+            momentum,
+            dampening,
+            nesterov,
+            weight_decay,
+            buffers: params
+                .iter()
+                .map(|(p, slots)| (p.id(), to_tensor(p, slots["momentum_buffer"])))
+                .collect(),
+        };
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +444,15 @@ impl Adam {
         self
     }
 
+    /// `Adam` or `AdamW`, as PyTorch's class names.
+    fn kind(&self) -> &'static str {
+        if self.decoupled {
+            "AdamW"
+        } else {
+            "Adam"
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let (b1, b2) = self.betas;
         check_hyper("learning rate", self.lr, self.lr >= 0.0, "must be >= 0")?;
@@ -440,6 +537,103 @@ impl Optimizer for Adam {
     fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }
+
+    fn state_dict(&self, model: &dyn Module) -> Result<OptimizerState> {
+        let mut st = OptimizerState::new(self.kind());
+        st.set_hyperparameter("lr", format!("{:?}", self.lr));
+        st.set_hyperparameter("beta1", format!("{:?}", self.betas.0));
+        st.set_hyperparameter("beta2", format!("{:?}", self.betas.1));
+        st.set_hyperparameter("eps", format!("{:?}", self.eps));
+        st.set_hyperparameter("weight_decay", format!("{:?}", self.weight_decay));
+        st.set_hyperparameter("amsgrad", self.amsgrad.to_string());
+        for (name, p) in model.named_parameters() {
+            let Some(a) = self.state.get(&p.id()) else {
+                continue;
+            };
+            let step = i64::try_from(a.step).unwrap_or(i64::MAX);
+            st.insert_tensor(&name, "step", TensorData::scalar_i64(step));
+            st.insert_tensor(&name, "exp_avg", tensor_data(p, &a.exp_avg));
+            st.insert_tensor(&name, "exp_avg_sq", tensor_data(p, &a.exp_avg_sq));
+            if let Some(m) = &a.max_exp_avg_sq {
+                st.insert_tensor(&name, "max_exp_avg_sq", tensor_data(p, m));
+            }
+        }
+        Ok(st)
+    }
+
+    fn load_state_dict(&mut self, model: &dyn Module, state: &OptimizerState) -> Result<()> {
+        let kind = self.kind();
+        let mut f = Fields::new(kind, state.hyperparameters());
+        let (lr, beta1, beta2, eps, weight_decay, amsgrad) = (
+            f.get::<f64>("lr"),
+            f.get::<f64>("beta1"),
+            f.get::<f64>("beta2"),
+            f.get::<f64>("eps"),
+            f.get::<f64>("weight_decay"),
+            f.get::<bool>("amsgrad"),
+        );
+        let problems = std::mem::take(&mut f.problems);
+        let params = match_state(
+            kind,
+            model,
+            state,
+            &[
+                ("step", true, true),
+                ("exp_avg", false, true),
+                ("exp_avg_sq", false, true),
+                ("max_exp_avg_sq", false, amsgrad == Some(true)),
+            ],
+            problems,
+        )?;
+        let (Some(lr), Some(beta1), Some(beta2), Some(eps), Some(weight_decay), Some(amsgrad)) =
+            (lr, beta1, beta2, eps, weight_decay, amsgrad)
+        else {
+            return f.finish();
+        };
+        let mut bad_steps = Vec::new();
+        let mut table = HashMap::new();
+        for (p, slots) in &params {
+            let step = slots["step"]
+                .as_i64()
+                .and_then(|v| v.first().copied())
+                .unwrap_or(-1);
+            let Ok(step) = u64::try_from(step) else {
+                bad_steps.push(format!(
+                    "{kind}: a negative step count ({step}) for a parameter"
+                ));
+                continue;
+            };
+            table.insert(
+                p.id(),
+                AdamState {
+                    step,
+                    exp_avg: to_tensor(p, slots["exp_avg"]),
+                    exp_avg_sq: to_tensor(p, slots["exp_avg_sq"]),
+                    max_exp_avg_sq: amsgrad.then(|| {
+                        slots.get("max_exp_avg_sq").map_or_else(
+                            || Tensor::zeros(p.value().nrows(), p.value().ncols()),
+                            |t| to_tensor(p, t),
+                        )
+                    }),
+                },
+            );
+        }
+        if !bad_steps.is_empty() {
+            return Err(Error::InvalidArgument(bad_steps.join("; ")));
+        }
+        let next = Adam {
+            lr,
+            betas: (beta1, beta2),
+            eps,
+            weight_decay,
+            amsgrad,
+            decoupled: self.decoupled,
+            state: table,
+        };
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
 }
 
 /// A learning-rate schedule, stepped once per epoch as PyTorch's
@@ -447,6 +641,39 @@ impl Optimizer for Adam {
 pub trait LrScheduler {
     /// Advances one epoch and sets the optimizer's learning rate.
     fn step(&mut self, optimizer: &mut dyn Optimizer);
+
+    /// The schedule's state (PyTorch's `scheduler.state_dict()`).
+    ///
+    /// # Errors
+    /// A schedule that cannot save its state (the default, for schedules
+    /// written outside nncore).
+    fn state(&self) -> Result<SchedulerState> {
+        Err(Error::InvalidArgument(
+            "this schedule does not implement LrScheduler::state".into(),
+        ))
+    }
+
+    /// Restores a state from [`LrScheduler::state`] of a schedule of the
+    /// same kind; on error nothing changes.
+    ///
+    /// # Errors
+    /// A kind mismatch or unreadable fields, all reported at once.
+    fn load_state(&mut self, state: &SchedulerState) -> Result<()> {
+        let _ = state;
+        Err(Error::InvalidArgument(
+            "this schedule does not implement LrScheduler::load_state".into(),
+        ))
+    }
+}
+
+/// Checks a schedule state's kind, collecting the problem in `f`.
+fn check_kind(f: &mut Fields<'_>, state: &SchedulerState, kind: &str) {
+    if state.kind() != kind {
+        f.problems.push(format!(
+            "the state is a {}'s, this schedule is {kind}",
+            state.kind()
+        ));
+    }
 }
 
 /// PyTorch's `StepLR`: the learning rate times `gamma` every `step_size`
@@ -486,6 +713,37 @@ impl LrScheduler for StepLr {
         self.epoch += 1;
         let k = (self.epoch / self.step_size) as i32;
         optimizer.set_lr(self.base_lr * self.gamma.powi(k));
+    }
+
+    fn state(&self) -> Result<SchedulerState> {
+        let mut st = SchedulerState::new("StepLR");
+        st.set("base_lr", format!("{:?}", self.base_lr));
+        st.set("step_size", self.step_size.to_string());
+        st.set("gamma", format!("{:?}", self.gamma));
+        st.set("last_epoch", self.epoch.to_string());
+        Ok(st)
+    }
+
+    fn load_state(&mut self, state: &SchedulerState) -> Result<()> {
+        let mut f = Fields::new("StepLR", state.values());
+        check_kind(&mut f, state, "StepLR");
+        let (base_lr, step_size, gamma, epoch) = (
+            f.get("base_lr"),
+            f.get::<usize>("step_size"),
+            f.get("gamma"),
+            f.get("last_epoch"),
+        );
+        if let (Some(base_lr), Some(step_size), Some(gamma), Some(epoch), true) =
+            (base_lr, step_size, gamma, epoch, f.problems.is_empty())
+        {
+            *self = Self {
+                base_lr,
+                step_size: step_size.max(1),
+                gamma,
+                epoch,
+            };
+        }
+        f.finish()
     }
 }
 
@@ -528,6 +786,37 @@ impl LrScheduler for CosineAnnealingLr {
         let lr = self.eta_min
             + (self.base_lr - self.eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0;
         optimizer.set_lr(lr);
+    }
+
+    fn state(&self) -> Result<SchedulerState> {
+        let mut st = SchedulerState::new("CosineAnnealingLR");
+        st.set("base_lr", format!("{:?}", self.base_lr));
+        st.set("T_max", self.t_max.to_string());
+        st.set("eta_min", format!("{:?}", self.eta_min));
+        st.set("last_epoch", self.epoch.to_string());
+        Ok(st)
+    }
+
+    fn load_state(&mut self, state: &SchedulerState) -> Result<()> {
+        let mut f = Fields::new("CosineAnnealingLR", state.values());
+        check_kind(&mut f, state, "CosineAnnealingLR");
+        let (base_lr, t_max, eta_min, epoch) = (
+            f.get("base_lr"),
+            f.get::<usize>("T_max"),
+            f.get("eta_min"),
+            f.get("last_epoch"),
+        );
+        if let (Some(base_lr), Some(t_max), Some(eta_min), Some(epoch), true) =
+            (base_lr, t_max, eta_min, epoch, f.problems.is_empty())
+        {
+            *self = Self {
+                base_lr,
+                t_max: t_max.max(1),
+                eta_min,
+                epoch,
+            };
+        }
+        f.finish()
     }
 }
 

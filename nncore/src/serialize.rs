@@ -300,6 +300,20 @@ impl StateDict {
         Self::from_safetensors_bytes(bytes.as_slice()).map_err(|e| with_path(e, path))
     }
 
+    /// Reads a safetensors file's tensors and its metadata (the
+    /// header's `__metadata__`, empty when there is none).
+    pub(crate) fn load_with_metadata(path: &Path) -> Result<(Self, HashMap<String, String>)> {
+        let bytes = FileBytes::open(path)?;
+        let bytes = bytes.as_slice();
+        let read = || -> Result<(Self, HashMap<String, String>)> {
+            let sd = Self::from_safetensors_bytes(bytes)?;
+            let (_, meta) =
+                SafeTensors::read_metadata(bytes).map_err(|e| Error::Format(explain(bytes, &e)))?;
+            Ok((sd, meta.metadata().clone().unwrap_or_default()))
+        };
+        read().map_err(|e| with_path(e, path))
+    }
+
     /// Parses safetensors bytes, as [`StateDict::load_safetensors`].
     ///
     /// # Errors
@@ -745,12 +759,37 @@ fn load_entries<M: Module + ?Sized>(
     entries: &Entries<'_>,
     strict: bool,
 ) -> Result<LoadReport> {
-    let index: HashMap<&str, usize> = entries
-        .list
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.as_str(), i))
-        .collect();
+    let report = check_entries(model, entries, strict)?;
+    let index = entries.index();
+    walk_state_mut(model, &mut String::new(), &mut |name, state| {
+        let Some(&i) = index.get(name) else { return };
+        let source = entries.list[i].source;
+        match state {
+            StateMut::Param(p) => copy_into(p, source),
+            StateMut::Buffer(b) if b.is_persistent() => copy_into_buffer(b.data_mut(), source),
+            StateMut::Buffer(_) => {}
+        }
+    });
+    Ok(report)
+}
+
+impl Entries<'_> {
+    fn index(&self) -> HashMap<&str, usize> {
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.as_str(), i))
+            .collect()
+    }
+}
+
+/// What loading `entries` would report, without changing the model.
+fn check_entries<M: Module + ?Sized>(
+    model: &M,
+    entries: &Entries<'_>,
+    strict: bool,
+) -> Result<LoadReport> {
+    let index = entries.index();
     let mut missing = Vec::new();
     let mut mismatches = Vec::new();
     let mut used = vec![false; entries.list.len()];
@@ -806,15 +845,6 @@ fn load_entries<M: Module + ?Sized>(
             mismatches,
         }));
     }
-    walk_state_mut(model, &mut String::new(), &mut |name, state| {
-        let Some(&i) = index.get(name) else { return };
-        let source = entries.list[i].source;
-        match state {
-            StateMut::Param(p) => copy_into(p, source),
-            StateMut::Buffer(b) if b.is_persistent() => copy_into_buffer(b.data_mut(), source),
-            StateMut::Buffer(_) => {}
-        }
-    });
     Ok(LoadReport {
         missing_keys: missing,
         unexpected_keys: unexpected,
@@ -889,6 +919,15 @@ pub(crate) fn state_dict<M: Module + ?Sized>(model: &M) -> StateDict {
         State::Buffer(_) => {}
     });
     StateDict { entries }
+}
+
+/// What [`load_state_dict`] would report, without changing the model.
+pub(crate) fn check_state_dict<M: Module + ?Sized>(
+    model: &M,
+    sd: &StateDict,
+    strict: bool,
+) -> Result<LoadReport> {
+    check_entries(model, &sd.entries(), strict)
 }
 
 pub(crate) fn load_state_dict<M: Module + ?Sized>(
@@ -1020,6 +1059,15 @@ fn encode(values: &Values, dtype: SaveDtype) -> (StDtype, Vec<u8>) {
 /// A state dict as safetensors bytes, with the `format: pt` metadata
 /// PyTorch-side tools expect.
 pub(crate) fn to_safetensors_bytes(sd: &StateDict, options: SaveOptions) -> Result<Vec<u8>> {
+    to_safetensors_bytes_with(sd, options, HashMap::new())
+}
+
+/// [`to_safetensors_bytes`] with more metadata beside `format: pt`.
+pub(crate) fn to_safetensors_bytes_with(
+    sd: &StateDict,
+    options: SaveOptions,
+    mut metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let views: Vec<(String, SaveView)> = sd
         .entries
         .iter()
@@ -1040,7 +1088,7 @@ pub(crate) fn to_safetensors_bytes(sd: &StateDict, options: SaveOptions) -> Resu
             "a tensor cannot be named {name}: safetensors reserves that key for the file's metadata"
         )));
     }
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    metadata.insert("format".to_owned(), "pt".to_owned());
     safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata))
         .map_err(|e| Error::Format(e.to_string()))
 }
