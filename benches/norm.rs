@@ -1,5 +1,7 @@
-//! LayerNorm at batch 256 x 1024 features, one thread: forward, and a
-//! recording forward with its backward. `cargo bench --bench norm`.
+//! LayerNorm and BatchNorm1d at batch 256 x 1024 features, one thread:
+//! inference forward (BatchNorm: with its running statistics, PyTorch's
+//! eval mode), and a training forward with its backward (BatchNorm: batch
+//! statistics and the running update). `cargo bench --bench norm`.
 //! PyTorch's numbers for the same: `scripts/bench_pytorch.py --norm`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -19,6 +21,18 @@ fn norm(c: &mut Criterion) {
         b.iter(|| {
             ln.forward_train(black_box(&x)).unwrap();
             ln.backward(black_box(&g)).unwrap();
+        })
+    });
+    let mut bn = BatchNorm1d::new(1024);
+    // Running statistics away from 0 and 1, as after training.
+    bn.forward_train(&x).unwrap();
+    c.bench_function("batchnorm_b256_fwd", |b| {
+        b.iter(|| bn.forward(black_box(&x)).unwrap())
+    });
+    c.bench_function("batchnorm_b256_fwd_bwd", |b| {
+        b.iter(|| {
+            bn.forward_train(black_box(&x)).unwrap();
+            bn.backward(black_box(&g)).unwrap();
         })
     });
 }

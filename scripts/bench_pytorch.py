@@ -132,6 +132,21 @@ def pytorch_norm_times():
         xr.grad = None
         ln(xr).backward(g)
     out["layernorm_b256_fwd_bwd"] = median_time(fwd_bwd)
+
+    bn = nn.BatchNorm1d(1024)
+    bn.train()
+    with torch.no_grad():
+        bn(x)  # running statistics away from 0 and 1
+    bn.eval()
+    with torch.inference_mode():
+        out["batchnorm_b256_fwd"] = median_time(lambda: bn(x))
+    bn.train()
+
+    def bn_fwd_bwd():
+        bn.zero_grad()
+        xr.grad = None
+        bn(xr).backward(g)
+    out["batchnorm_b256_fwd_bwd"] = median_time(bn_fwd_bwd)
     return out
 
 
@@ -173,7 +188,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-rust", action="store_true")
     ap.add_argument("--written", action="store_true", help="the written-forward (residual) workloads")
-    ap.add_argument("--norm", action="store_true", help="LayerNorm at 256 x 1024")
+    ap.add_argument("--norm", action="store_true", help="LayerNorm and BatchNorm1d at 256 x 1024")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bench = "written" if args.written else "norm" if args.norm else "workloads"

@@ -54,6 +54,37 @@ pub fn mlp(seed: u64) -> Mlp {
     })
 }
 
+/// `Linear -> BatchNorm1d -> ReLU -> Linear -> LayerNorm -> Linear`: the
+/// normalization layers in a chain (the allocation test, the norm bench).
+#[derive(Module, Debug)]
+pub struct NormMlp {
+    /// `Linear(inputs, width)`.
+    pub fc1: Linear,
+    /// `BatchNorm1d(width)`.
+    pub bn: BatchNorm1d,
+    /// `ReLU()`.
+    pub relu: ReLU,
+    /// `Linear(width, width)`.
+    pub fc2: Linear,
+    /// `LayerNorm(width)`.
+    pub ln: LayerNorm,
+    /// `Linear(width, outputs)`.
+    pub fc3: Linear,
+}
+
+/// The normalized MLP with the weights of `torch.manual_seed(seed)`.
+#[must_use]
+pub fn norm_mlp(seed: u64, inputs: usize, width: usize, outputs: usize) -> NormMlp {
+    nncore::with_seed(seed, || NormMlp {
+        fc1: Linear::new(inputs, width),
+        bn: BatchNorm1d::new(width),
+        relu: ReLU::new(),
+        fc2: Linear::new(width, width),
+        ln: LayerNorm::new(width),
+        fc3: Linear::new(width, outputs),
+    })
+}
+
 /// A `(batch, features)` input uniform in [-1, 1].
 #[must_use]
 pub fn input(batch: usize, features: usize, seed: u64) -> Tensor {

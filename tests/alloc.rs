@@ -5,7 +5,7 @@
 
 use nncore::prelude::*;
 use nncore::Workspace;
-use nnrs::workloads::{input, mlp, res_mlp, simple_net, TrainStep};
+use nnrs::workloads::{input, mlp, norm_mlp, res_mlp, simple_net, TrainStep};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -80,6 +80,26 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
     simple.step().unwrap();
     assert_allocates_nothing("SGD with momentum", || {
         simple.step().unwrap();
+    });
+
+    // Normalization layers: BatchNorm's statistics and running update,
+    // LayerNorm's, and their backward keep their buffers; so does Adam.
+    let mut norm = TrainStep::new(norm_mlp(0, 100, 64, 10), 64, 100, 10);
+    norm.step().unwrap();
+    norm.step().unwrap();
+    assert_allocates_nothing("BatchNorm/LayerNorm training step", || {
+        for _ in 0..3 {
+            norm.step().unwrap();
+        }
+    });
+    norm.model.eval();
+    let x = input(64, 100, 3);
+    let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+    norm.model.forward_into(&x, &mut out, &mut ws).unwrap();
+    norm.model.forward_into(&x, &mut out, &mut ws).unwrap();
+    assert_eq!(out, norm.model.forward(&x).unwrap());
+    assert_allocates_nothing("BatchNorm/LayerNorm forward_into", || {
+        norm.model.forward_into(&x, &mut out, &mut ws).unwrap();
     });
 
     // Inference into a caller-provided output.

@@ -269,6 +269,29 @@ fn bad_buffers_are_reported_all_at_once_and_change_nothing() {
          dtype mismatch for bn1.num_batches_tracked: copying a tensor of dtype F32 from checkpoint, the buffer in current model is I64 (it loads I64, I32, I16, I8, U32, U16 or U8)."
     );
     assert_eq!(m.state_dict(), before);
+    // An extra buffer key, strictly: unexpected.
+    let mut extra = before.clone();
+    extra.insert("bn2.running_std", TensorData::vector(vec![1.0; 4]));
+    let e = m.load_state_dict(&extra, true).unwrap_err().to_string();
+    assert!(
+        e.contains("Unexpected key(s) in state_dict: \"bn2.running_std\""),
+        "{e}"
+    );
+    // NaN in a running variance loads as it is (as in PyTorch), and
+    // check_finite names it.
+    let mut nan = before.clone();
+    nan.insert(
+        "bn1.running_var",
+        TensorData::vector(vec![1.0, 1.0, f32::NAN, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    );
+    m.load_state_dict(&nan, true).unwrap();
+    let e = m.check_finite().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "buffer bn1.running_var holds a non-finite value (NaN at flat index 2)"
+    );
+    m.load_state_dict(&before, true).unwrap();
+    m.check_finite().unwrap();
     // Non-strict: the missing buffer is reported, the rest loads.
     let mut ok = before.clone();
     ok.remove("bn2.running_mean");

@@ -121,15 +121,19 @@ pub enum Error {
     /// PyTorch's `load_state_dict` does.
     #[error("{0}")]
     LoadStateDict(crate::LoadError),
-    /// A parameter holds NaN or an infinity (see `Module::check_finite`).
-    #[error("parameter {name} holds a non-finite value ({value} at flat index {index})")]
+    /// A parameter or buffer holds NaN or an infinity (see
+    /// `Module::check_finite`).
+    #[error("{kind} {name} holds a non-finite value ({value} at flat index {index})", kind = if *is_buffer { "buffer" } else { "parameter" })]
     NonFinite {
-        /// The parameter's dotted name.
+        /// The parameter's or buffer's dotted name.
         name: String,
         /// The row-major index of the first such value.
         index: usize,
         /// The value.
         value: f32,
+        /// Whether it is a buffer (a running statistic) rather than a
+        /// parameter.
+        is_buffer: bool,
     },
     /// A gradient check found the backward pass disagreeing with finite
     /// differences (see `GradCheck`).

@@ -542,6 +542,132 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// BatchNorm statistics of a column-major `rows x cols` matrix: for
+    /// each column (one feature over the batch, contiguous), the mean and
+    /// the biased variance, in two passes (mean, then centred squares) of
+    /// 16 interleaved partial sums each.
+    pub fn column_moments / column_moments_with(x: &[f32], rows: usize, mean: &mut [f32], var: &mut [f32]) {
+        if rows == 0 {
+            mean.fill(0.0);
+            var.fill(f32::NAN);
+            return;
+        }
+        let n = rows as f32;
+        for ((c, m), v) in x.chunks_exact(rows).zip(mean.iter_mut()).zip(var.iter_mut()) {
+            let mu = sum_body(c) / n;
+            let mut acc = [0.0f32; 16];
+            let chunks = c.chunks_exact(16);
+            let rest = chunks.remainder();
+            for ch in chunks {
+                for l in 0..16 {
+                    let d = ch[l] - mu;
+                    acc[l] += d * d;
+                }
+            }
+            let mut s = 0.0f32;
+            for (l, a) in acc.iter().enumerate() {
+                s += a + rest.get(l).map_or(0.0, |v| (v - mu) * (v - mu));
+            }
+            *m = mu;
+            *v = s / n;
+        }
+    }
+}
+
+multiversion! {
+    /// `out[:, j] = (x[:, j] - mean[j]) * invstd[j] * w[j] + b[j]` with
+    /// `invstd[j] = 1 / sqrt(var[j] + eps)`, for a column-major matrix
+    /// (BatchNorm); `xhat` gets the normalized values and `invstd` the
+    /// factors when given.
+    pub fn normalize_columns / normalize_columns_with(
+        x: &[f32],
+        rows: usize,
+        mean: &[f32],
+        var: &[f32],
+        eps: f32,
+        w: Option<&[f32]>,
+        b: Option<&[f32]>,
+        xhat: Option<&mut [f32]>,
+        invstd: Option<&mut [f32]>,
+        out: &mut [f32]
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let (mut xhat, mut invstd) = (xhat, invstd);
+        for (j, (xc, oc)) in x.chunks_exact(rows).zip(out.chunks_exact_mut(rows)).enumerate() {
+            let (m, s) = (mean[j], 1.0 / (var[j] + eps).sqrt());
+            if let Some(i) = invstd.as_deref_mut() {
+                i[j] = s;
+            }
+            let (wj, bj) = (w.map_or(1.0, |w| w[j]), b.map_or(0.0, |b| b[j]));
+            match xhat.as_deref_mut() {
+                Some(h) => {
+                    let hc = &mut h[j * rows..(j + 1) * rows];
+                    for r in 0..rows {
+                        let v = (xc[r] - m) * s;
+                        hc[r] = v;
+                        oc[r] = v * wj + bj;
+                    }
+                }
+                None => {
+                    for r in 0..rows {
+                        oc[r] = (xc[r] - m) * s * wj + bj;
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// BatchNorm's backward, column-major: per column `j`,
+    /// `sums[j] = (sum g, sum g * xhat)` (the bias's and the weight's
+    /// gradients) and `dx = w invstd (g - mean(g) - xhat mean(g xhat))`
+    /// with the batch's statistics, or `dx = w invstd g` with fixed
+    /// (running) ones.
+    pub fn batch_norm_dx / batch_norm_dx_with(
+        g: &[f32],
+        xhat: &[f32],
+        rows: usize,
+        invstd: &[f32],
+        w: Option<&[f32]>,
+        batch_stats: bool,
+        sum_g: &mut [f32],
+        sum_gh: &mut [f32],
+        dx: &mut [f32]
+    ) {
+        if rows == 0 {
+            sum_g.fill(0.0);
+            sum_gh.fill(0.0);
+            return;
+        }
+        let n = rows as f32;
+        for (j, ((gc, hc), dc)) in g
+            .chunks_exact(rows)
+            .zip(xhat.chunks_exact(rows))
+            .zip(dx.chunks_exact_mut(rows))
+            .enumerate()
+        {
+            let (sg, sgh) = (sum_body(gc), dot_body(gc, hc));
+            sum_g[j] = sg;
+            sum_gh[j] = sgh;
+            let scale = w.map_or(1.0, |w| w[j]) * invstd[j];
+            if batch_stats {
+                let (mg, mgh) = (sg / n, sgh / n);
+                for r in 0..rows {
+                    dc[r] = scale * (gc[r] - mg - hc[r] * mgh);
+                }
+            } else {
+                for r in 0..rows {
+                    dc[r] = scale * gc[r];
+                }
+            }
+        }
+    }
+}
+
 /// [`dot`]'s body, for kernels that inline it.
 #[inline(always)]
 fn dot_body(a: &[f32], b: &[f32]) -> f32 {
@@ -717,6 +843,102 @@ mod layer_norm_tests {
             );
             // Rows of zero: nothing to do, nothing read.
             row_moments_with(v, &[], 0, 1e-5, &mut [], &mut []);
+        }
+    }
+}
+
+#[cfg(test)]
+mod batch_norm_tests {
+    use super::*;
+
+    /// Every variant of the BatchNorm kernels agrees with a plain f64
+    /// computation, on ragged sizes (columns of 37 rows: two 16-wide chunks
+    /// and a tail), with batch and with fixed statistics.
+    #[test]
+    fn every_variant_normalizes_and_differentiates_columns() {
+        let (rows, cols) = (37usize, 5usize);
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0 + 1.5)
+            .collect();
+        let g: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.11).cos()).collect();
+        let w: Vec<f32> = (0..cols).map(|j| 0.5 + j as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..cols).map(|j| j as f32 * -0.05).collect();
+        let eps = 1e-5f32;
+        for v in available_variants() {
+            let (mut mean, mut var) = (vec![0.0; cols], vec![0.0; cols]);
+            column_moments_with(v, &x, rows, &mut mean, &mut var);
+            let mut h = vec![0.0; rows * cols];
+            let mut out = vec![0.0; rows * cols];
+            let mut invstd = vec![0.0; cols];
+            normalize_columns_with(
+                v,
+                &x,
+                rows,
+                &mean,
+                &var,
+                eps,
+                Some(&w),
+                Some(&b),
+                Some(&mut h),
+                Some(&mut invstd),
+                &mut out,
+            );
+            for batch_stats in [true, false] {
+                let (mut sg, mut sgh) = (vec![0.0; cols], vec![0.0; cols]);
+                let mut dx = vec![0.0; rows * cols];
+                batch_norm_dx_with(
+                    v,
+                    &g,
+                    &h,
+                    rows,
+                    &invstd,
+                    Some(&w),
+                    batch_stats,
+                    &mut sg,
+                    &mut sgh,
+                    &mut dx,
+                );
+                for c in 0..cols {
+                    let col = |a: &[f32]| -> Vec<f64> {
+                        a[c * rows..(c + 1) * rows]
+                            .iter()
+                            .map(|v| f64::from(*v))
+                            .collect()
+                    };
+                    let (xs, gs) = (col(&x), col(&g));
+                    let n = rows as f64;
+                    let m = xs.iter().sum::<f64>() / n;
+                    let vr = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n;
+                    assert!((f64::from(mean[c]) - m).abs() < 1e-5, "{v:?} mean");
+                    assert!((f64::from(var[c]) - vr).abs() < 1e-4, "{v:?} var");
+                    let s = 1.0 / (vr + f64::from(eps)).sqrt();
+                    let hs: Vec<f64> = xs.iter().map(|x| (x - m) * s).collect();
+                    let (gsum, ghsum) = (
+                        gs.iter().sum::<f64>(),
+                        gs.iter().zip(&hs).map(|(a, b)| a * b).sum::<f64>(),
+                    );
+                    assert!((f64::from(sg[c]) - gsum).abs() < 1e-4, "{v:?} dbias");
+                    assert!((f64::from(sgh[c]) - ghsum).abs() < 1e-4, "{v:?} dweight");
+                    let wc = f64::from(w[c]);
+                    for r in 0..rows {
+                        let y = hs[r] * wc + f64::from(b[c]);
+                        assert!((f64::from(out[c * rows + r]) - y).abs() < 1e-4, "{v:?} out");
+                        let want = if batch_stats {
+                            wc * s * (gs[r] - gsum / n - hs[r] * ghsum / n)
+                        } else {
+                            wc * s * gs[r]
+                        };
+                        assert!(
+                            (f64::from(dx[c * rows + r]) - want).abs() < 1e-4,
+                            "{v:?} dx"
+                        );
+                    }
+                }
+            }
+            // No rows: statistics undefined, nothing read.
+            let (mut m0, mut v0) = (vec![1.0; 2], vec![1.0; 2]);
+            column_moments_with(v, &[], 0, &mut m0, &mut v0);
+            assert!(v0.iter().all(|v| v.is_nan()));
         }
     }
 }

@@ -308,7 +308,8 @@ pub trait Module {
         serialize::load_bytes(self, bytes, options)
     }
 
-    /// `Err` naming the first parameter that holds NaN or an infinity.
+    /// `Err` naming the first parameter or float buffer (a running
+    /// variance, ...) that holds NaN or an infinity.
     ///
     /// # Errors
     /// [`Error::NonFinite`].

@@ -125,14 +125,12 @@ impl LayerNorm {
         &self,
         x: &Tensor,
         xhat: Option<&mut Tensor>,
-        rstd: &mut Vec<f32>,
-        mean: &mut Vec<f32>,
+        rstd: &mut [f32],
+        mean: &mut [f32],
         out: &mut Tensor,
     ) {
         let (rows, cols) = x.shape();
         ensure_shape(out, rows, cols);
-        rstd.resize(rows, 0.0);
-        mean.resize(rows, 0.0);
         kernels::row_moments(x.as_slice(), rows, self.eps as f32, mean, rstd);
         let w = self.weight.as_ref().map(|p| p.value().as_slice());
         let b = self.bias.as_ref().map(|p| p.value().as_slice());
@@ -197,11 +195,21 @@ impl Module for LayerNorm {
 
 impl Forward for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.check(x)?;
         let mut out = Tensor::zeros(0, 0);
-        let (mut rstd, mut mean) = (Vec::new(), Vec::new());
-        self.compute(x, None, &mut rstd, &mut mean, &mut out);
+        self.forward_into(x, &mut out, &mut crate::Workspace::new())?;
         Ok(out)
+    }
+
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut crate::Workspace) -> Result<()> {
+        self.check(x)?;
+        // The per-row statistics live in a workspace matrix: no
+        // allocation once it has served a batch of this size.
+        let mut stats = ws.take();
+        ensure_shape(&mut stats, x.nrows(), 2);
+        let (mean, rstd) = stats.as_mut_slice().split_at_mut(x.nrows());
+        self.compute(x, None, rstd, mean, out);
+        ws.give(stats);
+        Ok(())
     }
 
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
@@ -210,6 +218,8 @@ impl Forward for LayerNorm {
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
         let mut rstd = std::mem::take(&mut self.rstd);
         let mut mean = std::mem::take(&mut self.scratch);
+        rstd.resize(x.nrows(), 0.0);
+        mean.resize(x.nrows(), 0.0);
         self.compute(x, Some(&mut xhat), &mut rstd, &mut mean, &mut out);
         (self.xhat, self.output, self.rstd, self.scratch) = (xhat, out, rstd, mean);
         self.recorded = true;
@@ -322,10 +332,13 @@ pub struct BatchNorm1d {
     num_batches_tracked: Option<Buffer>,
     training: bool,
     // Training buffers: the normalized input, 1/std per feature, the
-    // output and the input gradient; whether the recorded forward used the
-    // batch's statistics.
+    // batch's statistics (then the gradient's column sums), the output and
+    // the input gradient; whether the recorded forward used the batch's
+    // statistics.
     xhat: Tensor,
     invstd: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
     output: Tensor,
     grad_input: Tensor,
     batch_stats: bool,
@@ -350,6 +363,8 @@ impl BatchNorm1d {
             training: true,
             xhat: Tensor::zeros(0, 0),
             invstd: Vec::new(),
+            mean: Vec::new(),
+            var: Vec::new(),
             output: Tensor::zeros(0, 0),
             grad_input: Tensor::zeros(0, 0),
             batch_stats: true,
@@ -511,62 +526,55 @@ impl BatchNorm1d {
         training || self.running_mean.is_none()
     }
 
-    /// Normalizes `x` into `out` (and `xhat`), with the batch's statistics
-    /// or the running ones; fills `invstd`. Returns the batch means and
-    /// biased variances when `batch` (for the running update).
+    /// Normalizes `x` into `out` with the batch's statistics (written to
+    /// `mean` and `var`) or the running ones; fills `xhat` and `invstd`
+    /// when given (training).
     fn compute(
         &self,
         x: &Tensor,
         batch: bool,
-        invstd: &mut Vec<f32>,
-        mut xhat: Option<&mut Tensor>,
+        mean: &mut Vec<f32>,
+        var: &mut Vec<f32>,
+        xhat: Option<&mut Tensor>,
+        invstd: Option<&mut Vec<f32>>,
         out: &mut Tensor,
-    ) -> Vec<(f32, f32)> {
+    ) {
         let (rows, cols) = x.shape();
         ensure_shape(out, rows, cols);
-        if let Some(h) = xhat.as_deref_mut() {
-            ensure_shape(h, rows, cols);
-        }
-        invstd.resize(cols, 0.0);
-        let mut stats = Vec::with_capacity(if batch { cols } else { 0 });
-        let xs = x.as_slice();
-        let eps = self.eps as f32;
-        for j in 0..cols {
-            let col = &xs[j * rows..(j + 1) * rows];
-            let (mean, rstd) = if batch {
-                let (mean, var) = column_moments(col);
-                stats.push((mean, var));
-                (mean, 1.0 / (var + eps).sqrt())
-            } else {
-                let rm = self.running_mean().map_or(0.0, |m| m[j]);
-                let rv = self.running_var().map_or(1.0, |v| v[j]);
-                (rm, 1.0 / (rv + eps).sqrt())
-            };
-            invstd[j] = rstd;
-            let w = self.weight.as_ref().map_or(1.0, |p| p.value()[j]);
-            let b = self.bias.as_ref().map_or(0.0, |p| p.value()[j]);
-            let o = &mut out.as_mut_slice()[j * rows..(j + 1) * rows];
-            match xhat.as_deref_mut() {
-                Some(h) => {
-                    let h = &mut h.as_mut_slice()[j * rows..(j + 1) * rows];
-                    for ((o, h), &v) in o.iter_mut().zip(h).zip(col) {
-                        *h = (v - mean) * rstd;
-                        *o = *h * w + b;
-                    }
-                }
-                None => {
-                    for (o, &v) in o.iter_mut().zip(col) {
-                        *o = (v - mean) * rstd * w + b;
-                    }
-                }
+        let (m, v): (&[f32], &[f32]) = match (batch, self.running_mean(), self.running_var()) {
+            (false, Some(m), Some(v)) => (m, v),
+            _ => {
+                mean.resize(cols, 0.0);
+                var.resize(cols, 0.0);
+                kernels::column_moments(x.as_slice(), rows, mean, var);
+                (mean, var)
             }
-        }
-        stats
+        };
+        let xhat = xhat.map(|h| {
+            ensure_shape(h, rows, cols);
+            h.as_mut_slice()
+        });
+        let invstd = invstd.map(|i| {
+            i.resize(cols, 0.0);
+            i.as_mut_slice()
+        });
+        kernels::normalize_columns(
+            x.as_slice(),
+            rows,
+            m,
+            v,
+            self.eps as f32,
+            self.weight.as_ref().map(|p| p.value().as_slice()),
+            self.bias.as_ref().map(|p| p.value().as_slice()),
+            xhat,
+            invstd,
+            out.as_mut_slice(),
+        );
     }
 
     /// PyTorch's running-statistics update after a training batch of
-    /// `n` rows with per-feature `(mean, biased variance)`.
-    fn update_running(&mut self, n: usize, stats: &[(f32, f32)]) {
+    /// `n` rows with per-feature means and biased variances.
+    fn update_running(&mut self, n: usize, mean: &[f32], var: &[f32]) {
         let Some(count) = self
             .num_batches_tracked
             .as_mut()
@@ -582,34 +590,19 @@ impl BatchNorm1d {
             Some(m) => m,
             None => 1.0 / count[0] as f64,
         } as f32;
-        let unbias = if n > 1 {
-            n as f32 / (n - 1) as f32
-        } else {
-            f32::NAN
-        };
+        // n > 1: a batch of one row is refused before this.
+        let unbias = n as f32 / (n - 1).max(1) as f32;
         if let Some(rm) = self.running_mean.as_mut().and_then(Buffer::as_f32_mut) {
-            for (r, (m, _)) in rm.iter_mut().zip(stats) {
+            for (r, m) in rm.iter_mut().zip(mean) {
                 *r = (1.0 - factor) * *r + factor * m;
             }
         }
         if let Some(rv) = self.running_var.as_mut().and_then(Buffer::as_f32_mut) {
-            for (r, (_, v)) in rv.iter_mut().zip(stats) {
+            for (r, v) in rv.iter_mut().zip(var) {
                 *r = (1.0 - factor) * *r + factor * (v * unbias);
             }
         }
     }
-}
-
-/// The mean and biased variance of a column, in two passes (the mean
-/// first, then the centred squares), as PyTorch's CPU kernel.
-fn column_moments(col: &[f32]) -> (f32, f32) {
-    if col.is_empty() {
-        return (0.0, f32::NAN);
-    }
-    let n = col.len() as f32;
-    let mean = col.iter().sum::<f32>() / n;
-    let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, var)
 }
 
 impl Module for BatchNorm1d {
@@ -683,11 +676,18 @@ impl Module for BatchNorm1d {
 
 impl Forward for BatchNorm1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut out = Tensor::zeros(0, 0);
+        self.forward_into(x, &mut out, &mut crate::Workspace::new())?;
+        Ok(out)
+    }
+
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
         let batch = self.uses_batch_stats(false);
         self.check(x, batch)?;
-        let mut out = Tensor::zeros(0, 0);
-        self.compute(x, batch, &mut Vec::new(), None, &mut out);
-        Ok(out)
+        // With running statistics (the usual case) no scratch is needed.
+        let (mut mean, mut var) = (Vec::new(), Vec::new());
+        self.compute(x, batch, &mut mean, &mut var, None, None, out);
+        Ok(())
     }
 
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
@@ -696,11 +696,24 @@ impl Forward for BatchNorm1d {
         let mut xhat = std::mem::replace(&mut self.xhat, Tensor::zeros(0, 0));
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
         let mut invstd = std::mem::take(&mut self.invstd);
-        let stats = self.compute(x, batch, &mut invstd, Some(&mut xhat), &mut out);
-        if self.training {
-            self.update_running(x.nrows(), &stats);
+        let (mut mean, mut var) = (
+            std::mem::take(&mut self.mean),
+            std::mem::take(&mut self.var),
+        );
+        self.compute(
+            x,
+            batch,
+            &mut mean,
+            &mut var,
+            Some(&mut xhat),
+            Some(&mut invstd),
+            &mut out,
+        );
+        if self.training && batch {
+            self.update_running(x.nrows(), &mean, &var);
         }
         (self.xhat, self.output, self.invstd) = (xhat, out, invstd);
+        (self.mean, self.var) = (mean, var);
         self.batch_stats = batch;
         self.recorded = true;
         Ok(&self.output)
@@ -722,39 +735,29 @@ impl Forward for BatchNorm1d {
         self.recorded = false;
         let (rows, cols) = grad.shape();
         ensure_shape(&mut self.grad_input, rows, cols);
-        let (g, h) = (grad.as_slice(), self.xhat.as_slice());
-        let mut sums = vec![(0.0f32, 0.0f32); cols];
-        let n = rows as f32;
-        for (j, sum) in sums.iter_mut().enumerate() {
-            let range = j * rows..(j + 1) * rows;
-            let (gc, hc) = (&g[range.clone()], &h[range.clone()]);
-            let (mut sg, mut sgh) = (0.0f32, 0.0f32);
-            for (&a, &b) in gc.iter().zip(hc) {
-                sg += a;
-                sgh += a * b;
-            }
-            *sum = (sg, sgh);
-            let w = self.weight.as_ref().map_or(1.0, |p| p.value()[j]);
-            let scale = w * self.invstd[j];
-            let dx = &mut self.grad_input.as_mut_slice()[range];
-            if self.batch_stats {
-                let (mg, mgh) = (sg / n, sgh / n);
-                for ((d, &a), &b) in dx.iter_mut().zip(gc).zip(hc) {
-                    *d = scale * (a - mg - b * mgh);
-                }
-            } else {
-                for (d, &a) in dx.iter_mut().zip(gc) {
-                    *d = scale * a;
-                }
-            }
-        }
+        // The statistics are not needed any more: their room holds the
+        // column sums.
+        self.mean.resize(cols, 0.0);
+        self.var.resize(cols, 0.0);
+        kernels::batch_norm_dx(
+            grad.as_slice(),
+            self.xhat.as_slice(),
+            rows,
+            &self.invstd,
+            self.weight.as_ref().map(|p| p.value().as_slice()),
+            self.batch_stats,
+            &mut self.mean,
+            &mut self.var,
+            self.grad_input.as_mut_slice(),
+        );
+        let (sum_g, sum_gh) = (&self.mean, &self.var);
         if let Some((_, dw, acc)) = self.weight.as_mut().and_then(Param::grad_slot) {
-            for (d, (_, s)) in dw.as_mut_slice().iter_mut().zip(&sums) {
+            for (d, s) in dw.as_mut_slice().iter_mut().zip(sum_gh) {
                 *d = if acc { *d + s } else { *s };
             }
         }
         if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
-            for (d, (s, _)) in db.as_mut_slice().iter_mut().zip(&sums) {
+            for (d, s) in db.as_mut_slice().iter_mut().zip(sum_g) {
                 *d = if acc { *d + s } else { *s };
             }
         }

@@ -1143,19 +1143,31 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The first parameter holding NaN or ±Inf.
+/// The first parameter or float buffer holding NaN or ±Inf, in
+/// `state_dict` order.
 pub(crate) fn check_finite<M: Module + ?Sized>(model: &M) -> Result<()> {
-    for (name, p) in model.named_parameters() {
-        let values = p.to_row_major();
+    let mut bad: Option<Error> = None;
+    walk_state(model, &mut String::new(), &mut |name, state| {
+        if bad.is_some() {
+            return;
+        }
+        let (values, is_buffer) = match state {
+            State::Param(p) => (p.to_row_major(), false),
+            State::Buffer(b) => match b.as_f32() {
+                Some(v) => (v.to_vec(), true),
+                None => return,
+            },
+        };
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                name,
+            bad = Some(Error::NonFinite {
+                name: name.to_owned(),
                 index: i,
                 value: values[i],
+                is_buffer,
             });
         }
-    }
-    Ok(())
+    });
+    bad.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
