@@ -533,8 +533,7 @@ impl BatchNorm1d {
         &self,
         x: &Tensor,
         batch: bool,
-        mean: &mut Vec<f32>,
-        var: &mut Vec<f32>,
+        (mean, var): (&mut Vec<f32>, &mut Vec<f32>),
         xhat: Option<&mut Tensor>,
         invstd: Option<&mut Vec<f32>>,
         out: &mut Tensor,
@@ -686,7 +685,7 @@ impl Forward for BatchNorm1d {
         self.check(x, batch)?;
         // With running statistics (the usual case) no scratch is needed.
         let (mut mean, mut var) = (Vec::new(), Vec::new());
-        self.compute(x, batch, &mut mean, &mut var, None, None, out);
+        self.compute(x, batch, (&mut mean, &mut var), None, None, out);
         Ok(())
     }
 
@@ -703,8 +702,7 @@ impl Forward for BatchNorm1d {
         self.compute(
             x,
             batch,
-            &mut mean,
-            &mut var,
+            (&mut mean, &mut var),
             Some(&mut xhat),
             Some(&mut invstd),
             &mut out,
