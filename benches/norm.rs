@@ -17,6 +17,10 @@ fn norm(c: &mut Criterion) {
     c.bench_function("layernorm_b256_fwd", |b| {
         b.iter(|| ln.forward(black_box(&x)).unwrap())
     });
+    let (mut out, mut ws) = (Tensor::zeros(0, 0), nncore::Workspace::new());
+    c.bench_function("layernorm_b256_fwd_into", |b| {
+        b.iter(|| ln.forward_into(black_box(&x), &mut out, &mut ws).unwrap())
+    });
     c.bench_function("layernorm_b256_fwd_bwd", |b| {
         b.iter(|| {
             ln.forward_train(black_box(&x)).unwrap();
