@@ -140,7 +140,8 @@ pub fn row_dot_with(
 /// the end of a row (into the next one) when the buffer allows it; those
 /// lanes are never stored.
 macro_rules! bodies {
-    ($axpy:ident, $block:ident, $dot:ident, $fma:tt) => {
+    ($axpy:ident, $block:ident, $dot:ident, $rows:ident, $rows_block:ident, $fma:tt,
+     w1 = $w1:literal, w2 = $w2:literal, w4 = $w4:literal) => {
         #[inline(always)]
         fn $block<const W: usize>(
             y: &mut [f32],
@@ -207,26 +208,145 @@ macro_rules! bodies {
         }
 
         #[inline(always)]
-        pub(super) fn $axpy(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
+        pub(in crate::kernels) fn $axpy(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
+            // Blocks of up to `w1` outputs, two sets of accumulators each:
+            // 8 vector registers, whatever the vector width.
+            const W: usize = $w1;
             let n = y.len();
             let mut j0 = 0;
             while j0 < n {
                 let left = n - j0;
-                if left > 32 {
-                    $block::<64>(y, a, b, row_stride, j0, beta);
-                    j0 += 64;
-                } else if left > 16 {
-                    $block::<32>(y, a, b, row_stride, j0, beta);
-                    j0 += 32;
+                if left > W / 2 {
+                    $block::<W>(y, a, b, row_stride, j0, beta);
+                    j0 += W;
+                } else if left > W / 4 {
+                    $block::<{ W / 2 }>(y, a, b, row_stride, j0, beta);
+                    j0 += W / 2;
                 } else {
-                    $block::<16>(y, a, b, row_stride, j0, beta);
-                    j0 += 16;
+                    $block::<{ W / 4 }>(y, a, b, row_stride, j0, beta);
+                    j0 += W / 4;
                 }
             }
         }
 
+        /// `M` rows of `a` times `b` for outputs `j0..j0 + W`: `M x W`
+        /// accumulators in registers, each row of `b` loaded once for
+        /// all `M` rows. `op(a)` element `(r, p)` is at `a[r + p * lda]`.
         #[inline(always)]
-        pub(super) fn $dot(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
+        fn $rows_block<const M: usize, const W: usize>(
+            y: &mut [f32],
+            ldy: usize,
+            a: &[f32],
+            lda: usize,
+            k: usize,
+            b: &[f32],
+            row_stride: usize,
+            (j0, n): (usize, usize),
+            beta: f32,
+        ) {
+            let valid = n.saturating_sub(j0).min(W);
+            let mut acc = [[0.0f32; W]; M];
+            // Rows of `b` whose block lies inside the buffer are read in
+            // place, the last few through a zero-padded copy.
+            let direct = if b.len() >= j0 + W {
+                ((b.len() - j0 - W) / row_stride.max(1) + 1).min(k)
+            } else {
+                0
+            };
+            #[inline(always)]
+            fn step<const M: usize, const W: usize>(
+                acc: &mut [[f32; W]; M],
+                row: &[f32; W],
+                col: &[f32; M],
+            ) {
+                for r in 0..M {
+                    let ar = col[r];
+                    for l in 0..W {
+                        acc[r][l] = bodies!(@madd $fma, row[l], ar, acc[r][l]);
+                    }
+                }
+            }
+            for p in 0..direct {
+                let start = p * row_stride + j0;
+                let row: &[f32; W] = b[start..start + W].try_into().expect("in bounds");
+                let col: &[f32; M] = a[p * lda..p * lda + M].try_into().expect("in bounds");
+                step(&mut acc, row, col);
+            }
+            for p in direct..k {
+                let start = p * row_stride + j0;
+                let mut row = [0.0f32; W];
+                let avail = b.len().saturating_sub(start).min(W);
+                row[..avail].copy_from_slice(&b[start..start + avail]);
+                let col: &[f32; M] = a[p * lda..p * lda + M].try_into().expect("in bounds");
+                step(&mut acc, &row, col);
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (l, v) in acc_r.iter().enumerate().take(valid) {
+                    let o = &mut y[r + (j0 + l) * ldy];
+                    *o = if beta == 0.0 { *v } else { beta * *o + v };
+                }
+            }
+        }
+
+        /// Rows `r0..r0 + M` of the small product, all output blocks.
+        #[inline(always)]
+        fn rows_group<const M: usize, const W: usize>(
+            y: &mut [f32],
+            ldy: usize,
+            a: &[f32],
+            lda: usize,
+            k: usize,
+            b: &[f32],
+            row_stride: usize,
+            n: usize,
+            beta: f32,
+        ) {
+            let mut j0 = 0;
+            while j0 < n {
+                $rows_block::<M, W>(y, ldy, a, lda, k, b, row_stride, (j0, n), beta);
+                j0 += W;
+            }
+        }
+
+        /// `y = beta * y + a * b` for a few rows (`m = ldy`): `a` column-
+        /// major `m x k` with leading dimension `lda`, `b` with rows of
+        /// `n` contiguous values `row_stride` apart, `y` column-major
+        /// `m x n`. Rows go in groups of 4, 2 and 1.
+        #[inline(always)]
+        pub(in crate::kernels) fn $rows(
+            y: &mut [f32],
+            m: usize,
+            a: &[f32],
+            lda: usize,
+            k: usize,
+            b: &[f32],
+            row_stride: usize,
+            beta: f32,
+        ) {
+            let n = if m == 0 { 0 } else { y.len() / m };
+            let mut r0 = 0;
+            while r0 < m {
+                let left = m - r0;
+                // Row r0 of `y` and of `op(a)` start the sub-problem.
+                let (ys, as_) = (&mut y[r0..], a.get(r0..).unwrap_or(&[]));
+                // (Groups of 8 rows measured slower than two of 4: their
+                // accumulators do not stay in registers.)
+                let g = if left >= 4 {
+                    rows_group::<4, $w4>(ys, m, as_, lda, k, b, row_stride, n, beta);
+                    4
+                } else if left >= 2 {
+                    rows_group::<2, $w2>(ys, m, as_, lda, k, b, row_stride, n, beta);
+                    2
+                } else {
+                    rows_group::<1, $w2>(ys, m, as_, lda, k, b, row_stride, n, beta);
+                    1
+                };
+                r0 += g;
+            }
+        }
+
+        #[inline(always)]
+        pub(in crate::kernels) fn $dot(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
             let k = a.len();
             for (j, yj) in y.iter_mut().enumerate() {
                 let col = &b[j * col_stride..j * col_stride + k];
@@ -252,43 +372,177 @@ macro_rules! bodies {
     (@madd nofma, $x:expr, $y:expr, $acc:expr) => { $acc + $x * $y };
 }
 
+// Widths (outputs per block) keep the accumulators in registers: 32
+// vector registers of 16 lanes with AVX-512, 16 of 8 with AVX2, 16 of 4
+// (SSE2) for the portable build.
 #[allow(clippy::assign_op_pattern, clippy::needless_range_loop)]
 mod generated {
-    bodies!(axpy_fma, block_fma, dot_fma, fma);
-    bodies!(axpy_plain, block_plain, dot_plain, nofma);
+    pub(super) mod avx512 {
+        bodies!(
+            axpy,
+            block,
+            dot,
+            rows,
+            rows_block,
+            fma,
+            w1 = 64,
+            w2 = 64,
+            w4 = 64
+        );
+    }
+    pub(super) mod avx2 {
+        bodies!(
+            axpy,
+            block,
+            dot,
+            rows,
+            rows_block,
+            fma,
+            w1 = 32,
+            w2 = 32,
+            w4 = 16
+        );
+    }
+    pub(super) mod portable {
+        bodies!(
+            axpy,
+            block,
+            dot,
+            rows,
+            rows_block,
+            nofma,
+            w1 = 16,
+            w2 = 16,
+            w4 = 8
+        );
+    }
 }
-use generated::{axpy_fma, axpy_plain, dot_fma, dot_plain};
+use generated::{avx2, avx512, portable};
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn row_axpy_avx512(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
-    axpy_fma(y, a, b, row_stride, beta);
+    avx512::axpy(y, a, b, row_stride, beta);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_axpy_avx2(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
-    axpy_fma(y, a, b, row_stride, beta);
+    avx2::axpy(y, a, b, row_stride, beta);
 }
 
 fn row_axpy_portable(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
-    axpy_plain(y, a, b, row_stride, beta);
+    portable::axpy(y, a, b, row_stride, beta);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn row_dot_avx512(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
-    dot_fma(y, a, b, col_stride, beta);
+    avx512::dot(y, a, b, col_stride, beta);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_dot_avx2(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
-    dot_fma(y, a, b, col_stride, beta);
+    avx2::dot(y, a, b, col_stride, beta);
 }
 
 fn row_dot_portable(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
-    dot_plain(y, a, b, col_stride, beta);
+    portable::dot(y, a, b, col_stride, beta);
+}
+
+/// `y = beta * y + a * b` for a small number of rows `m`: `y` is the
+/// column-major `m x n` output (`n = y.len() / m`), `a` the column-major
+/// `m x k` left operand with leading dimension `lda` (element `(r, p)` at
+/// `a[r + p * lda]`), and `b` holds `k` rows of `n` contiguous values,
+/// `row_stride` apart (a linear layer's `W^T`). Each row of `b` is loaded
+/// once per group of up to 4 rows of `a` and used from registers: the
+/// small-batch path between [`row_axpy`] (one row) and the packed GEMM.
+///
+/// # Panics
+/// When a slice is too short for the shapes given, or `y.len()` is not a
+/// multiple of `m`.
+pub fn rows_axpy(
+    y: &mut [f32],
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    k: usize,
+    b: &[f32],
+    row_stride: usize,
+    beta: f32,
+) {
+    rows_axpy_with(best(), y, m, a, lda, k, b, row_stride, beta);
+}
+
+/// [`rows_axpy`] with a chosen variant (for tests and benches).
+///
+/// # Panics
+/// As [`rows_axpy`], and when the CPU cannot run `variant`.
+pub fn rows_axpy_with(
+    variant: Variant,
+    y: &mut [f32],
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    k: usize,
+    b: &[f32],
+    row_stride: usize,
+    beta: f32,
+) {
+    assert!(
+        m > 0 && y.len().is_multiple_of(m),
+        "rows_axpy: y is not m x n"
+    );
+    assert!(lda >= m, "rows_axpy: lda < m");
+    let n = y.len() / m;
+    if let Some(lp) = k.checked_sub(1) {
+        assert!(a.len() >= lp * lda + m, "rows_axpy: a too short");
+        assert!(b.len() >= lp * row_stride + n, "rows_axpy: b too short");
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    fn on_avx512(
+        y: &mut [f32],
+        m: usize,
+        a: &[f32],
+        s: usize,
+        k: usize,
+        b: &[f32],
+        rs: usize,
+        beta: f32,
+    ) {
+        avx512::rows(y, m, a, s, k, b, rs, beta);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn on_avx2(
+        y: &mut [f32],
+        m: usize,
+        a: &[f32],
+        s: usize,
+        k: usize,
+        b: &[f32],
+        rs: usize,
+        beta: f32,
+    ) {
+        avx2::rows(y, m, a, s, k, b, rs, beta);
+    }
+    match variant {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => {
+            assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+            // SAFETY: the CPU supports the features (checked above).
+            unsafe { on_avx512(y, m, a, lda, k, b, row_stride, beta) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => {
+            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+            // SAFETY: the CPU supports the features (checked above).
+            unsafe { on_avx2(y, m, a, lda, k, b, row_stride, beta) }
+        }
+        _ => portable::rows(y, m, a, lda, k, b, row_stride, beta),
+    }
 }
 
 #[cfg(test)]
@@ -753,6 +1007,55 @@ multiversion! {
             i = end;
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod rows_tests {
+    use super::*;
+
+    /// Every variant of the small-batch kernel matches a plain loop, for
+    /// every row count up to 17 (all groupings of 8, 4, 2, 1) and output
+    /// counts around the block widths, with and without `beta`.
+    #[test]
+    fn every_variant_matches_a_plain_loop() {
+        for m in 1..=17usize {
+            for &(k, n) in &[
+                (100usize, 50usize),
+                (7, 3),
+                (33, 17),
+                (5, 65),
+                (1, 1),
+                (0, 4),
+                (9, 129),
+            ] {
+                // op(a) = x (m x k) column-major: (r, p) at r + p m.
+                let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+                let rs = n + 3;
+                let b: Vec<f32> = (0..k * rs + n).map(|i| (i as f32 * 0.11).cos()).collect();
+                let expected: Vec<f32> = (0..m * n)
+                    .map(|e| {
+                        let (r, j) = (e % m, e / m);
+                        0.5 + (0..k).map(|p| a[r + p * m] * b[p * rs + j]).sum::<f32>()
+                    })
+                    .collect();
+                for v in available_variants() {
+                    let mut y = vec![1.0f32; m * n];
+                    rows_axpy_with(v, &mut y, m, &a, m, k, &b, rs, 0.5);
+                    for (i, (g, e)) in y.iter().zip(&expected).enumerate() {
+                        assert!(
+                            (g - e).abs() < 1e-4,
+                            "{v:?} m={m} k={k} n={n} [{i}]: {g} vs {e}"
+                        );
+                    }
+                    let mut y = vec![f32::NAN; m * n];
+                    rows_axpy_with(v, &mut y, m, &a, m, k, &b, rs, 0.0);
+                    for (g, e) in y.iter().zip(&expected) {
+                        assert!((g - (e - 0.5)).abs() < 1e-4, "{v:?} beta 0");
+                    }
+                }
+            }
+        }
     }
 }
 

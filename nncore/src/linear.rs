@@ -264,7 +264,13 @@ impl Linear {
         f: impl FnOnce(&Tensor, Trans) -> R,
     ) -> R {
         let w = self.weight.value();
-        let min_rows = if now { TRANSPOSE_TRAIN_ROWS } else { 2 };
+        // Small batches run on the row kernel, which wants the weight as
+        // it is (`W^T` with contiguous rows): no copy for them.
+        let min_rows = if now {
+            TRANSPOSE_TRAIN_ROWS
+        } else {
+            crate::ops::SMALL_ROWS + 1
+        };
         if rows < min_rows || self.weight.numel() < TRANSPOSE_MIN {
             return f(w, Trans::Yes);
         }

@@ -1,0 +1,79 @@
+//! Small-batch latency, one thread: SimpleNet (100-50-10) and the MLP
+//! (784-1024-1024-10) at batch 1, 2, 4, 8 and 16, through `forward` (a new
+//! output each call) and `forward_into` (caller's output, no allocation).
+//! `cargo bench --bench latency`. Each line also prints the time per
+//! multiply-add in nanoseconds, for cycles per multiply-add at the
+//! machine's clock.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use nncore::prelude::*;
+use nncore::Workspace;
+use nnrs::workloads::{input, mlp, simple_net};
+use std::hint::black_box;
+
+fn latency(c: &mut Criterion) {
+    nncore::ops::set_num_threads(1);
+    let simple = simple_net(0);
+    let big = mlp(0);
+    for batch in [1usize, 2, 4, 8, 16] {
+        let x = input(batch, 100, 1);
+        let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+        c.bench_function(&format!("simple_b{batch}_fwd"), |b| {
+            b.iter(|| simple.forward(black_box(&x)).unwrap())
+        });
+        c.bench_function(&format!("simple_b{batch}_fwd_into"), |b| {
+            b.iter(|| {
+                simple
+                    .forward_into(black_box(&x), &mut out, &mut ws)
+                    .unwrap()
+            })
+        });
+        let x = input(batch, 784, 1);
+        c.bench_function(&format!("mlp_b{batch}_fwd_into"), |b| {
+            b.iter(|| big.forward_into(black_box(&x), &mut out, &mut ws).unwrap())
+        });
+    }
+}
+
+/// The crossover between the small-batch kernel (`rows_axpy`) and the
+/// packed GEMM (faer, what `matmul` runs for more than one row today), on
+/// the workloads' forward products `x W^T`, one thread.
+fn crossover(c: &mut Criterion) {
+    use nncore::ops::{matmul, Trans};
+    nncore::ops::set_num_threads(1);
+    for (name, k, n) in [
+        ("100x50", 100usize, 50usize),
+        ("784x1024", 784, 1024),
+        ("1024x1024", 1024, 1024),
+    ] {
+        let w = input(n, k, 7); // (out, in), as Linear holds it
+        for m in [2usize, 3, 4, 6, 7, 8, 16] {
+            let x = input(m, k, 8);
+            let mut y = Tensor::zeros(m, n);
+            c.bench_function(&format!("rows/{name}/m{m}"), |b| {
+                b.iter(|| {
+                    nncore::kernels::rows_axpy(
+                        y.as_mut_slice(),
+                        m,
+                        black_box(x.as_slice()),
+                        m,
+                        k,
+                        w.as_slice(),
+                        n,
+                        0.0,
+                    )
+                })
+            });
+            c.bench_function(&format!("gemm/{name}/m{m}"), |b| {
+                b.iter(|| matmul(1.0, black_box(&x), Trans::No, &w, Trans::Yes, 0.0, &mut y))
+            });
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
+    targets = latency, crossover
+}
+criterion_main!(benches);
