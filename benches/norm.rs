@@ -27,6 +27,23 @@ fn norm(c: &mut Criterion) {
             ln.backward(black_box(&g)).unwrap();
         })
     });
+    // The kernels alone (what the layer adds around them: the checks and
+    // the workspace).
+    {
+        use nncore::kernels;
+        let (rows, xs) = (256usize, x.as_slice());
+        let (w, bias) = (vec![1.0f32; 1024], vec![0.0f32; 1024]);
+        let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+        let mut o: Vec<f32> = Vec::with_capacity(rows * 1024);
+        let o = o.spare_capacity_mut();
+        c.bench_function("layernorm_b256_kernels", |b| {
+            b.iter(|| {
+                kernels::row_moments(black_box(xs), rows, 1e-5, &mut mean, &mut rstd);
+                let (w, bias) = (Some(&w[..]), Some(&bias[..]));
+                kernels::normalize_rows(xs, rows, &mean, &rstd, w, bias, None, o);
+            })
+        });
+    }
     let mut bn = BatchNorm1d::new(1024);
     // Running statistics away from 0 and 1, as after training.
     bn.forward_train(&x).unwrap();

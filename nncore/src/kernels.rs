@@ -11,6 +11,7 @@
 // parameters as slices: more arguments than clippy's default.
 #![allow(clippy::too_many_arguments)]
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// Which compiled variant runs.
@@ -702,7 +703,9 @@ multiversion! {
 
 multiversion! {
     /// `out[r, j] = xhat[r, j] * w[j] + b[j]` with `xhat = (x - mean) * rstd`
-    /// per row, column-major; `xhat` is written too when given.
+    /// per row, column-major; `xhat` is written too when given. Every
+    /// element of `out` (as long as `x`) is written, so it may start
+    /// uninitialised.
     pub fn normalize_rows / normalize_rows_with(
         x: &[f32],
         rows: usize,
@@ -711,7 +714,7 @@ multiversion! {
         w: Option<&[f32]>,
         b: Option<&[f32]>,
         xhat: Option<&mut [f32]>,
-        out: &mut [f32]
+        out: &mut [MaybeUninit<f32>]
     ) {
         if rows == 0 {
             return;
@@ -726,12 +729,12 @@ multiversion! {
                     for r in 0..rows {
                         let v = (xc[r] - mean[r]) * rstd[r];
                         hc[r] = v;
-                        oc[r] = v * wj + bj;
+                        oc[r] = MaybeUninit::new(v * wj + bj);
                     }
                 }
                 None => {
                     for r in 0..rows {
-                        oc[r] = (xc[r] - mean[r]) * rstd[r] * wj + bj;
+                        oc[r] = MaybeUninit::new((xc[r] - mean[r]) * rstd[r] * wj + bj);
                     }
                 }
             }
@@ -833,7 +836,8 @@ multiversion! {
     /// `out[:, j] = (x[:, j] - mean[j]) * invstd[j] * w[j] + b[j]` with
     /// `invstd[j] = 1 / sqrt(var[j] + eps)`, for a column-major matrix
     /// (BatchNorm); `xhat` gets the normalized values and `invstd` the
-    /// factors when given.
+    /// factors when given. Every element of `out` (as long as `x`) is
+    /// written, so it may start uninitialised.
     pub fn normalize_columns / normalize_columns_with(
         x: &[f32],
         rows: usize,
@@ -844,7 +848,7 @@ multiversion! {
         b: Option<&[f32]>,
         xhat: Option<&mut [f32]>,
         invstd: Option<&mut [f32]>,
-        out: &mut [f32]
+        out: &mut [MaybeUninit<f32>]
     ) {
         if rows == 0 {
             return;
@@ -862,12 +866,12 @@ multiversion! {
                     for r in 0..rows {
                         let v = (xc[r] - m) * s;
                         hc[r] = v;
-                        oc[r] = v * wj + bj;
+                        oc[r] = MaybeUninit::new(v * wj + bj);
                     }
                 }
                 None => {
                     for r in 0..rows {
-                        oc[r] = (xc[r] - m) * s * wj + bj;
+                        oc[r] = MaybeUninit::new((xc[r] - m) * s * wj + bj);
                     }
                 }
             }
@@ -1088,7 +1092,7 @@ mod layer_norm_tests {
                 Some(&w),
                 Some(&b),
                 Some(&mut h),
-                &mut out,
+                crate::ops::as_uninit(&mut out),
             );
             let mut dx = vec![0.0; rows * cols];
             let mut sums = vec![0.0; 2 * rows];
@@ -1184,7 +1188,7 @@ mod batch_norm_tests {
                 Some(&b),
                 Some(&mut h),
                 Some(&mut invstd),
-                &mut out,
+                crate::ops::as_uninit(&mut out),
             );
             for batch_stats in [true, false] {
                 let (mut sg, mut sgh) = (vec![0.0; cols], vec![0.0; cols]);

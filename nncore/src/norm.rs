@@ -1,11 +1,12 @@
 //! Normalization layers.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 use crate::activation::py_float;
 use crate::kernels;
 use crate::module::{Forward, Module};
-use crate::ops::ensure_shape;
+use crate::ops::{as_uninit, ensure_shape, new_filled};
 use crate::{Buffer, Error, ModulePath, Param, Result, Tensor};
 
 /// PyTorch's `nn.LayerNorm(normalized_shape)` over the features of a
@@ -127,10 +128,9 @@ impl LayerNorm {
         xhat: Option<&mut Tensor>,
         rstd: &mut [f32],
         mean: &mut [f32],
-        out: &mut Tensor,
+        out: &mut [MaybeUninit<f32>],
     ) {
         let (rows, cols) = x.shape();
-        ensure_shape(out, rows, cols);
         kernels::row_moments(x.as_slice(), rows, self.eps as f32, mean, rstd);
         let w = self.weight.as_ref().map(|p| p.value().as_slice());
         let b = self.bias.as_ref().map(|p| p.value().as_slice());
@@ -138,16 +138,7 @@ impl LayerNorm {
             ensure_shape(h, rows, cols);
             h.as_mut_slice()
         });
-        kernels::normalize_rows(
-            x.as_slice(),
-            rows,
-            mean,
-            rstd,
-            w,
-            b,
-            xhat,
-            out.as_mut_slice(),
-        );
+        kernels::normalize_rows(x.as_slice(), rows, mean, rstd, w, b, xhat, out);
     }
 }
 
@@ -195,19 +186,26 @@ impl Module for LayerNorm {
 
 impl Forward for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut out = Tensor::zeros(0, 0);
-        self.forward_into(x, &mut out, &mut crate::Workspace::new())?;
-        Ok(out)
+        self.check(x)?;
+        let mut stats = vec![0.0; 2 * x.nrows()];
+        let (mean, rstd) = stats.split_at_mut(x.nrows());
+        // SAFETY: the kernel writes every element of the output.
+        Ok(unsafe {
+            new_filled(x.nrows(), x.ncols(), |out| {
+                self.compute(x, None, rstd, mean, out);
+            })
+        })
     }
 
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut crate::Workspace) -> Result<()> {
         self.check(x)?;
+        ensure_shape(out, x.nrows(), x.ncols());
         // The per-row statistics live in a workspace matrix: no
         // allocation once it has served a batch of this size.
         let mut stats = ws.take();
         ensure_shape(&mut stats, x.nrows(), 2);
         let (mean, rstd) = stats.as_mut_slice().split_at_mut(x.nrows());
-        self.compute(x, None, rstd, mean, out);
+        self.compute(x, None, rstd, mean, as_uninit(out.as_mut_slice()));
         ws.give(stats);
         Ok(())
     }
@@ -220,7 +218,14 @@ impl Forward for LayerNorm {
         let mut mean = std::mem::take(&mut self.scratch);
         rstd.resize(x.nrows(), 0.0);
         mean.resize(x.nrows(), 0.0);
-        self.compute(x, Some(&mut xhat), &mut rstd, &mut mean, &mut out);
+        ensure_shape(&mut out, x.nrows(), x.ncols());
+        self.compute(
+            x,
+            Some(&mut xhat),
+            &mut rstd,
+            &mut mean,
+            as_uninit(out.as_mut_slice()),
+        );
         (self.xhat, self.output, self.rstd, self.scratch) = (xhat, out, rstd, mean);
         self.recorded = true;
         Ok(&self.output)
@@ -536,10 +541,9 @@ impl BatchNorm1d {
         (mean, var): (&mut Vec<f32>, &mut Vec<f32>),
         xhat: Option<&mut Tensor>,
         invstd: Option<&mut Vec<f32>>,
-        out: &mut Tensor,
+        out: &mut [MaybeUninit<f32>],
     ) {
         let (rows, cols) = x.shape();
-        ensure_shape(out, rows, cols);
         let (m, v): (&[f32], &[f32]) = match (batch, self.running_mean(), self.running_var()) {
             (false, Some(m), Some(v)) => (m, v),
             _ => {
@@ -567,7 +571,7 @@ impl BatchNorm1d {
             self.bias.as_ref().map(|p| p.value().as_slice()),
             xhat,
             invstd,
-            out.as_mut_slice(),
+            out,
         );
     }
 
@@ -675,17 +679,31 @@ impl Module for BatchNorm1d {
 
 impl Forward for BatchNorm1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut out = Tensor::zeros(0, 0);
-        self.forward_into(x, &mut out, &mut crate::Workspace::new())?;
-        Ok(out)
+        let batch = self.uses_batch_stats(false);
+        self.check(x, batch)?;
+        let (mut mean, mut var) = (Vec::new(), Vec::new());
+        // SAFETY: the kernel writes every element of the output.
+        Ok(unsafe {
+            new_filled(x.nrows(), x.ncols(), |out| {
+                self.compute(x, batch, (&mut mean, &mut var), None, None, out);
+            })
+        })
     }
 
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
         let batch = self.uses_batch_stats(false);
         self.check(x, batch)?;
+        ensure_shape(out, x.nrows(), x.ncols());
         // With running statistics (the usual case) no scratch is needed.
         let (mut mean, mut var) = (Vec::new(), Vec::new());
-        self.compute(x, batch, (&mut mean, &mut var), None, None, out);
+        self.compute(
+            x,
+            batch,
+            (&mut mean, &mut var),
+            None,
+            None,
+            as_uninit(out.as_mut_slice()),
+        );
         Ok(())
     }
 
@@ -699,13 +717,14 @@ impl Forward for BatchNorm1d {
             std::mem::take(&mut self.mean),
             std::mem::take(&mut self.var),
         );
+        ensure_shape(&mut out, x.nrows(), x.ncols());
         self.compute(
             x,
             batch,
             (&mut mean, &mut var),
             Some(&mut xhat),
             Some(&mut invstd),
-            &mut out,
+            as_uninit(out.as_mut_slice()),
         );
         if self.training && batch {
             self.update_running(x.nrows(), &mean, &var);

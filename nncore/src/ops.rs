@@ -568,6 +568,34 @@ pub fn copy_into(src: &Tensor, dst: &mut Tensor) {
     dst.as_mut_slice().copy_from_slice(src.as_slice());
 }
 
+/// `s` as a slice of possibly uninitialised values, for kernels that
+/// write every element of their output without reading it (so they can
+/// also fill a new allocation). The kernels only ever store initialised
+/// `f32`s through it, which keeps `s` initialised.
+pub(crate) fn as_uninit(s: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; every value of
+    // `s` is initialised, and the kernels write only initialised values.
+    unsafe { &mut *(std::ptr::from_mut(s) as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
+/// A new `rows x cols` matrix whose elements `fill` writes, all of them,
+/// without the zero-fill a `Tensor::zeros` would pay for.
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+pub(crate) unsafe fn new_filled(
+    rows: usize,
+    cols: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]),
+) -> Tensor {
+    let len = rows * cols;
+    let mut data: Vec<f32> = Vec::with_capacity(len);
+    fill(&mut data.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements (the caller's contract).
+    unsafe { data.set_len(len) };
+    Tensor::from_vec(rows, cols, data)
+}
+
 /// Makes `buf` a `rows x cols` matrix, reusing its allocation when it is
 /// large enough (so buffers that change shape between calls stop
 /// allocating once they have grown). The contents are unspecified
