@@ -422,3 +422,9 @@ fn derived_modules_register_buffer_fields() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn batch_norm_model_summary_is_torchinfo_text() {
+    let (m, ..) = model();
+    check_summary("bn_net", &m);
+}

@@ -398,7 +398,8 @@ fn summary_lists_layers_shapes_and_counts() {
     assert_eq!(s.total_params, 155);
     assert_eq!(s.frozen_params, 27);
     assert_eq!(s.trainable_params, 128);
-    let text = s.to_string();
+    // The dotted-path form.
+    let text = format!("{s:#}");
     assert!(text.contains("Total params: 155 (155)"), "{text}");
     assert!(text.contains("Non-trainable params: 27"), "{text}");
     assert!(text.contains("  features.2.fc (Linear)"), "{text}");
@@ -534,4 +535,42 @@ fn concurrent_inference_from_several_threads_agrees() {
             });
         }
     });
+}
+
+#[test]
+fn summary_prints_torchinfo_text() {
+    let mut blocks: Vec<Linear> = (0..3).map(|_| Linear::new(16, 16)).collect();
+    blocks.push(Linear::new(16, 4));
+    check_summary(
+        "stack",
+        &Stack {
+            blocks,
+            act: ReLU::new(),
+        },
+    );
+    check_summary(
+        "blocks",
+        &Blocks {
+            layers: [Block::new(6), Block::new(6)],
+        },
+    );
+    check_summary("with_seq", &WithSeq::new(true));
+    check_summary("with_seq_none", &WithSeq::new(false));
+    let mut frozen = WithSeq::new(true);
+    frozen.head.requires_grad_(false);
+    check_summary("frozen_head", &frozen);
+    check_summary(
+        "deep",
+        &Deep {
+            stages: (0..2)
+                .map(|_| seq![Linear::new(4, 4), LeakyReLU::new(0.1)])
+                .collect(),
+            heads: seq![seq![Linear::new(4, 2), Sigmoid::new()], Identity::new()],
+        },
+    );
+    check_summary("simple_net", &common::models::SimpleNet::new(100, 50, 10));
+    check_summary("net", &common::models::Net::new());
+    check_summary("mlp_b4096", &nnrs::workloads::mlp(0));
+    // A written forward: its layers show their output shapes.
+    check_summary("res_mlp", &nnrs::workloads::res_mlp(0, 100, 64, 2, 10));
 }

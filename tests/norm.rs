@@ -185,3 +185,9 @@ fn clipping_edge_cases() {
     assert!(nncore::clip_grad_norm_(&mut m, f64::NAN).is_err());
     assert!(nncore::clip_grad_value_(&mut m, -1.0).is_err());
 }
+
+#[test]
+fn layer_norm_model_summary_is_torchinfo_text() {
+    let (m, ..) = model();
+    check_summary("ln_net", &m);
+}

@@ -19,12 +19,24 @@ pub struct SummaryRow {
     pub output_shape: Option<(usize, usize)>,
     /// Parameter elements of the module and its submodules.
     pub params: usize,
+    /// Of those, the elements of parameters that train.
+    pub trainable_params: usize,
+    /// Whether the module has no children (torchinfo's leaf layer).
+    pub is_leaf: bool,
 }
 
-/// A table of a model's layers for a given input shape: path, type, output
-/// shape and parameter count of each, then the totals (all, trainable,
-/// frozen) and the parameter memory. Built by [`summary`]; print it with
-/// `{}`.
+/// A table of a model's layers for a given input shape, as
+/// `torchinfo.summary(model, input_size=(batch, features))` prints it: the
+/// tree by depth (`├─Linear: 1-1`), each layer's output shape and parameter
+/// count (`--` for containers), the totals, the mult-adds, and the input,
+/// forward/backward pass, parameter and total sizes in MB. Built by
+/// [`summary`]; print it with `{}`, or with `{:#}` for a form with dotted
+/// paths (`encoder.fc (Linear)`).
+///
+/// The rows follow registration order, one per module: torchinfo lists
+/// modules in the order the forward calls them, one row per call, so a
+/// written forward that calls its children in another order, or one child
+/// twice, prints differently there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     /// The layers, the model first, depth first.
@@ -39,6 +51,12 @@ pub struct Summary {
     pub param_bytes: usize,
     /// The input shape the summary was made for.
     pub input_shape: (usize, usize),
+    /// torchinfo's mult-adds: for each leaf layer, its parameter count
+    /// times the batch.
+    pub mult_adds: u64,
+    /// torchinfo's forward/backward pass size: twice the output bytes of
+    /// every leaf layer that has parameters.
+    pub pass_bytes: u64,
 }
 
 /// The most rows `summary` runs the model on.
@@ -76,8 +94,18 @@ fn with_commas(n: usize) -> String {
     out
 }
 
-fn count<M: Module + ?Sized>(m: &M) -> usize {
-    m.parameters().iter().map(|p| p.numel()).sum()
+/// All and trainable parameter elements of `m` and its submodules.
+fn count<M: Module + ?Sized>(m: &M) -> (usize, usize) {
+    m.parameters().iter().fold((0, 0), |(all, tr), p| {
+        let n = p.numel();
+        (all + n, tr + if p.requires_grad() { n } else { 0 })
+    })
+}
+
+fn is_leaf<M: Module + ?Sized>(m: &M) -> bool {
+    let mut leaf = true;
+    m.visit_children(&mut |_, _| leaf = false);
+    leaf
 }
 
 /// Runs `model` once on a zero input of `input_shape` and tabulates each
@@ -124,12 +152,15 @@ pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> R
     let scale = |shape: Option<(usize, usize)>| {
         shape.map(|(r, c)| (if r == traced { batch } else { r }, c))
     };
+    let (params, trainable_params) = count(model);
     let mut rows = vec![SummaryRow {
         path: String::new(),
         type_name: model.name().to_owned(),
         depth: 0,
         output_shape: scale(trace.shape_of("")),
-        params: count(model),
+        params,
+        trainable_params,
+        is_leaf: is_leaf(model),
     }];
     fn walk<N: Module + ?Sized>(
         m: &N,
@@ -144,12 +175,22 @@ pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> R
             } else {
                 format!("{prefix}.{name}")
             };
+            let (params, trainable_params) = count(child);
+            // A ModuleList is never called (PyTorch's has no forward):
+            // torchinfo shows no output for it.
+            let output_shape = if child.name() == "ModuleList" {
+                None
+            } else {
+                trace(&path)
+            };
             rows.push(SummaryRow {
                 path: path.clone(),
                 type_name: child.name().to_owned(),
                 depth,
-                output_shape: trace(&path),
-                params: count(child),
+                output_shape,
+                params,
+                trainable_params,
+                is_leaf: is_leaf(child),
             });
             walk(child, &path, depth + 1, trace, rows);
         });
@@ -163,18 +204,178 @@ pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> R
             trainable += p.numel();
         }
     }
+    let leaves = || rows.iter().filter(|r| r.is_leaf && r.depth > 0);
+    let mult_adds = leaves()
+        .map(|r| r.output_shape.map_or(0, |(b, _)| b as u64) * r.params as u64)
+        .sum();
+    let pass_bytes = leaves()
+        .filter(|r| r.params > 0)
+        .map(|r| r.output_shape.map_or(0, |(b, f)| 2 * 4 * (b * f) as u64))
+        .sum();
     Ok(Summary {
-        rows,
         total_params: total,
         trainable_params: trainable,
         frozen_params: total - trainable,
         param_bytes: total * std::mem::size_of::<f32>(),
         input_shape,
+        mult_adds,
+        pass_bytes,
+        rows,
     })
 }
 
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// torchinfo's number with its unit: `: 5,560`, ` (Units.MEGABYTES):
+/// 0.18` (the unit as torchinfo prints it under Python 3.11+).
+fn torchinfo_num(n: u64, auto_units: bool) -> String {
+    let (unit, v) = if !auto_units {
+        ("", n as f64)
+    } else if n as f64 >= 1e12 {
+        (" (Units.TERABYTES)", n as f64 / 1e12)
+    } else if n as f64 >= 1e9 {
+        (" (Units.GIGABYTES)", n as f64 / 1e9)
+    } else {
+        (" (Units.MEGABYTES)", n as f64 / 1e6)
+    };
+    if v.fract() == 0.0 {
+        format!("{unit}: {}", with_commas(v as usize))
+    } else {
+        let s = format!("{v:.2}");
+        let (int, frac) = s.split_once('.').unwrap_or((&s, "00"));
+        let int: usize = int.parse().unwrap_or(0);
+        format!("{unit}: {}.{frac}", with_commas(int))
+    }
+}
+
+impl Summary {
+    /// torchinfo's table.
+    fn fmt_torchinfo(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX_DEPTH: usize = 3;
+        const COL: usize = 25;
+        // depth-idx: a counter per depth, over the rows in order.
+        let mut counters: Vec<usize> = Vec::new();
+        let titles: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| {
+                if r.depth == 0 {
+                    return r.type_name.clone();
+                }
+                if counters.len() < r.depth {
+                    counters.resize(r.depth, 0);
+                }
+                counters[r.depth - 1] += 1;
+                format!("{}: {}-{}", r.type_name, r.depth, counters[r.depth - 1])
+            })
+            .collect();
+        // The name column: 40 wide, or the longest name rounded up to 5.
+        let longest = self
+            .rows
+            .iter()
+            .zip(&titles)
+            .map(|(r, t)| t.chars().count() + r.depth * 5 + 1)
+            .max()
+            .unwrap_or(0);
+        let name_w = if longest >= 40 {
+            longest.div_ceil(5) * 5
+        } else {
+            40
+        };
+        let rule = "=".repeat(name_w + 2 * COL);
+        let row = |name: &str, out: &str, params: &str| {
+            let line = format!("{name:<name_w$} {out:<COL$} {params:<COL$} ");
+            line.trim_end().to_owned()
+        };
+        let own = |i: usize| -> usize {
+            // Parameters of row i not in its children (torchinfo's
+            // leftover parameters).
+            let r = &self.rows[i];
+            let children: usize = self.rows[i + 1..]
+                .iter()
+                .take_while(|c| c.depth > r.depth)
+                .filter(|c| c.depth == r.depth + 1)
+                .map(|c| c.params)
+                .sum();
+            r.params.saturating_sub(children)
+        };
+        writeln!(f, "{rule}")?;
+        writeln!(
+            f,
+            "{}",
+            row("Layer (type:depth-idx)", "Output Shape", "Param #")
+        )?;
+        writeln!(f, "{rule}")?;
+        for (i, (r, title)) in self.rows.iter().zip(&titles).enumerate() {
+            if r.depth > MAX_DEPTH {
+                continue;
+            }
+            let start = match r.depth {
+                0 => String::new(),
+                1 => "├─".to_owned(),
+                d => format!("{}└─", "│    ".repeat(d - 1)),
+            };
+            let out = r
+                .output_shape
+                .map_or_else(|| "--".to_owned(), |(b, n)| format!("[{b}, {n}]"));
+            let params = if r.params == 0 {
+                "--".to_owned()
+            } else if r.is_leaf || r.depth == MAX_DEPTH {
+                let n = with_commas(r.params);
+                if r.trainable_params > 0 {
+                    n
+                } else {
+                    format!("({n})")
+                }
+            } else {
+                match own(i) {
+                    0 => "--".to_owned(),
+                    n => with_commas(n),
+                }
+            };
+            writeln!(f, "{}", row(&format!("{start}{title}"), &out, &params))?;
+        }
+        let input_bytes = (self.input_shape.0 as u64) * (self.input_shape.1 as u64) * 4;
+        let leaf_param_bytes: u64 = self
+            .rows
+            .iter()
+            .filter(|r| r.is_leaf && r.depth > 0)
+            .map(|r| 4 * r.params as u64)
+            .sum();
+        let mb = |b: u64| b as f64 / 1e6;
+        writeln!(f, "{rule}")?;
+        writeln!(
+            f,
+            "Total params{}",
+            torchinfo_num(self.total_params as u64, false)
+        )?;
+        writeln!(
+            f,
+            "Trainable params{}",
+            torchinfo_num(self.trainable_params as u64, false)
+        )?;
+        writeln!(
+            f,
+            "Non-trainable params{}",
+            torchinfo_num(self.frozen_params as u64, false)
+        )?;
+        writeln!(f, "Total mult-adds{}", torchinfo_num(self.mult_adds, true))?;
+        writeln!(f, "{rule}")?;
+        writeln!(f, "Input size (MB): {:.2}", mb(input_bytes))?;
+        writeln!(
+            f,
+            "Forward/backward pass size (MB): {:.2}",
+            mb(self.pass_bytes)
+        )?;
+        writeln!(f, "Params size (MB): {:.2}", mb(leaf_param_bytes))?;
+        writeln!(
+            f,
+            "Estimated Total Size (MB): {:.2}",
+            mb(input_bytes + self.pass_bytes + leaf_param_bytes)
+        )?;
+        write!(f, "{rule}")
+    }
+
+    /// The dotted-path form (`{:#}`).
+    fn fmt_paths(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let layer = |r: &SummaryRow| {
             let indent = "  ".repeat(r.depth);
             if r.path.is_empty() {
@@ -252,6 +453,16 @@ impl fmt::Display for Summary {
         )?;
         writeln!(f, "Params size (MB): {:.2}", self.param_bytes as f64 / 1e6)?;
         write!(f, "{rule}")
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            self.fmt_paths(f)
+        } else {
+            self.fmt_torchinfo(f)
+        }
     }
 }
 

@@ -78,3 +78,19 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Asserts that `nncore::summary` of `model` prints exactly the text
+/// torchinfo printed for case `name` of `tests/fixtures/summary.json`
+/// (written by `scripts/gen_summary_fixtures.py`).
+pub fn check_summary<M: nncore::Forward + ?Sized>(name: &str, model: &M) {
+    let fx = fixture("summary.json");
+    let c = case(&fx, name);
+    let shape = usizes(&c["input"]);
+    let s = nncore::summary(model, (shape[0], shape[1])).unwrap();
+    let expected = c["text"].as_str().unwrap();
+    assert_eq!(
+        s.to_string(),
+        expected,
+        "{name}:\n{s}\n---- torchinfo:\n{expected}"
+    );
+}
