@@ -27,12 +27,76 @@
 //! # Ok::<(), nncore::Error>(())
 //! ```
 //!
-//! ## Writing `forward`
-//! Anything but a plain chain is written as PyTorch's `forward` is, and
-//! trains with no hand-written gradient: give the struct a [`Tape`] field
-//! and put [`macro@forward`] on an `impl` block (see [`Tape`] for an
-//! example, and the README for what a forward may contain).
-//! [`gradcheck`] checks any module's backward against finite differences.
+//! # A path through the crate
+//!
+//! ## 1. Define and print
+//! Fields are layers; the derive registers their parameters under
+//! PyTorch's names (`fc1.weight`) and prints exactly what `print(model)`
+//! prints. Layers: [`Linear`], the activations ([`ReLU`], [`GELU`], ...),
+//! [`Dropout`], [`LayerNorm`], [`BatchNorm1d`]. `nncore::prelude::*` brings
+//! them all.
+//!
+//! ## 2. Train
+//! [`Forward::forward_train`] records what [`Forward::backward`] needs; a
+//! loss gives the output's gradient; an optimizer steps:
+//!
+//! ```
+//! use nncore::prelude::*;
+//!
+//! #[derive(Module)]
+//! struct Net { fc1: Linear, relu: ReLU, fc2: Linear }
+//!
+//! let mut net = Net { fc1: Linear::new(4, 8), relu: ReLU::new(), fc2: Linear::new(8, 3) };
+//! let mut opt = Adam::new(1e-2);
+//! let x = nncore::rand_uniform(16, 4, -1.0, 1.0);
+//! let labels: Vec<u64> = (0..16).map(|i| i % 3).collect();
+//! for _ in 0..50 {
+//!     net.zero_grad();
+//!     let logits = net.forward_train(&x)?;
+//!     let (loss, grad) = cross_entropy(logits, &labels)?;
+//!     net.backward_params(&grad)?;
+//!     opt.step(&mut net)?;
+//!     let _ = loss;
+//! }
+//! # Ok::<(), nncore::Error>(())
+//! ```
+//!
+//! Losses: [`MSELoss`], [`CrossEntropyLoss`], [`BCEWithLogitsLoss`];
+//! optimizers: [`Sgd`], [`Adam`] (and `Adam::adamw`); schedules:
+//! [`StepLr`], [`CosineAnnealingLr`]; clipping: [`clip_grad_norm_`].
+//!
+//! ## 3. Containers
+//! [`Sequential`] (`seq![...]`) is `nn.Sequential`; `Vec<M>` and `[M; N]`
+//! fields are `nn.ModuleList`; `Option<M>` fields register only when
+//! `Some`; `Vec<Box<dyn Layer>>` mixes layer types ([`Layer`]).
+//!
+//! ## 4. Write `forward`
+//! Anything but a plain chain (a residual block, a gate, a concatenation)
+//! is written as PyTorch's `forward` is, and trains with no hand-written
+//! gradient: give the struct a [`Tape`] field and put [`macro@forward`] on
+//! an `impl` block (see [`Tape`] and [`Forward`] for examples, and the
+//! README for what a forward may contain). [`gradcheck`] checks any
+//! module's backward against finite differences.
+//!
+//! ## 5. Weights, buffers and checkpoints
+//! [`Module::save_safetensors`] / [`Module::load_safetensors`] exchange
+//! files with PyTorch's `safetensors.torch` under the same names, shapes
+//! and order, buffers ([`Buffer`], BatchNorm's running statistics)
+//! included; a failed load reports everything and changes nothing
+//! ([`LoadError`]). [`save_checkpoint`] / [`load_checkpoint`] add the
+//! optimizer's and schedule's state, for bit-exact resumption.
+//!
+//! ## 6. Inspect
+//! [`summary()`](fn@summary) prints torchinfo's table; [`Module::named_parameters`],
+//! [`Module::named_buffers`], [`Module::state_dict`] list what a model holds.
+//!
+//! ## 7. Speed
+//! [`Forward::forward_into`] writes into a caller's output with buffers
+//! from a [`Workspace`]: after the first call of a shape it allocates
+//! nothing, and training steps after the first allocate nothing either.
+//! One row runs on a batch-1 kernel, a few rows on a small-batch kernel,
+//! larger batches on faer's GEMM; [`ops::set_num_threads`] sets the
+//! threads. The README has the measurements.
 //!
 //! ## Tensors
 //! A [`Tensor`] is nalgebra's `DMatrix<f32>` of shape `(batch, features)`,
