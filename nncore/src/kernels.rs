@@ -233,6 +233,10 @@ macro_rules! bodies {
         /// `M` rows of `a` times `b` for outputs `j0..j0 + W`: `M x W`
         /// accumulators in registers, each row of `b` loaded once for
         /// all `M` rows. `op(a)` element `(r, p)` is at `a[r + p * lda]`.
+        ///
+        /// The accumulators are `M` separate arrays, not one `[[f32; W];
+        /// M]`: LLVM keeps separate arrays in registers, but stored the
+        /// two-dimensional one to the stack at every step.
         #[inline(always)]
         fn $rows_block<const M: usize, const W: usize>(
             y: &mut [f32],
@@ -246,7 +250,7 @@ macro_rules! bodies {
             beta: f32,
         ) {
             let valid = n.saturating_sub(j0).min(W);
-            let mut acc = [[0.0f32; W]; M];
+            let (mut c0, mut c1, mut c2, mut c3) = ([0.0f32; W], [0.0f32; W], [0.0f32; W], [0.0f32; W]);
             // Rows of `b` whose block lies inside the buffer are read in
             // place, the last few through a zero-padded copy.
             let direct = if b.len() >= j0 + W {
@@ -254,35 +258,44 @@ macro_rules! bodies {
             } else {
                 0
             };
-            #[inline(always)]
-            fn step<const M: usize, const W: usize>(
-                acc: &mut [[f32; W]; M],
-                row: &[f32; W],
-                col: &[f32; M],
-            ) {
-                for r in 0..M {
-                    let ar = col[r];
+            let mut step = |row: &[f32; W], col: &[f32]| {
+                let x0 = col[0];
+                for l in 0..W {
+                    c0[l] = bodies!(@madd $fma, row[l], x0, c0[l]);
+                }
+                if M > 1 {
+                    let x1 = col[1];
                     for l in 0..W {
-                        acc[r][l] = bodies!(@madd $fma, row[l], ar, acc[r][l]);
+                        c1[l] = bodies!(@madd $fma, row[l], x1, c1[l]);
                     }
                 }
-            }
+                if M > 2 {
+                    let x2 = col[2];
+                    for l in 0..W {
+                        c2[l] = bodies!(@madd $fma, row[l], x2, c2[l]);
+                    }
+                }
+                if M > 3 {
+                    let x3 = col[3];
+                    for l in 0..W {
+                        c3[l] = bodies!(@madd $fma, row[l], x3, c3[l]);
+                    }
+                }
+            };
             for p in 0..direct {
                 let start = p * row_stride + j0;
                 let row: &[f32; W] = b[start..start + W].try_into().expect("in bounds");
-                let col: &[f32; M] = a[p * lda..p * lda + M].try_into().expect("in bounds");
-                step(&mut acc, row, col);
+                step(row, &a[p * lda..p * lda + M]);
             }
             for p in direct..k {
                 let start = p * row_stride + j0;
                 let mut row = [0.0f32; W];
                 let avail = b.len().saturating_sub(start).min(W);
                 row[..avail].copy_from_slice(&b[start..start + avail]);
-                let col: &[f32; M] = a[p * lda..p * lda + M].try_into().expect("in bounds");
-                step(&mut acc, &row, col);
+                step(&row, &a[p * lda..p * lda + M]);
             }
-            for (r, acc_r) in acc.iter().enumerate() {
-                for (l, v) in acc_r.iter().enumerate().take(valid) {
+            for (r, acc) in [&c0, &c1, &c2, &c3].into_iter().take(M).enumerate() {
+                for (l, v) in acc.iter().enumerate().take(valid) {
                     let o = &mut y[r + (j0 + l) * ldy];
                     *o = if beta == 0.0 { *v } else { beta * *o + v };
                 }
@@ -312,7 +325,8 @@ macro_rules! bodies {
         /// `y = beta * y + a * b` for a few rows (`m = ldy`): `a` column-
         /// major `m x k` with leading dimension `lda`, `b` with rows of
         /// `n` contiguous values `row_stride` apart, `y` column-major
-        /// `m x n`. Rows go in groups of 4, 2 and 1.
+        /// `m x n`. Rows go in groups of 4, then one group of the 1 to 3
+        /// left.
         #[inline(always)]
         pub(in crate::kernels) fn $rows(
             y: &mut [f32],
@@ -335,6 +349,9 @@ macro_rules! bodies {
                 let g = if left >= 4 {
                     rows_group::<4, $w4>(ys, m, as_, lda, k, b, row_stride, n, beta);
                     4
+                } else if left == 3 {
+                    rows_group::<3, $w4>(ys, m, as_, lda, k, b, row_stride, n, beta);
+                    3
                 } else if left >= 2 {
                     rows_group::<2, $w2>(ys, m, as_, lda, k, b, row_stride, n, beta);
                     2

@@ -347,9 +347,11 @@ pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32
 
 /// Up to this many rows, a product by a row-contiguous right operand runs
 /// on [`crate::kernels::rows_axpy`] instead of faer: measured on the
-/// workloads' shapes (100x50, 784x1024, 1024x1024), it is 2-5x faster at 2
-/// and 4 rows and on par or slower from 8.
-pub(crate) const SMALL_ROWS: usize = 7;
+/// workloads' shapes (`cargo bench --bench latency -- crossover`), it is
+/// 1.3-5x faster from 2 to 8 rows (100x50: 1.39 against 2.4 µs at 8 rows;
+/// 784x1024: 438 against 590 µs), on par at 16 rows on 100x50 and slower
+/// there on 784x1024 (749 against 600-690 µs).
+pub(crate) const SMALL_ROWS: usize = 8;
 
 /// The output shape `(m, n)` of `op(a) * op(b)`.
 fn dims(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans) -> (usize, usize) {
