@@ -269,7 +269,7 @@ impl Linear {
         let min_rows = if now {
             TRANSPOSE_TRAIN_ROWS
         } else {
-            crate::ops::SMALL_ROWS + 1
+            crate::ops::small_rows_limit(self.in_features(), self.out_features()) + 1
         };
         if rows < min_rows || self.weight.numel() < TRANSPOSE_MIN {
             return f(w, Trans::Yes);

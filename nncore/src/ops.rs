@@ -345,13 +345,21 @@ pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32
     Tensor::from_vec(m, n, data)
 }
 
-/// Up to this many rows, a product by a row-contiguous right operand runs
-/// on [`crate::kernels::rows_axpy`] instead of faer: measured on the
-/// workloads' shapes (`cargo bench --bench latency -- crossover`), it is
-/// 1.3-5x faster from 2 to 8 rows (100x50: 1.39 against 2.4 µs at 8 rows;
-/// 784x1024: 438 against 590 µs), on par at 16 rows on 100x50 and slower
-/// there on 784x1024 (749 against 600-690 µs).
-pub(crate) const SMALL_ROWS: usize = 8;
+/// Up to how many rows a `k x n` product by a row-contiguous right operand
+/// runs on [`crate::kernels::rows_axpy`] instead of faer. Measured on the
+/// workloads' shapes (`cargo bench --bench latency`): the row kernel is
+/// 1.3-5x faster from 2 to 8 rows on 100x50 (1.10 against 2.4 µs at 8
+/// rows); on weights too large for the cache (784x1024, 1024x1024) it
+/// wins up to 4 rows, which it serves in one pass over the weight, but
+/// the whole MLP at 8 rows (two passes) took 1.16 ms against faer's
+/// 0.9-1.0 ms.
+pub(crate) fn small_rows_limit(k: usize, n: usize) -> usize {
+    if k.saturating_mul(n) < 1 << 18 {
+        8
+    } else {
+        4
+    }
+}
 
 /// The output shape `(m, n)` of `op(a) * op(b)`.
 fn dims(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans) -> (usize, usize) {
@@ -451,11 +459,10 @@ unsafe fn gemm(
         }
         return;
     }
-    if m <= SMALL_ROWS && alpha == 1.0 && csb == 1 && rsa == 1 && csa as usize >= m {
+    if m <= small_rows_limit(k, n) && alpha == 1.0 && csb == 1 && rsa == 1 && csa as usize >= m {
         // A few rows (small batches) times `W^T`: each row of `W^T` loaded
         // once per group of rows, no packing. faer's set-up and packing
-        // cost more than the product below `SMALL_ROWS` rows
-        // (`cargo bench --bench latency -- crossover`).
+        // cost more than the product up to `small_rows_limit` rows.
         let beta = match init {
             Init::Zero => 0.0,
             Init::Scale(beta) => beta,
