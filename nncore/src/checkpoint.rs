@@ -275,7 +275,9 @@ pub(crate) fn tensor_data(p: &Param, t: &Tensor) -> TensorData {
     } else {
         t.as_slice().to_vec()
     };
-    TensorData::new(p.shape().to_vec(), values).unwrap_or_else(|_| TensorData::vector(Vec::new()))
+    // The state tensor has the parameter's storage shape: as many values
+    // as the parameter's PyTorch shape holds.
+    TensorData::from_checked(p.shape().to_vec(), values)
 }
 
 /// The reverse of [`tensor_data`], for data already checked to have the

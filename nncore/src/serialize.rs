@@ -124,6 +124,16 @@ impl TensorData {
         })
     }
 
+    /// An `f32` tensor whose shape the caller knows to hold `data.len()`
+    /// values (a parameter's shape and storage).
+    pub(crate) fn from_checked(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self {
+            shape,
+            values: Values::F32(data),
+        }
+    }
+
     /// A one-dimensional `f32` tensor (shape `[data.len()]`).
     #[must_use]
     pub fn vector(data: Vec<f32>) -> Self {
