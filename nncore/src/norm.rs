@@ -263,16 +263,7 @@ impl Forward for LayerNorm {
         );
         // The weight's and bias's gradients, summed over the rows above.
         let (gw, gb) = self.col_sums.split_at(cols);
-        if let Some((_, dw, acc)) = self.weight.as_mut().and_then(Param::grad_slot) {
-            for (d, s) in dw.as_mut_slice().iter_mut().zip(gw) {
-                *d = if acc { *d + s } else { *s };
-            }
-        }
-        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
-            for (d, s) in db.as_mut_slice().iter_mut().zip(gb) {
-                *d = if acc { *d + s } else { *s };
-            }
-        }
+        affine_grads(&mut self.weight, &mut self.bias, gw, gb);
         Ok(&self.grad_input)
     }
 }
@@ -767,17 +758,8 @@ impl Forward for BatchNorm1d {
             &mut self.var,
             self.grad_input.as_mut_slice(),
         );
-        let (sum_g, sum_gh) = (&self.mean, &self.var);
-        if let Some((_, dw, acc)) = self.weight.as_mut().and_then(Param::grad_slot) {
-            for (d, s) in dw.as_mut_slice().iter_mut().zip(sum_gh) {
-                *d = if acc { *d + s } else { *s };
-            }
-        }
-        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
-            for (d, s) in db.as_mut_slice().iter_mut().zip(sum_g) {
-                *d = if acc { *d + s } else { *s };
-            }
-        }
+        // sum(g * xhat) is the weight's gradient, sum(g) the bias's.
+        affine_grads(&mut self.weight, &mut self.bias, &self.var, &self.mean);
         Ok(&self.grad_input)
     }
 }
@@ -785,5 +767,18 @@ impl Forward for BatchNorm1d {
 impl fmt::Display for BatchNorm1d {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_repr(f)
+    }
+}
+
+/// Writes (or, when the parameter already holds a gradient, adds) the
+/// per-feature sums `gw` and `gb` into the gradients of a normalization
+/// layer's optional weight and bias.
+fn affine_grads(weight: &mut Option<Param>, bias: &mut Option<Param>, gw: &[f32], gb: &[f32]) {
+    for (p, sums) in [(weight, gw), (bias, gb)] {
+        if let Some((_, g, acc)) = p.as_mut().and_then(Param::grad_slot) {
+            for (d, s) in g.as_mut_slice().iter_mut().zip(sums) {
+                *d = if acc { *d + s } else { *s };
+            }
+        }
     }
 }
