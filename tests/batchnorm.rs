@@ -428,3 +428,45 @@ fn batch_norm_model_summary_is_torchinfo_text() {
     let (m, ..) = model();
     check_summary("bn_net", &m);
 }
+
+/// One BatchNorm1d applied at two places of a written forward.
+#[derive(Module)]
+struct TwiceNormed {
+    fc: Linear,
+    bn: BatchNorm1d,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl TwiceNormed {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.bn(x)?;
+        let h = self.fc(h)?;
+        self.bn(h)
+    }
+}
+
+#[test]
+fn a_batch_norm_used_twice_updates_its_statistics_once_per_call() {
+    let mut m = nncore::with_seed(4, || TwiceNormed {
+        fc: Linear::new(3, 3),
+        bn: BatchNorm1d::new(3).with_momentum(None),
+        tape: Tape::default(),
+    });
+    let x = nncore::Generator::new(5).uniform_tensor(6, 3, -2.0, 2.0);
+    // The same layer fed the same two inputs in order: what PyTorch's
+    // module, called twice in forward, holds afterwards.
+    let mut reference = BatchNorm1d::new(3).with_momentum(None);
+    let h = reference.forward_train(&x).unwrap().clone();
+    let h = m.fc.forward(&h).unwrap();
+    reference.forward_train(&h).unwrap();
+
+    let y = m.forward_train(&x).unwrap().clone();
+    let g = Tensor::from_element(6, 3, 0.5);
+    m.backward(&g).unwrap();
+    // The backward pass replays the first use; that replay moves no state.
+    assert_eq!(m.bn.num_batches_tracked(), Some(2));
+    assert_eq!(m.bn.running_mean(), reference.running_mean());
+    assert_eq!(m.bn.running_var(), reference.running_var());
+    assert_eq!(y.shape(), (6, 3));
+}

@@ -420,24 +420,39 @@ pub(crate) fn walk_state_mut<M: Module + ?Sized>(
     });
 }
 
-/// Every buffer's value, in [`walk_state`] order.
+/// Every buffer's value (own buffers, then each child's, depth first).
+/// Builds no names: for a module without buffers it allocates nothing.
 pub(crate) fn save_buffers<M: Module + ?Sized>(m: &M) -> Vec<Buffer> {
-    m.named_buffers()
-        .into_iter()
-        .map(|(_, b)| b.clone())
-        .collect()
+    fn walk(m: &dyn Module, out: &mut Vec<Buffer>) {
+        m.visit_own_buffers(&mut |_, b| out.push(b.clone()));
+        m.visit_children(&mut |_, c| walk(c, out));
+    }
+    let mut out = Vec::new();
+    m.visit_own_buffers(&mut |_, b| out.push(b.clone()));
+    m.visit_children(&mut |_, c| walk(c, &mut out));
+    out
 }
 
-/// Puts back the buffers [`save_buffers`] took from the same model.
+/// Puts back the buffers [`save_buffers`] took from the same module.
 pub(crate) fn restore_buffers<M: Module + ?Sized>(m: &mut M, saved: Vec<Buffer>) {
-    let mut saved = saved.into_iter();
-    walk_state_mut(m, &mut String::new(), &mut |_, s| {
-        if let StateMut::Buffer(b) = s {
+    fn walk(m: &mut dyn Module, saved: &mut std::vec::IntoIter<Buffer>) {
+        m.visit_own_buffers_mut(&mut |_, b| {
             if let Some(v) = saved.next() {
                 *b = v;
             }
+        });
+        m.visit_children_mut(&mut |_, c| walk(c, saved));
+    }
+    if saved.is_empty() {
+        return;
+    }
+    let mut saved = saved.into_iter();
+    m.visit_own_buffers_mut(&mut |_, b| {
+        if let Some(v) = saved.next() {
+            *b = v;
         }
     });
+    m.visit_children_mut(&mut |_, c| walk(c, &mut saved));
 }
 
 fn walk_modules<'a, M: Module + ?Sized>(

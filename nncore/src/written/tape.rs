@@ -426,14 +426,18 @@ impl Tape {
                 let slot = self.last_call.iter().position(|(k, _)| *k == key);
                 if let Some(slot) = slot.filter(|s| self.last_call[*s].1 != index) {
                     // Used again later in the forward: replay this call so
-                    // that the child's buffers hold it.
-                    let y = child
-                        .forward_train(&self.vals[input.0 as usize])
-                        .map_err(wrap)?;
-                    let same = y.shape() == self.vals[out.0 as usize].shape()
-                        && y.iter()
-                            .zip(self.vals[out.0 as usize].iter())
-                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                    // that the child's buffers hold it. The replay is not a
+                    // forward of the model: state it moves (BatchNorm's
+                    // running statistics) is put back.
+                    let state = crate::module::save_buffers(&*child);
+                    let same = child.forward_train(&self.vals[input.0 as usize]).map(|y| {
+                        y.shape() == self.vals[out.0 as usize].shape()
+                            && y.iter()
+                                .zip(self.vals[out.0 as usize].iter())
+                                .all(|(a, b)| a.to_bits() == b.to_bits())
+                    });
+                    crate::module::restore_buffers(&mut *child, state);
+                    let same = same.map_err(wrap)?;
                     if !same {
                         return Err(wrap(Error::InvalidInput {
                             path: ModulePath::leaf(child.name()),
