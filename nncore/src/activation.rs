@@ -67,19 +67,7 @@ impl Cache {
 
     /// Checks that a forward was recorded and `grad` has its shape.
     fn check(&mut self, name: &str, grad: &Tensor) -> Result<()> {
-        if !self.recorded {
-            return Err(Error::NoRecordedForward {
-                path: ModulePath::leaf(name),
-            });
-        }
-        if grad.shape() != self.output.shape() {
-            return Err(Error::gradient_shape(
-                name,
-                self.output.shape(),
-                grad.shape(),
-            ));
-        }
-        self.recorded = false;
+        crate::module::begin_backward(&mut self.recorded, name, self.output.shape(), grad)?;
         ensure_shape(&mut self.grad_input, grad.nrows(), grad.ncols());
         Ok(())
     }

@@ -396,16 +396,8 @@ impl Linear {
     /// The weight and bias gradients of a backward pass (`dW = g^T x`,
     /// `db` = column sums of `g`), accumulated into the parameters.
     fn param_grads(&mut self, grad: &Tensor) -> Result<()> {
-        if !self.recorded {
-            return Err(Error::NoRecordedForward {
-                path: ModulePath::leaf("Linear"),
-            });
-        }
         let expected = (self.input.nrows(), self.out_features());
-        if grad.shape() != expected {
-            return Err(Error::gradient_shape("Linear", expected, grad.shape()));
-        }
-        self.recorded = false;
+        crate::module::begin_backward(&mut self.recorded, "Linear", expected, grad)?;
         // dW = g^T x, db = column sums of g, dx = g W.
         if let Some((_, dw, acc)) = self.weight.grad_slot() {
             let beta = if acc { 1.0 } else { 0.0 };

@@ -420,6 +420,27 @@ pub(crate) fn walk_state_mut<M: Module + ?Sized>(
     });
 }
 
+/// The start of a layer's backward pass: `Err` when no training forward
+/// was recorded (or its backward already ran) or when `grad` does not have
+/// the recorded output's shape `expected`; otherwise consumes the record.
+pub(crate) fn begin_backward(
+    recorded: &mut bool,
+    name: &str,
+    expected: (usize, usize),
+    grad: &Tensor,
+) -> Result<()> {
+    if !*recorded {
+        return Err(Error::NoRecordedForward {
+            path: ModulePath::leaf(name),
+        });
+    }
+    if grad.shape() != expected {
+        return Err(Error::gradient_shape(name, expected, grad.shape()));
+    }
+    *recorded = false;
+    Ok(())
+}
+
 /// Every buffer's value (own buffers, then each child's, depth first).
 /// Builds no names: for a module without buffers it allocates nothing.
 pub(crate) fn save_buffers<M: Module + ?Sized>(m: &M) -> Vec<Buffer> {

@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 
 use crate::activation::py_float;
 use crate::kernels;
-use crate::module::{Forward, Module};
+use crate::module::{begin_backward, Forward, Module};
 use crate::ops::{as_uninit, ensure_shape, new_filled};
 use crate::{Buffer, Error, ModulePath, Param, Result, Tensor};
 
@@ -232,19 +232,7 @@ impl Forward for LayerNorm {
     }
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        if !self.recorded {
-            return Err(Error::NoRecordedForward {
-                path: ModulePath::leaf("LayerNorm"),
-            });
-        }
-        if grad.shape() != self.xhat.shape() {
-            return Err(Error::gradient_shape(
-                "LayerNorm",
-                self.xhat.shape(),
-                grad.shape(),
-            ));
-        }
-        self.recorded = false;
+        begin_backward(&mut self.recorded, "LayerNorm", self.xhat.shape(), grad)?;
         let (rows, cols) = grad.shape();
         let (g, h) = (grad.as_slice(), self.xhat.as_slice());
         let w = self.weight.as_ref().map(|p| p.value().as_slice());
@@ -728,19 +716,7 @@ impl Forward for BatchNorm1d {
     }
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        if !self.recorded {
-            return Err(Error::NoRecordedForward {
-                path: ModulePath::leaf("BatchNorm1d"),
-            });
-        }
-        if grad.shape() != self.xhat.shape() {
-            return Err(Error::gradient_shape(
-                "BatchNorm1d",
-                self.xhat.shape(),
-                grad.shape(),
-            ));
-        }
-        self.recorded = false;
+        begin_backward(&mut self.recorded, "BatchNorm1d", self.xhat.shape(), grad)?;
         let (rows, cols) = grad.shape();
         ensure_shape(&mut self.grad_input, rows, cols);
         // The statistics are not needed any more: their room holds the
