@@ -7,6 +7,13 @@ side-by-side table of median times with the ratio PyTorch / nncore.
 Not part of CI. Needs `pip install torch`.
 
     python scripts/bench_pytorch.py [--threads N] [--no-rust]
+
+With --latency: the small-batch forwards of `cargo bench --bench latency`
+(SimpleNet and the 784-1024-1024-10 MLP at batch 1 to 16), each framework
+in --runs separate processes (PyTorch, nncore's criterion bench, and with
+--peers candle and Burn from benches/peers, built beforehand with
+`cd benches/peers && cargo build --release`), the median of the runs per
+framework, and every ratio against nncore from that one invocation.
 """
 import argparse
 import json
@@ -90,6 +97,20 @@ def pytorch_times():
     return out
 
 
+def pytorch_latency_times():
+    torch.manual_seed(0)
+    out = {}
+    net = simple_net().eval()
+    big = mlp().eval()
+    with torch.inference_mode():
+        for b in (1, 2, 4, 8, 16):
+            x = torch.empty(b, 100).uniform_(-1, 1)
+            out[f"simple_b{b}_fwd"] = median_time(lambda: net(x), min_time=1.0)
+            x = torch.empty(b, 784).uniform_(-1, 1)
+            out[f"mlp_b{b}_fwd"] = median_time(lambda: big(x), min_time=1.0)
+    return out
+
+
 def pytorch_written_times():
     torch.manual_seed(0)
     out = {}
@@ -156,8 +177,10 @@ UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 def rust_times(threads, bench="workloads"):
     env = dict(os.environ, NNRS_THREADS=str(threads))
     root = os.path.join(os.path.dirname(__file__), "..")
+    # The latency bench's crossover lines (`rows/`, `gemm/`) are not compared.
+    only = ["--", "_fwd"] if bench == "latency" else []
     proc = subprocess.run(
-        ["cargo", "bench", "--bench", bench], cwd=root, env=env, capture_output=True, text=True, check=True
+        ["cargo", "bench", "--bench", bench] + only, cwd=root, env=env, capture_output=True, text=True, check=True
     )
     out = {}
     name = None
@@ -177,6 +200,55 @@ def rust_times(threads, bench="workloads"):
     return out
 
 
+def peer_times(threads):
+    """candle and Burn (benches/peers, built beforehand), latency workloads."""
+    root = os.path.join(os.path.dirname(__file__), "..", "benches", "peers")
+    exe = os.path.join(root, "target", "release", "nnrs-peers")
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    proc = subprocess.run([exe, "latency"], env=env, capture_output=True, text=True, check=True)
+    out = {}
+    for line in proc.stdout.splitlines():
+        fw, name, value, unit = line.split()
+        out.setdefault(fw, {})[name] = float(value) * UNITS[unit]
+    return out
+
+
+def latency_main(args):
+    """Every framework in `args.runs` processes; medians; ratios vs nncore."""
+    here = os.path.abspath(__file__)
+    runs = {"pytorch": [], "nncore": [], "candle": [], "burn": []}
+    for i in range(args.runs):
+        print(f"run {i + 1}/{args.runs}", file=sys.stderr)
+        proc = subprocess.run(
+            [sys.executable, here, "--latency-child", "--threads", str(args.threads)],
+            capture_output=True, text=True, check=True,
+        )
+        runs["pytorch"].append(json.loads(proc.stdout))
+        runs["nncore"].append(rust_times(args.threads, "latency"))
+        if args.peers:
+            for fw, t in peer_times(args.threads).items():
+                runs[fw].append(t)
+    med = {}
+    for fw, rs in runs.items():
+        if rs:
+            med[fw] = {k: statistics.median(r[k] for r in rs if k in r) for k in rs[0]}
+    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.runs} process(es) per framework")
+    peers = [fw for fw in ("pytorch", "candle", "burn") if fw in med]
+    head = f"{'workload':<18} {'nncore fwd':>11} {'fwd_into':>11}" + "".join(f" {fw:>11}" for fw in peers)
+    print(head + "".join(f" {fw + '/nncore':>15}" for fw in peers))
+    for b in (1, 2, 4, 8, 16):
+        for model in ("simple", "mlp"):
+            k = f"{model}_b{b}_fwd"
+            ours = med["nncore"].get(k)
+            into = med["nncore"].get(k + "_into")
+            line = f"{k:<18} {fmt(ours) if ours else '-':>11} {fmt(into) if into else '-':>11}"
+            line += "".join(f" {fmt(med[fw][k]):>11}" for fw in peers)
+            line += "".join(f" {med[fw][k] / ours:>14.1f}x" for fw in peers if ours)
+            print(line)
+    json.dump(med, sys.stderr)
+    print(file=sys.stderr)
+
+
 def fmt(t):
     if t < 1e-3:
         return f"{t * 1e6:.2f} µs"
@@ -189,8 +261,18 @@ def main():
     ap.add_argument("--no-rust", action="store_true")
     ap.add_argument("--written", action="store_true", help="the written-forward (residual) workloads")
     ap.add_argument("--norm", action="store_true", help="LayerNorm and BatchNorm1d at 256 x 1024")
+    ap.add_argument("--latency", action="store_true", help="batch 1-16 forwards, several processes")
+    ap.add_argument("--latency-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--runs", type=int, default=3, help="processes per framework (--latency)")
+    ap.add_argument("--peers", action="store_true", help="also candle and Burn (--latency)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.latency_child:
+        json.dump(pytorch_latency_times(), sys.stdout)
+        return
+    if args.latency:
+        latency_main(args)
+        return
     bench = "written" if args.written else "norm" if args.norm else "workloads"
     py = {"written": pytorch_written_times, "norm": pytorch_norm_times, "workloads": pytorch_times}[bench]()
     rs = {} if args.no_rust else rust_times(args.threads, bench)

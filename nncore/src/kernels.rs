@@ -89,6 +89,70 @@ pub fn row_axpy_with(
     }
 }
 
+/// The row stride of a packed weight (see [`row_packed`]) is a multiple
+/// of this many values: one AVX-512 vector, 64 bytes.
+pub const PACK_LANES: usize = 16;
+
+/// `y = x w + bias` for one row `x` (`k = x.len()`) and a packed `w`:
+/// `k` rows of `stride` values each, `stride` a multiple of
+/// [`PACK_LANES`] and at least `n = y.len()`, zero from column `n` on, and
+/// `bias` (when given) padded to `stride` values the same way. Every block
+/// of outputs then reads whole rows in place, with no tail copy and, when
+/// `w` starts on a 64-byte boundary, no load split across cache lines.
+/// This is [`crate::Linear`]'s batch-1 inference kernel; the bias is where
+/// the accumulators start.
+///
+/// # Panics
+/// When the shapes do not hold as described.
+pub fn row_packed(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>) {
+    row_packed_with(best(), y, x, w, stride, bias);
+}
+
+/// [`row_packed`] with a chosen variant (for tests and benches).
+///
+/// # Panics
+/// As [`row_packed`], and when the CPU cannot run `variant`.
+pub fn row_packed_with(
+    variant: Variant,
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    bias: Option<&[f32]>,
+) {
+    assert!(
+        stride.is_multiple_of(PACK_LANES) && y.len() <= stride,
+        "row_packed: stride"
+    );
+    assert!(w.len() >= x.len() * stride, "row_packed: w too short");
+    assert!(bias.is_none_or(|b| b.len() >= stride), "row_packed: bias too short");
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    fn on_avx512(y: &mut [f32], x: &[f32], w: &[f32], s: usize, b: Option<&[f32]>) {
+        avx512::packed(y, x, w, s, b);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn on_avx2(y: &mut [f32], x: &[f32], w: &[f32], s: usize, b: Option<&[f32]>) {
+        avx2::packed(y, x, w, s, b);
+    }
+    match variant {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => {
+            assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+            // SAFETY: the CPU supports the features (checked above).
+            unsafe { on_avx512(y, x, w, stride, bias) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => {
+            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+            // SAFETY: the CPU supports the features (checked above).
+            unsafe { on_avx2(y, x, w, stride, bias) }
+        }
+        _ => portable::packed(y, x, w, stride, bias),
+    }
+}
+
 /// `y[j] = beta * y[j] + dot(a, b[j * col_stride .. j * col_stride + k])`
 /// with `k = a.len()`: a row times a matrix whose columns are contiguous.
 ///
@@ -385,6 +449,84 @@ macro_rules! bodies {
                 *yj = if beta == 0.0 { s } else { beta * *yj + s };
             }
         }
+
+        /// Outputs `j0..j0 + W` of a packed row product, `S` (2 or 4)
+        /// sets of accumulators, the first starting from the bias. The
+        /// rows go by `S` through `chunks_exact`, so the loop carries no
+        /// bounds check (`j0 + W <= stride` is checked once).
+        #[inline(always)]
+        fn packed_block<const W: usize, const S: usize>(
+            y: &mut [f32],
+            x: &[f32],
+            w: &[f32],
+            stride: usize,
+            bias: Option<&[f32]>,
+            j0: usize,
+        ) {
+            assert!(j0 + W <= stride);
+            let (mut c0, mut c1, mut c2, mut c3) = ([0.0f32; W], [0.0f32; W], [0.0f32; W], [0.0f32; W]);
+            if let Some(b) = bias {
+                c0.copy_from_slice(&b[j0..j0 + W]);
+            }
+            let k = x.len();
+            let block = |row: &[f32]| -> [f32; W] {
+                let mut t = [0.0f32; W];
+                t.copy_from_slice(&row[j0..j0 + W]);
+                t
+            };
+            let full = k / S * S;
+            let groups = w[..full * stride].chunks_exact(S * stride).zip(x[..full].chunks_exact(S));
+            for (rows, xs) in groups {
+                let (r0, rest) = rows.split_at(stride);
+                let (r0, r1) = (block(r0), block(rest));
+                for l in 0..W {
+                    c0[l] = bodies!(@madd $fma, r0[l], xs[0], c0[l]);
+                    c1[l] = bodies!(@madd $fma, r1[l], xs[1], c1[l]);
+                }
+                if S > 2 {
+                    let (r2, r3) = (block(&rest[stride..]), block(&rest[2 * stride..]));
+                    for l in 0..W {
+                        c2[l] = bodies!(@madd $fma, r2[l], xs[2], c2[l]);
+                        c3[l] = bodies!(@madd $fma, r3[l], xs[3], c3[l]);
+                    }
+                }
+            }
+            for (row, &xp) in w[full * stride..k * stride].chunks_exact(stride).zip(&x[full..]) {
+                let r0 = block(row);
+                for l in 0..W {
+                    c0[l] = bodies!(@madd $fma, r0[l], xp, c0[l]);
+                }
+            }
+            let valid = y.len().saturating_sub(j0).min(W);
+            for (l, o) in y[j0..j0 + valid].iter_mut().enumerate() {
+                *o = if S > 2 { (c0[l] + c1[l]) + (c2[l] + c3[l]) } else { c0[l] + c1[l] };
+            }
+        }
+
+        /// `y = x w + bias` for one row `x` and a packed `w`: `x.len()`
+        /// rows of `stride` values (a multiple of 16, zero past
+        /// `y.len()`), so that every block reads whole rows in place.
+        #[inline(always)]
+        pub(in crate::kernels) fn packed(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>) {
+            const W: usize = $w1;
+            let n = y.len();
+            let mut j0 = 0;
+            while j0 < n {
+                let (room, left) = (stride - j0, n - j0);
+                if room >= W && left > W / 2 {
+                    packed_block::<W, 2>(y, x, w, stride, bias, j0);
+                    j0 += W;
+                } else if room >= W / 2 && left > W / 4 {
+                    packed_block::<{ W / 2 }, 2>(y, x, w, stride, bias, j0);
+                    j0 += W / 2;
+                } else {
+                    // One vector of outputs: four sets of accumulators
+                    // hide the multiply-add latency.
+                    packed_block::<{ W / 4 }, 4>(y, x, w, stride, bias, j0);
+                    j0 += W / 4;
+                }
+            }
+        }
     };
     (@madd fma, $x:expr, $y:expr, $acc:expr) => { $x.mul_add($y, $acc) };
     (@madd nofma, $x:expr, $y:expr, $acc:expr) => { $acc + $x * $y };
@@ -602,6 +744,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_packed_row_kernel_matches_a_plain_loop_for_every_variant() {
+        for k in [0usize, 1, 2, 3, 5, 50, 100, 101] {
+            for n in [1usize, 2, 10, 15, 16, 17, 33, 50, 64, 65, 100, 130] {
+                for extra in [0usize, 16] {
+                    let stride = n.next_multiple_of(PACK_LANES) + extra;
+                    let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+                    let mut w = vec![0.0f32; k * stride];
+                    for p in 0..k {
+                        for j in 0..n {
+                            w[p * stride + j] = ((p * n + j) as f32 * 0.11).cos();
+                        }
+                    }
+                    let mut bias = vec![0.0f32; stride];
+                    for (j, b) in bias.iter_mut().take(n).enumerate() {
+                        *b = j as f32 * 0.25 - 1.0;
+                    }
+                    for v in available_variants() {
+                        for with_bias in [false, true] {
+                            let b = with_bias.then_some(&bias[..]);
+                            let mut y = vec![f32::NAN; n];
+                            row_packed_with(v, &mut y, &x, &w, stride, b);
+                            for (j, g) in y.iter().enumerate() {
+                                let e = if with_bias { bias[j] } else { 0.0 }
+                                    + (0..k).map(|p| x[p] * w[p * stride + j]).sum::<f32>();
+                                assert!(
+                                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                                    "{v:?} k={k} n={n} stride={stride} bias={with_bias} j={j}: {g} vs {e}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "row_packed: stride")]
+    fn the_packed_row_kernel_refuses_an_unpadded_stride() {
+        let mut y = vec![0.0f32; 10];
+        row_packed(&mut y, &[1.0], &[0.0; 10], 10, None);
     }
 }
 

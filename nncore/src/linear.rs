@@ -4,6 +4,8 @@
 //! weight `W` of PyTorch shape `[out_features, in_features]` and a bias `b`
 //! of shape `[out_features]`; the output has shape `(batch, out_features)`.
 
+mod packed;
+
 use crate::module::{Forward, Module};
 use crate::ops::{ensure_shape, matmul, matmul_bias, matmul_bias_new, Trans};
 use crate::{with_default_generator, Error, Generator, ModulePath, Param, Result, Tensor};
@@ -45,6 +47,8 @@ pub struct Linear {
     training: bool,
     // W^T for inference on large layers, keyed on the weight's version.
     transposed: TransposedWeight,
+    // W^T padded and aligned for small inference batches (small layers).
+    packed: packed::PackedWeight,
     // Training buffers, reused across steps.
     input: Tensor,
     output: Tensor,
@@ -174,6 +178,7 @@ impl Linear {
             bias,
             training: true,
             transposed: TransposedWeight::default(),
+            packed: packed::PackedWeight::default(),
             input: Tensor::zeros(0, 0),
             output: Tensor::zeros(0, 0),
             grad_input: Tensor::zeros(0, 0),
@@ -201,6 +206,7 @@ impl Linear {
 
     /// The weight, mutably.
     pub fn weight_mut(&mut self) -> &mut Param {
+        self.packed.clear();
         &mut self.weight
     }
 
@@ -212,6 +218,7 @@ impl Linear {
 
     /// The bias, mutably.
     pub fn bias_mut(&mut self) -> Option<&mut Param> {
+        self.packed.clear();
         self.bias.as_mut()
     }
 
@@ -234,6 +241,19 @@ impl Linear {
             Some(b) => matmul_bias(x, Trans::No, w, t, b.value().as_slice(), out),
             None => matmul(1.0, x, Trans::No, w, t, 0.0, out),
         }
+    }
+
+    /// The padded, aligned `W^T` for an inference batch of `rows` rows,
+    /// when the batch is small enough for the row kernels, the weight
+    /// small enough to keep a second copy of (below [`TRANSPOSE_MIN`]
+    /// elements; larger ones stream from memory anyway), and enough rows
+    /// have gone through this weight to pay for the copy.
+    fn small_batch_pack(&self, rows: usize) -> Option<&packed::Packed> {
+        let (k, n) = (self.in_features(), self.out_features());
+        if rows == 0 || rows > crate::ops::small_rows_limit(k, n) || self.weight.numel() >= TRANSPOSE_MIN {
+            return None;
+        }
+        self.packed.get(&self.weight, self.bias.as_ref(), rows)
     }
 
     /// Calls `f` with `W^T` for an inference product of `rows` rows: for
@@ -321,6 +341,7 @@ impl Module for Linear {
     }
 
     fn visit_own_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        self.packed.clear();
         f("weight", &mut self.weight);
         if let Some(b) = &mut self.bias {
             f("bias", b);
@@ -340,6 +361,11 @@ impl Forward for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
         let (rows, cols) = (x.nrows(), self.out_features());
+        if let Some(p) = self.small_batch_pack(rows) {
+            let mut out = Tensor::zeros(rows, cols);
+            apply_packed(p, x, &mut out);
+            return Ok(out);
+        }
         // The output is written once: the bias, block by block by the
         // thread that then accumulates the product onto it.
         let out = self.with_inference_weight(rows, |w, t| match &self.bias {
@@ -356,6 +382,10 @@ impl Forward for Linear {
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
         self.check_input(x)?;
         ensure_shape(out, x.nrows(), self.out_features());
+        if let Some(p) = self.small_batch_pack(x.nrows()) {
+            apply_packed(p, x, out);
+            return Ok(());
+        }
         self.with_inference_weight(x.nrows(), |w, t| self.apply(x, w, t, out));
         Ok(())
     }
@@ -418,6 +448,28 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// `out = x W^T + b` through the packed weight: the batch-1 kernel for one
+/// row (the bias is where its sums start), the multi-row kernel on the
+/// bias for a few.
+fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor) {
+    let (m, k) = x.shape();
+    let n = out.ncols();
+    if m == 1 {
+        crate::kernels::row_packed(out.as_mut_slice(), x.as_slice(), p.weight(), p.stride(), p.bias());
+        return;
+    }
+    let beta = match p.bias() {
+        Some(b) => {
+            for (col, &v) in out.as_mut_slice().chunks_exact_mut(m).zip(&b[..n]) {
+                col.fill(v);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
+    crate::kernels::rows_axpy(out.as_mut_slice(), m, x.as_slice(), m, k, p.weight(), p.stride(), beta);
 }
 
 /// Weights of at least this many elements get a transposed copy for

@@ -4,6 +4,7 @@
 //! workload and framework.
 //!
 //!     cd benches/peers && RAYON_NUM_THREADS=1 cargo run --release
+//!     cd benches/peers && RAYON_NUM_THREADS=1 cargo run --release -- latency
 
 use std::time::Instant;
 
@@ -60,13 +61,7 @@ mod candle_runs {
 
     pub fn run() {
         let dev = Device::Cpu;
-        for (name, sizes, batch, train) in [
-            ("simple_b1_fwd", &[100usize, 50, 10][..], 1usize, false),
-            ("simple_b64_fwd", &[100, 50, 10][..], 64, false),
-            ("mlp_b256_fwd", &[784, 1024, 1024, 10][..], 256, false),
-            ("simple_b64_train", &[100, 50, 10][..], 64, true),
-            ("mlp_b256_train", &[784, 1024, 1024, 10][..], 256, true),
-        ] {
+        for (name, sizes, batch, train) in super::workloads() {
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
             let net = Net::new(sizes, vb);
@@ -84,7 +79,7 @@ mod candle_runs {
                     std::hint::black_box(net.forward(&x));
                 })
             };
-            report("candle", name, t);
+            report("candle", &name, t);
         }
     }
 }
@@ -125,13 +120,7 @@ mod burn_runs {
     }
 
     pub fn run() {
-        for (name, sizes, batch, train) in [
-            ("simple_b1_fwd", &[100usize, 50, 10][..], 1usize, false),
-            ("simple_b64_fwd", &[100, 50, 10][..], 64, false),
-            ("mlp_b256_fwd", &[784, 1024, 1024, 10][..], 256, false),
-            ("simple_b64_train", &[100, 50, 10][..], 64, true),
-            ("mlp_b256_train", &[784, 1024, 1024, 10][..], 256, true),
-        ] {
+        for (name, sizes, batch, train) in super::workloads() {
             let t = if train {
                 let device = Device::flex().autodiff();
                 let mut net = Net::new(sizes, &device);
@@ -159,9 +148,33 @@ mod burn_runs {
                     std::hint::black_box(y.into_data());
                 })
             };
-            report("burn", name, t);
+            report("burn", &name, t);
         }
     }
+}
+
+const SIMPLE: &[usize] = &[100, 50, 10];
+const MLP: &[usize] = &[784, 1024, 1024, 10];
+
+/// `(name, layer sizes, batch, train)`: the five workloads, or with
+/// `latency` as the first argument the small-batch forwards of
+/// `benches/latency.rs` (batch 1 to 16).
+fn workloads() -> Vec<(String, &'static [usize], usize, bool)> {
+    if std::env::args().nth(1).as_deref() == Some("latency") {
+        let mut v = Vec::new();
+        for b in [1usize, 2, 4, 8, 16] {
+            v.push((format!("simple_b{b}_fwd"), SIMPLE, b, false));
+            v.push((format!("mlp_b{b}_fwd"), MLP, b, false));
+        }
+        return v;
+    }
+    vec![
+        ("simple_b1_fwd".into(), SIMPLE, 1, false),
+        ("simple_b64_fwd".into(), SIMPLE, 64, false),
+        ("mlp_b256_fwd".into(), MLP, 256, false),
+        ("simple_b64_train".into(), SIMPLE, 64, true),
+        ("mlp_b256_train".into(), MLP, 256, true),
+    ]
 }
 
 fn main() {
