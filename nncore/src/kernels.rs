@@ -125,7 +125,10 @@ pub fn row_packed_with(
         "row_packed: stride"
     );
     assert!(w.len() >= x.len() * stride, "row_packed: w too short");
-    assert!(bias.is_none_or(|b| b.len() >= stride), "row_packed: bias too short");
+    assert!(
+        bias.is_none_or(|b| b.len() >= stride),
+        "row_packed: bias too short"
+    );
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,fma")]
     fn on_avx512(y: &mut [f32], x: &[f32], w: &[f32], s: usize, b: Option<&[f32]>) {

@@ -250,7 +250,10 @@ impl Linear {
     /// have gone through this weight to pay for the copy.
     fn small_batch_pack(&self, rows: usize) -> Option<&packed::Packed> {
         let (k, n) = (self.in_features(), self.out_features());
-        if rows == 0 || rows > crate::ops::small_rows_limit(k, n) || self.weight.numel() >= TRANSPOSE_MIN {
+        if rows == 0
+            || rows > crate::ops::small_rows_limit(k, n)
+            || self.weight.numel() >= TRANSPOSE_MIN
+        {
             return None;
         }
         self.packed.get(&self.weight, self.bias.as_ref(), rows)
@@ -457,7 +460,13 @@ fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor) {
     let (m, k) = x.shape();
     let n = out.ncols();
     if m == 1 {
-        crate::kernels::row_packed(out.as_mut_slice(), x.as_slice(), p.weight(), p.stride(), p.bias());
+        crate::kernels::row_packed(
+            out.as_mut_slice(),
+            x.as_slice(),
+            p.weight(),
+            p.stride(),
+            p.bias(),
+        );
         return;
     }
     let beta = match p.bias() {
@@ -469,7 +478,16 @@ fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor) {
         }
         None => 0.0,
     };
-    crate::kernels::rows_axpy(out.as_mut_slice(), m, x.as_slice(), m, k, p.weight(), p.stride(), beta);
+    crate::kernels::rows_axpy(
+        out.as_mut_slice(),
+        m,
+        x.as_slice(),
+        m,
+        k,
+        p.weight(),
+        p.stride(),
+        beta,
+    );
 }
 
 /// Weights of at least this many elements get a transposed copy for
@@ -572,6 +590,71 @@ mod tests {
         assert!(close(&first, &reference(fc, x)));
         assert!(close(&second, &reference(fc, x)));
         second
+    }
+
+    #[test]
+    fn small_batches_through_the_packed_copy_follow_every_weight_change() {
+        // Sizes that are not multiples of 16, with and without bias, one
+        // row (the batch-1 kernel) and three (the multi-row kernel).
+        for (k, n, bias) in [
+            (37usize, 23usize, true),
+            (100, 50, false),
+            (5, 1, true),
+            (16, 33, true),
+        ] {
+            for rows in [1usize, 3] {
+                let mut fc = crate::with_seed(5, || Linear::new(k, n));
+                if !bias {
+                    fc = Linear::from_weights(fc.weight().value().clone(), None).unwrap();
+                }
+                let x = crate::Generator::new(2).uniform_tensor(rows, k, -1.0, 1.0);
+                let (mut out, mut ws) = (Tensor::zeros(0, 0), crate::Workspace::new());
+                for _ in 0..=packed::PACK_AFTER_ROWS / rows + 1 {
+                    fc.forward_into(&x, &mut out, &mut ws).unwrap();
+                    assert!(close(&out, &reference(&fc, &x)), "k={k} n={n} rows={rows}");
+                }
+                assert!(
+                    fc.packed.exists(),
+                    "packed after {} rows",
+                    packed::PACK_AFTER_ROWS
+                );
+                infer_twice(&fc, &x);
+
+                // Through value_mut: the copy is dropped, then remade.
+                fc.weight_mut().value_mut()[(n - 1, k - 1)] += 0.5;
+                assert!(!fc.packed.exists());
+                for _ in 0..=packed::PACK_AFTER_ROWS / rows + 1 {
+                    infer_twice(&fc, &x);
+                }
+                assert!(fc.packed.exists());
+                if let Some(b) = fc.bias_mut() {
+                    b.value_mut()[0] -= 1.0;
+                }
+                for _ in 0..=packed::PACK_AFTER_ROWS / rows + 1 {
+                    infer_twice(&fc, &x);
+                }
+
+                // Through an optimizer step.
+                fc.forward_train(&x).unwrap();
+                fc.backward_params(&Tensor::from_element(rows, n, 0.1))
+                    .unwrap();
+                let before = fc.forward(&x).unwrap();
+                Sgd::new(0.5).step(&mut fc).unwrap();
+                let after = infer_twice(&fc, &x);
+                assert!(!close(&after, &before));
+
+                // A stale copy is never used, even if nothing dropped it.
+                let mut stale = fc.clone();
+                for _ in 0..=packed::PACK_AFTER_ROWS / rows + 1 {
+                    infer_twice(&stale, &x);
+                }
+                let kept = std::mem::take(&mut stale.packed);
+                stale.weight_mut().value_mut()[(0, 0)] += 1.0;
+                stale.packed = kept;
+                assert!(stale.packed.exists());
+                infer_twice(&stale, &x);
+            }
+        }
     }
 
     #[test]

@@ -55,7 +55,12 @@ impl Packed {
         let per_row = stride / PACK_LANES;
         let mut lines = vec![Line([0.0; PACK_LANES]); in_f * per_row];
         // Column-major W (out x in): column p is row p of W^T, contiguous.
-        for (p, col) in w.as_slice().chunks_exact(out_f.max(1)).enumerate().take(in_f) {
+        for (p, col) in w
+            .as_slice()
+            .chunks_exact(out_f.max(1))
+            .enumerate()
+            .take(in_f)
+        {
             for (j, &v) in col.iter().enumerate() {
                 lines[p * per_row + j / PACK_LANES].0[j % PACK_LANES] = v;
             }
@@ -118,6 +123,12 @@ impl PackedWeight {
             }
         };
         p.matches(weight, bias).then_some(p)
+    }
+
+    /// Whether a copy exists (current or not).
+    #[cfg(test)]
+    pub(super) fn exists(&self) -> bool {
+        self.packed.get().is_some()
     }
 
     /// Forgets the copy (the parameters are about to change).
