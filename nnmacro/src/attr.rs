@@ -74,7 +74,13 @@ impl ContainerAttrs {
                     out.custom_forward = true;
                 }
                 "extra_repr" => {
-                    let lit: syn::LitStr = meta.value()?.parse()?;
+                    let value = meta.value()?;
+                    let lit: syn::LitStr = value.parse().map_err(|e| {
+                        syn::Error::new(
+                            e.span(),
+                            "`extra_repr` takes the path of a `fn(&Self) -> String` as a string, for example `extra_repr = \"Self::describe\"`",
+                        )
+                    })?;
                     match lit.parse::<syn::ExprPath>() {
                         Ok(path) => out.extra_repr = Some(path),
                         Err(_) => cx.error_spanned_by(

@@ -19,22 +19,33 @@ pub(crate) fn derive(input: &syn::DeriveInput) -> TokenStream {
 }
 
 /// Impls emitted beside the errors so that one mistake does not cascade
-/// into "`X` is not a module" everywhere the struct is used.
+/// into "`X` is not a module" everywhere the struct is used. `Forward` is
+/// left to the user when what did parse says they write it (a
+/// `custom_forward` among the struct's attributes, or a `Tape` field for
+/// a written forward): a mistake elsewhere must not add a conflicting
+/// impl.
 fn fallback(input: &syn::DeriveInput) -> TokenStream {
     let ident = &input.ident;
     let name = ident.unraw().to_string();
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let forward = if user_writes_forward(input) {
+        TokenStream::new()
+    } else {
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics ::nncore::Forward for #ident #ty_generics #where_clause {
+                fn forward(&self, _: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
+                    ::core::unimplemented!()
+                }
+            }
+        }
+    };
     quote! {
         #[automatically_derived]
         impl #impl_generics ::nncore::Module for #ident #ty_generics #where_clause {
             fn name(&self) -> &str { #name }
         }
-        #[automatically_derived]
-        impl #impl_generics ::nncore::Forward for #ident #ty_generics #where_clause {
-            fn forward(&self, _: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                ::core::unimplemented!()
-            }
-        }
+        #forward
         #[automatically_derived]
         impl #impl_generics ::core::fmt::Display for #ident #ty_generics #where_clause {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
@@ -42,6 +53,26 @@ fn fallback(input: &syn::DeriveInput) -> TokenStream {
             }
         }
     }
+}
+
+/// A lenient look at input that failed to parse: does a `#[module(..)]`
+/// on the struct name `custom_forward`, or a field have a type named
+/// `Tape`?
+fn user_writes_forward(input: &syn::DeriveInput) -> bool {
+    let custom = input.attrs.iter().any(|a| {
+        a.path().is_ident("module")
+            && matches!(&a.meta, syn::Meta::List(l) if l.tokens.clone().into_iter().any(
+                |t| matches!(t, proc_macro2::TokenTree::Ident(i) if i == "custom_forward")
+            ))
+    });
+    let tape = match &input.data {
+        syn::Data::Struct(s) => s.fields.iter().any(|f| match &f.ty {
+            syn::Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Tape"),
+            _ => false,
+        }),
+        _ => false,
+    };
+    custom || tape
 }
 
 /// `where` clauses: the original ones plus `ModuleType: Trait` for every

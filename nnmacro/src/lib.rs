@@ -35,7 +35,12 @@ use proc_macro::TokenStream;
 /// - `#[module(skip)]` on a field that holds plain data: not a child, not
 ///   printed, not in the forward chain.
 /// - `#[module(custom_forward)]` on the struct: no `Forward` impl is
-///   derived; write your own.
+///   derived; write your own. Without it, a hand-written `impl Forward`
+///   is error E0119, "conflicting implementations of trait
+///   `nncore::Forward`", pointing at `#[derive(Module)]`: add
+///   `#[module(custom_forward)]` (rustc has no way for a derive to add
+///   that hint to the message itself), or write the forward with
+///   [`macro@forward`] and get the backward pass too.
 /// - `#[module(extra_repr = "path")]` on the struct: the function `path`,
 ///   of type `fn(&Self) -> String`, gives the text PyTorch's `extra_repr`
 ///   would.
