@@ -6,31 +6,11 @@
 
 use std::fmt;
 
-use crate::module::{Forward, Module};
+use crate::forward::Forward;
+use crate::module::Module;
 use crate::ops::ensure_shape;
+use crate::print::py_float;
 use crate::{Error, ModulePath, Result, Tensor};
-
-/// Python's `repr(float)`: `0.01`, `1.0`, `1e-05`, `1e+16`.
-pub(crate) fn py_float(v: f64) -> String {
-    if v.is_nan() {
-        return "nan".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    let s = format!("{v:?}");
-    match s.split_once('e') {
-        Some((mantissa, exp)) => {
-            let (sign, digits) = match exp.strip_prefix('-') {
-                Some(d) => ('-', d),
-                None => ('+', exp),
-            };
-            let mantissa = mantissa.strip_suffix(".0").unwrap_or(mantissa);
-            format!("{mantissa}e{sign}{digits:0>2}")
-        }
-        None => s,
-    }
-}
 
 /// The training buffers of an element-wise layer, reused across steps.
 #[derive(Debug, Clone)]

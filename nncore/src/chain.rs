@@ -18,7 +18,8 @@
 //! [`Visitor`]: the derive implements [`Chain`] with one line per field,
 //! the containers with a loop.
 
-use crate::module::{Flow, Forward, Trace, Workspace};
+use crate::forward::{Flow, Forward, Workspace};
+use crate::summary::Trace;
 use crate::{Error, Result, Tensor};
 
 /// A child's name in its parent: a field, or an index in a list.

@@ -54,6 +54,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use crate::module::ModuleExt;
 use crate::serialize::{self, SaveOptions, StateDict, TensorData};
 use crate::{Error, LoadError, LrScheduler, Module, Optimizer, Param, Result, Tensor};
 

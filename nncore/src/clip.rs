@@ -1,6 +1,7 @@
 //! Gradient clipping, as `torch.nn.utils.clip_grad_norm_` and
 //! `clip_grad_value_`.
 
+use crate::module::ModuleExt;
 use crate::{Error, Module, Param, Result};
 
 /// PyTorch's `clip_grad_norm_(model.parameters(), max_norm)`: the 2-norm of

@@ -4,7 +4,10 @@
 use std::fmt;
 
 use crate::chain::{self, Chain, Name, Visitor, VisitorMut};
-use crate::module::{add_indent, fmt_module, repr, Forward, Module, Trace, Workspace};
+use crate::forward::{Forward, Workspace};
+use crate::module::Module;
+use crate::print::{add_indent, fmt_module, repr};
+use crate::summary::Trace;
 use crate::{Result, Tensor};
 
 /// The decimal name of child `i` (`"0"`, `"1"`, ...), written into `buf`:

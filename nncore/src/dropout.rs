@@ -2,9 +2,10 @@
 
 use std::fmt;
 
-use crate::activation::py_float;
-use crate::module::{Forward, Module};
+use crate::forward::Forward;
+use crate::module::Module;
 use crate::ops::ensure_shape;
+use crate::print::py_float;
 use crate::{with_default_generator, Error, Generator, ModulePath, Result, Tensor};
 
 /// PyTorch's `nn.Dropout(p)`: in training, each element is zeroed with

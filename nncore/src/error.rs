@@ -122,7 +122,7 @@ pub enum Error {
     #[error("{0}")]
     LoadStateDict(crate::LoadError),
     /// A parameter or buffer holds NaN or an infinity (see
-    /// `Module::check_finite`).
+    /// `ModuleExt::check_finite`).
     #[error("{kind} {name} holds a non-finite value ({value} at flat index {index})", kind = if *is_buffer { "buffer" } else { "parameter" })]
     NonFinite {
         /// The parameter's or buffer's dotted name.

@@ -1,7 +1,9 @@
 //! A gradient check for any module, in the spirit of
 //! `torch.autograd.gradcheck`.
 
-use crate::module::{Forward, Module};
+use crate::forward::Forward;
+use crate::module::Module;
+use crate::module::ModuleExt;
 use crate::{Error, Generator, Result, Tensor};
 
 /// The settings of a gradient check: compares a module's backward pass with

@@ -1,12 +1,27 @@
-//! nncore's own kernels for a row times a matrix (batch 1), where faer's
-//! general GEMM spends most of its time in set-up: 0.44 us for the
-//! 1x100 by 100x50 product of SimpleNet's first layer, against about 0.1 us
-//! here (`benches/gemm.rs`).
+//! nncore's own CPU kernels, where a general library spends more in set-up
+//! or passes than the work needs:
 //!
-//! Each kernel is one portable body compiled three times: for AVX-512F, for
-//! AVX2 with FMA, and for the baseline target; the best the CPU supports is
-//! picked at run time. The tests run every variant the machine has, the
-//! portable one included.
+//! - products of one row or a few rows by a linear layer's `W^T`
+//!   ([`row_axpy`], [`row_packed`] on `Linear`'s padded copy, [`row_dot`],
+//!   [`rows_axpy`]): faer's GEMM took 0.44 us for SimpleNet's 1x100 by
+//!   100x50 product, these about 0.1 us (`benches/gemm.rs`, `latency.rs`);
+//! - reductions and updates ([`sum`], [`dot`], [`all_finite`],
+//!   [`sgd_update`], [`squared_error`]);
+//! - the normalization layers' passes ([`row_moments`], [`normalize_rows`],
+//!   [`layer_norm_dx`] for LayerNorm; [`column_moments`],
+//!   [`normalize_columns`], [`batch_norm_dx`] for BatchNorm1d);
+//! - element-wise maps split across threads for large inputs
+//!   ([`map_into`], [`map_in_place`], [`zip_map_into`]).
+//!
+//! Every kernel picks its CPU variant one way, through `multiversion!`: a
+//! function compiled for AVX-512F, for AVX2 with FMA and for the baseline
+//! target, the best the CPU supports picked once at run time, and a
+//! `_with` twin that runs a chosen variant. A kernel is either one body
+//! compiled three times, or (the row products) the per-variant functions
+//! that `bodies!` generates with block widths that fit each variant's
+//! registers. The tests run every variant the machine has, the portable
+//! one included. Not public API (hidden from the docs): `Linear`, the
+//! norms, the losses and the optimizers are the interface.
 // The LayerNorm kernels take the matrix, its statistics and the affine
 // parameters as slices: more arguments than clippy's default.
 #![allow(clippy::too_many_arguments)]
@@ -47,45 +62,90 @@ fn best() -> Variant {
     *BEST.get_or_init(|| available_variants()[0])
 }
 
-/// `y = beta * y + sum_p a[p] * b[p * row_stride .. p * row_stride + n]`
-/// with `n = y.len()`: a row times a matrix whose rows are contiguous.
-///
-/// # Panics
-/// When `b` is too short for `a.len()` rows of `y.len()` values.
-pub fn row_axpy(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
-    row_axpy_with(best(), y, a, b, row_stride, beta);
+/// The one way a kernel picks its CPU variant. Defines `$name`, which runs
+/// the best variant this CPU has (AVX-512F, AVX2+FMA, or the baseline),
+/// picked once at run time, and `$with`, which runs a chosen one (tests
+/// and benches use it, for every variant the machine has). The body is
+/// either one block compiled three times, or (`=> $f`) the function `$f`
+/// of the per-variant modules that `bodies!` generates with their own
+/// block widths, after the shape checks of an optional `check` block.
+macro_rules! multiversion {
+    (
+        $(#[$doc:meta])*
+        pub fn $name:ident / $with:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)? $body:block
+    ) => {
+        multiversion! {
+            @emit $(#[$doc])* $name / $with ( $($arg : $ty),* ) $(-> $ret)? ;
+            {} ; body ; body ; body ;
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+        }
+    };
+    (
+        $(#[$doc:meta])*
+        pub fn $name:ident / $with:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?
+            => $f:ident $(; check $check:block)?
+    ) => {
+        multiversion! {
+            @emit $(#[$doc])* $name / $with ( $($arg : $ty),* ) $(-> $ret)? ;
+            { $($check)? } ; avx512::$f ; avx2::$f ; portable::$f ;
+        }
+    };
+    (
+        @emit $(#[$doc:meta])* $name:ident / $with:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)? ;
+        $check:block ; $on512:path ; $on2:path ; $portable:path ; $($item:item)*
+    ) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            $with(best(), $($arg),*)
+        }
+
+        /// The same, with a chosen variant (for tests and benches).
+        ///
+        /// # Panics
+        /// As the function without `_with`, and when the CPU cannot run
+        /// `variant`.
+        #[allow(clippy::too_many_arguments)]
+        pub fn $with(variant: Variant, $($arg: $ty),*) $(-> $ret)? {
+            $check
+            $($item)*
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,fma")]
+            fn on_avx512($($arg: $ty),*) $(-> $ret)? { $on512($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn on_avx2($($arg: $ty),*) $(-> $ret)? { $on2($($arg),*) }
+            match variant {
+                #[cfg(target_arch = "x86_64")]
+                Variant::Avx512 => {
+                    assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+                    // SAFETY: the CPU supports the features (checked above).
+                    unsafe { on_avx512($($arg),*) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                Variant::Avx2 => {
+                    assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+                    // SAFETY: the CPU supports the features (checked above).
+                    unsafe { on_avx2($($arg),*) }
+                }
+                _ => $portable($($arg),*),
+            }
+        }
+    };
 }
 
-/// [`row_axpy`] with a chosen variant (for tests and benches).
-///
-/// # Panics
-/// As [`row_axpy`], and when the CPU cannot run `variant`.
-pub fn row_axpy_with(
-    variant: Variant,
-    y: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    row_stride: usize,
-    beta: f32,
-) {
-    let n = y.len();
-    if let Some(last) = a.len().checked_sub(1) {
-        assert!(b.len() >= last * row_stride + n, "row_axpy: b too short");
-    }
-    match variant {
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => {
-            assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
-            // SAFETY: the CPU supports the features (checked above).
-            unsafe { row_axpy_avx512(y, a, b, row_stride, beta) }
+multiversion! {
+    /// `y = beta * y + sum_p a[p] * b[p * row_stride .. p * row_stride + n]`
+    /// with `n = y.len()`: a row times a matrix whose rows are contiguous.
+    ///
+    /// # Panics
+    /// When `b` is too short for `a.len()` rows of `y.len()` values.
+    pub fn row_axpy / row_axpy_with (y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32)
+    => axpy; check {
+        if let Some(last) = a.len().checked_sub(1) {
+            assert!(b.len() >= last * row_stride + y.len(), "row_axpy: b too short");
         }
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => {
-            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
-            // SAFETY: the CPU supports the features (checked above).
-            unsafe { row_axpy_avx2(y, a, b, row_stride, beta) }
-        }
-        _ => row_axpy_portable(y, a, b, row_stride, beta),
     }
 }
 
@@ -93,120 +153,43 @@ pub fn row_axpy_with(
 /// of this many values: one AVX-512 vector, 64 bytes.
 pub const PACK_LANES: usize = 16;
 
-/// `y = x w + bias` for one row `x` (`k = x.len()`) and a packed `w`:
-/// `k` rows of `stride` values each, `stride` a multiple of
-/// [`PACK_LANES`] and at least `n = y.len()`, zero from column `n` on, and
-/// `bias` (when given) padded to `stride` values the same way. Every block
-/// of outputs then reads whole rows in place, with no tail copy and, when
-/// `w` starts on a 64-byte boundary, no load split across cache lines.
-/// This is [`crate::Linear`]'s batch-1 inference kernel; the bias is where
-/// the accumulators start.
-///
-/// # Panics
-/// When the shapes do not hold as described.
-pub fn row_packed(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>) {
-    row_packed_with(best(), y, x, w, stride, bias);
-}
-
-/// [`row_packed`] with a chosen variant (for tests and benches).
-///
-/// # Panics
-/// As [`row_packed`], and when the CPU cannot run `variant`.
-pub fn row_packed_with(
-    variant: Variant,
-    y: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    stride: usize,
-    bias: Option<&[f32]>,
-) {
-    assert!(
-        stride.is_multiple_of(PACK_LANES) && y.len() <= stride,
-        "row_packed: stride"
-    );
-    assert!(w.len() >= x.len() * stride, "row_packed: w too short");
-    assert!(
-        bias.is_none_or(|b| b.len() >= stride),
-        "row_packed: bias too short"
-    );
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,fma")]
-    fn on_avx512(y: &mut [f32], x: &[f32], w: &[f32], s: usize, b: Option<&[f32]>) {
-        avx512::packed(y, x, w, s, b);
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn on_avx2(y: &mut [f32], x: &[f32], w: &[f32], s: usize, b: Option<&[f32]>) {
-        avx2::packed(y, x, w, s, b);
-    }
-    match variant {
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => {
-            assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
-            // SAFETY: the CPU supports the features (checked above).
-            unsafe { on_avx512(y, x, w, stride, bias) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => {
-            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
-            // SAFETY: the CPU supports the features (checked above).
-            unsafe { on_avx2(y, x, w, stride, bias) }
-        }
-        _ => portable::packed(y, x, w, stride, bias),
+multiversion! {
+    /// `y = x w + bias` for one row `x` (`k = x.len()`) and a packed `w`:
+    /// `k` rows of `stride` values each, `stride` a multiple of
+    /// [`PACK_LANES`] and at least `n = y.len()`, zero from column `n` on, and
+    /// `bias` (when given) padded to `stride` values the same way. Every block
+    /// of outputs then reads whole rows in place, with no tail copy and, when
+    /// `w` starts on a 64-byte boundary, no load split across cache lines.
+    /// This is [`crate::Linear`]'s batch-1 inference kernel; the bias is where
+    /// the accumulators start.
+    ///
+    /// # Panics
+    /// When the shapes do not hold as described.
+    pub fn row_packed / row_packed_with (y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>)
+    => packed; check {
+        assert!(
+            stride.is_multiple_of(PACK_LANES) && y.len() <= stride,
+            "row_packed: stride"
+        );
+        assert!(w.len() >= x.len() * stride, "row_packed: w too short");
+        assert!(bias.is_none_or(|b| b.len() >= stride), "row_packed: bias too short");
     }
 }
 
-/// `y[j] = beta * y[j] + dot(a, b[j * col_stride .. j * col_stride + k])`
-/// with `k = a.len()`: a row times a matrix whose columns are contiguous.
-///
-/// # Panics
-/// When `b` is too short for `y.len()` columns of `a.len()` values.
-pub fn row_dot(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
-    row_dot_with(best(), y, a, b, col_stride, beta);
-}
-
-/// [`row_dot`] with a chosen variant (for tests and benches).
-///
-/// # Panics
-/// As [`row_dot`], and when the CPU cannot run `variant`.
-pub fn row_dot_with(
-    variant: Variant,
-    y: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    col_stride: usize,
-    beta: f32,
-) {
-    let k = a.len();
-    if let Some(last) = y.len().checked_sub(1) {
-        assert!(b.len() >= last * col_stride + k, "row_dot: b too short");
-    }
-    match variant {
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => {
-            assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
-            // SAFETY: the CPU supports the features (checked above).
-            unsafe { row_dot_avx512(y, a, b, col_stride, beta) }
+multiversion! {
+    /// `y[j] = beta * y[j] + dot(a, b[j * col_stride .. j * col_stride + k])`
+    /// with `k = a.len()`: a row times a matrix whose columns are contiguous.
+    ///
+    /// # Panics
+    /// When `b` is too short for `y.len()` columns of `a.len()` values.
+    pub fn row_dot / row_dot_with (y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32)
+    => dot; check {
+        if let Some(last) = y.len().checked_sub(1) {
+            assert!(b.len() >= last * col_stride + a.len(), "row_dot: b too short");
         }
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => {
-            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
-            // SAFETY: the CPU supports the features (checked above).
-            unsafe { row_dot_avx2(y, a, b, col_stride, beta) }
-        }
-        _ => row_dot_portable(y, a, b, col_stride, beta),
     }
 }
 
-/// The bodies, written so that LLVM vectorizes them for whatever features
-/// the enclosing function enables. `$fma` chooses `mul_add` (one rounding,
-/// where the hardware has FMA) or a multiply then an add.
-///
-/// `row_axpy` keeps a block of up to 64 outputs in two sets of
-/// accumulators (registers, not memory) across all rows of `b`, so that
-/// no iteration waits for the previous one's store. A block may read past
-/// the end of a row (into the next one) when the buffer allows it; those
-/// lanes are never stored.
 macro_rules! bodies {
     ($axpy:ident, $block:ident, $dot:ident, $rows:ident, $rows_block:ident, $fma:tt,
      w1 = $w1:literal, w2 = $w2:literal, w4 = $w4:literal) => {
@@ -582,129 +565,39 @@ mod generated {
 }
 use generated::{avx2, avx512, portable};
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn row_axpy_avx512(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
-    avx512::axpy(y, a, b, row_stride, beta);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn row_axpy_avx2(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
-    avx2::axpy(y, a, b, row_stride, beta);
-}
-
-fn row_axpy_portable(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
-    portable::axpy(y, a, b, row_stride, beta);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn row_dot_avx512(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
-    avx512::dot(y, a, b, col_stride, beta);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn row_dot_avx2(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
-    avx2::dot(y, a, b, col_stride, beta);
-}
-
-fn row_dot_portable(y: &mut [f32], a: &[f32], b: &[f32], col_stride: usize, beta: f32) {
-    portable::dot(y, a, b, col_stride, beta);
-}
-
-/// `y = beta * y + a * b` for a small number of rows `m`: `y` is the
-/// column-major `m x n` output (`n = y.len() / m`), `a` the column-major
-/// `m x k` left operand with leading dimension `lda` (element `(r, p)` at
-/// `a[r + p * lda]`), and `b` holds `k` rows of `n` contiguous values,
-/// `row_stride` apart (a linear layer's `W^T`). Each row of `b` is loaded
-/// once per group of up to 4 rows of `a` and used from registers: the
-/// small-batch path between [`row_axpy`] (one row) and the packed GEMM.
-///
-/// # Panics
-/// When a slice is too short for the shapes given, or `y.len()` is not a
-/// multiple of `m`.
-pub fn rows_axpy(
-    y: &mut [f32],
-    m: usize,
-    a: &[f32],
-    lda: usize,
-    k: usize,
-    b: &[f32],
-    row_stride: usize,
-    beta: f32,
-) {
-    rows_axpy_with(best(), y, m, a, lda, k, b, row_stride, beta);
-}
-
-/// [`rows_axpy`] with a chosen variant (for tests and benches).
-///
-/// # Panics
-/// As [`rows_axpy`], and when the CPU cannot run `variant`.
-pub fn rows_axpy_with(
-    variant: Variant,
-    y: &mut [f32],
-    m: usize,
-    a: &[f32],
-    lda: usize,
-    k: usize,
-    b: &[f32],
-    row_stride: usize,
-    beta: f32,
-) {
-    assert!(
-        m > 0 && y.len().is_multiple_of(m),
-        "rows_axpy: y is not m x n"
-    );
-    assert!(lda >= m, "rows_axpy: lda < m");
-    let n = y.len() / m;
-    if let Some(lp) = k.checked_sub(1) {
-        assert!(a.len() >= lp * lda + m, "rows_axpy: a too short");
-        assert!(b.len() >= lp * row_stride + n, "rows_axpy: b too short");
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,fma")]
-    fn on_avx512(
+multiversion! {
+    /// `y = beta * y + a * b` for a small number of rows `m`: `y` is the
+    /// column-major `m x n` output (`n = y.len() / m`), `a` the column-major
+    /// `m x k` left operand with leading dimension `lda` (element `(r, p)` at
+    /// `a[r + p * lda]`), and `b` holds `k` rows of `n` contiguous values,
+    /// `row_stride` apart (a linear layer's `W^T`). Each row of `b` is loaded
+    /// once per group of up to 4 rows of `a` and used from registers: the
+    /// small-batch path between [`row_axpy`] (one row) and the packed GEMM.
+    ///
+    /// # Panics
+    /// When a slice is too short for the shapes given, or `y.len()` is not a
+    /// multiple of `m`.
+    pub fn rows_axpy / rows_axpy_with (
         y: &mut [f32],
         m: usize,
         a: &[f32],
-        s: usize,
+        lda: usize,
         k: usize,
         b: &[f32],
-        rs: usize,
-        beta: f32,
-    ) {
-        avx512::rows(y, m, a, s, k, b, rs, beta);
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn on_avx2(
-        y: &mut [f32],
-        m: usize,
-        a: &[f32],
-        s: usize,
-        k: usize,
-        b: &[f32],
-        rs: usize,
-        beta: f32,
-    ) {
-        avx2::rows(y, m, a, s, k, b, rs, beta);
-    }
-    match variant {
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => {
-            assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
-            // SAFETY: the CPU supports the features (checked above).
-            unsafe { on_avx512(y, m, a, lda, k, b, row_stride, beta) }
+        row_stride: usize,
+        beta: f32
+    )
+    => rows; check {
+        assert!(
+            m > 0 && y.len().is_multiple_of(m),
+            "rows_axpy: y is not m x n"
+        );
+        assert!(lda >= m, "rows_axpy: lda < m");
+        let n = y.len() / m;
+        if let Some(lp) = k.checked_sub(1) {
+            assert!(a.len() >= lp * lda + m, "rows_axpy: a too short");
+            assert!(b.len() >= lp * row_stride + n, "rows_axpy: b too short");
         }
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => {
-            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
-            // SAFETY: the CPU supports the features (checked above).
-            unsafe { on_avx2(y, m, a, lda, k, b, row_stride, beta) }
-        }
-        _ => portable::rows(y, m, a, lda, k, b, row_stride, beta),
     }
 }
 
@@ -792,52 +685,6 @@ mod tests {
         let mut y = vec![0.0f32; 10];
         row_packed(&mut y, &[1.0], &[0.0; 10], 10, None);
     }
-}
-
-/// Defines a function `$name` that runs `$body` compiled for the best
-/// variant the CPU has (AVX-512F, AVX2+FMA, or the baseline), picked once
-/// at run time, plus `$with` to choose the variant (tests use it).
-macro_rules! multiversion {
-    (
-        $(#[$doc:meta])*
-        pub fn $name:ident / $with:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)? $body:block
-    ) => {
-        $(#[$doc])*
-        #[inline]
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
-            $with(best(), $($arg),*)
-        }
-
-        /// The same, with a chosen variant.
-        ///
-        /// # Panics
-        /// When the CPU cannot run `variant`.
-        pub fn $with(variant: Variant, $($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,fma")]
-            fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-            match variant {
-                #[cfg(target_arch = "x86_64")]
-                Variant::Avx512 => {
-                    assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
-                    // SAFETY: the CPU supports the features (checked above).
-                    unsafe { avx512($($arg),*) }
-                }
-                #[cfg(target_arch = "x86_64")]
-                Variant::Avx2 => {
-                    assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
-                    // SAFETY: the CPU supports the features (checked above).
-                    unsafe { avx2($($arg),*) }
-                }
-                _ => body($($arg),*),
-            }
-        }
-    };
 }
 
 multiversion! {
@@ -1501,13 +1348,13 @@ mod elementwise_tests {
 
 /// `out[i] = f(x[i])`, compiled for the best variant the CPU has (the
 /// closure is inlined into each), split across threads for large slices
-/// (see [`crate::ops::PARALLEL_ELEMENTS`]).
+/// (see [`crate::threads::PARALLEL_ELEMENTS`]).
 ///
 /// # Panics
 /// When the slices differ in length.
 pub fn map_into<F: Fn(f32) -> f32 + Sync>(x: &[f32], out: &mut [f32], f: F) {
     assert_eq!(x.len(), out.len(), "map_into: lengths differ");
-    crate::ops::for_parts((x, out), &|(x, out): (&[f32], &mut [f32])| {
+    crate::threads::for_parts((x, out), &|(x, out): (&[f32], &mut [f32])| {
         map_into_serial(x, out, &f);
     });
 }
@@ -1535,7 +1382,7 @@ fn map_into_serial<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
 /// `x[i] = f(x[i])` in place, compiled for the best variant, split
 /// across threads for large slices.
 pub fn map_in_place<F: Fn(f32) -> f32 + Sync>(x: &mut [f32], f: F) {
-    crate::ops::for_parts(x, &|x: &mut [f32]| map_in_place_serial(x, &f));
+    crate::threads::for_parts(x, &|x: &mut [f32]| map_in_place_serial(x, &f));
 }
 
 fn map_in_place_serial<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
@@ -1568,7 +1415,7 @@ pub fn zip_map_into<F: Fn(f32, f32) -> f32 + Sync>(a: &[f32], b: &[f32], out: &m
         a.len() == out.len() && b.len() == out.len(),
         "zip_map_into: lengths differ"
     );
-    crate::ops::for_parts(((a, b), out), &|((a, b), out): (
+    crate::threads::for_parts(((a, b), out), &|((a, b), out): (
         (&[f32], &[f32]),
         &mut [f32],
     )| zip_map_into_serial(a, b, out, &f));

@@ -79,7 +79,7 @@
 //! module's backward against finite differences.
 //!
 //! ## 5. Weights, buffers and checkpoints
-//! [`Module::save_safetensors`] / [`Module::load_safetensors`] exchange
+//! [`ModuleExt::save_safetensors`] / [`ModuleExt::load_safetensors`] exchange
 //! files with PyTorch's `safetensors.torch` under the same names, shapes
 //! and order, buffers ([`Buffer`], BatchNorm's running statistics)
 //! included; a failed load reports everything and changes nothing
@@ -87,8 +87,8 @@
 //! optimizer's and schedule's state, for bit-exact resumption.
 //!
 //! ## 6. Inspect
-//! [`summary()`](fn@summary) prints torchinfo's table; [`Module::named_parameters`],
-//! [`Module::named_buffers`], [`Module::state_dict`] list what a model holds.
+//! [`summary()`](fn@summary) prints torchinfo's table; [`ModuleExt::named_parameters`],
+//! [`ModuleExt::named_buffers`], [`ModuleExt::state_dict`] list what a model holds.
 //!
 //! ## 7. Speed
 //! [`Forward::forward_into`] writes into a caller's output with buffers
@@ -117,6 +117,7 @@ mod clip;
 mod container;
 mod dropout;
 mod error;
+mod forward;
 mod gradcheck;
 #[doc(hidden)]
 pub mod kernels;
@@ -127,9 +128,11 @@ mod norm;
 pub mod ops;
 mod optim;
 mod param;
+mod print;
 mod rng;
 mod serialize;
 mod summary;
+mod threads;
 mod written;
 
 pub use activation::{GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, GELU};
@@ -139,25 +142,30 @@ pub use clip::{clip_grad_norm_, clip_grad_norm_with, clip_grad_value_};
 pub use container::{Layer, Sequential};
 pub use dropout::Dropout;
 pub use error::{Error, ModulePath, Result};
+/// Internals of printing and of the chain engine; not public API.
+#[doc(hidden)]
+pub use forward::Flow;
+pub use forward::{Forward, Workspace};
 pub use gradcheck::{gradcheck, GradCheck, GradCheckReport};
 pub use linear::Linear;
 pub use loss::{
     bce_with_logits, cross_entropy, mse_loss, BCEWithLogitsLoss, CrossEntropyLoss, LossOutput,
     MSELoss, Reduction,
 };
-/// Internals of printing and of the chain engine; not public API.
-#[doc(hidden)]
-pub use module::{add_indent, fmt_module, Flow};
-pub use module::{repr, Forward, Module, Trace, Workspace};
+pub use module::{Module, ModuleExt};
 pub use norm::{BatchNorm1d, LayerNorm};
 pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
 pub use param::Param;
+pub use print::repr;
+#[doc(hidden)]
+pub use print::{add_indent, fmt_module};
 pub use rng::{
     manual_seed, rand_uniform, with_default_generator, with_seed, Generator, DEFAULT_SEED,
 };
 pub use serialize::{
     DType, LoadError, LoadOptions, LoadReport, SaveDtype, SaveOptions, StateDict, TensorData,
 };
+pub use summary::Trace;
 pub use summary::{human_count, summary, Summary, SummaryRow};
 pub use written::{Tape, Var};
 
@@ -180,7 +188,7 @@ pub type Tensor = nalgebra::DMatrix<f32>;
 #[doc(hidden)]
 pub mod __private_v1 {
     pub use crate::chain;
-    pub use crate::module::Flow;
+    pub use crate::forward::Flow;
     pub use crate::written::{
         backward, backward_params, dyn_mut, forward, forward_into, forward_traced, forward_train,
         Binary, Engine, Eval, HasTape, ScalarOp, Site, Unary, Written,
@@ -277,13 +285,14 @@ pub mod __private_v1 {
 ///
 /// It brings `Result` (nncore's, `Result<T, E = nncore::Error>`, so that
 /// `Result<T, OtherError>` keeps working), the layers, containers, losses,
-/// optimizers, `Tape` and the `forward` attribute.
+/// optimizers, `Tape` and the `forward` attribute, and [`ModuleExt`]
+/// (`named_parameters`, `state_dict`, `train`, ...).
 pub mod prelude {
     pub use crate::{
         bce_with_logits, clip_grad_norm_, clip_grad_value_, cross_entropy, forward, mse_loss, seq,
         Adam, BCEWithLogitsLoss, BatchNorm1d, Buffer, CrossEntropyLoss, Dropout, Forward,
         GeluApproximate, Identity, LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss,
-        Module, Optimizer, Param, ReLU, Reduction, Result, Sequential, Sgd, Sigmoid, Softmax, Tanh,
-        Tape, Tensor, GELU,
+        Module, ModuleExt, Optimizer, Param, ReLU, Reduction, Result, Sequential, Sgd, Sigmoid,
+        Softmax, Tanh, Tape, Tensor, GELU,
     };
 }

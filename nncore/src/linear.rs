@@ -6,7 +6,8 @@
 
 mod packed;
 
-use crate::module::{Forward, Module};
+use crate::forward::Forward;
+use crate::module::Module;
 use crate::ops::{ensure_shape, matmul, matmul_bias, matmul_bias_new, Trans};
 use crate::{with_default_generator, Error, Generator, ModulePath, Param, Result, Tensor};
 
@@ -320,6 +321,32 @@ impl Linear {
         }
         f(&wt.1, Trans::No)
     }
+
+    /// The weight and bias gradients of a backward pass (`dW = g^T x`,
+    /// `db` = column sums of `g`), accumulated into the parameters.
+    fn param_grads(&mut self, grad: &Tensor) -> Result<()> {
+        let expected = (self.input.nrows(), self.out_features());
+        crate::module::begin_backward(&mut self.recorded, "Linear", expected, grad)?;
+        // dW = g^T x, db = column sums of g, dx = g W.
+        if let Some((_, dw, acc)) = self.weight.grad_slot() {
+            let beta = if acc { 1.0 } else { 0.0 };
+            matmul(1.0, grad, Trans::Yes, &self.input, Trans::No, beta, dw);
+        }
+        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
+            // Column sums of g; an empty batch sums to zero (as in
+            // PyTorch), it does not leave the previous gradient behind.
+            let rows = grad.nrows();
+            for (j, d) in db.as_mut_slice().iter_mut().enumerate() {
+                let s = if rows == 0 {
+                    0.0
+                } else {
+                    crate::kernels::sum(&grad.as_slice()[j * rows..(j + 1) * rows])
+                };
+                *d = if acc { *d + s } else { s };
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Module for Linear {
@@ -422,34 +449,6 @@ impl Forward for Linear {
 
     fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
         self.param_grads(grad)
-    }
-}
-
-impl Linear {
-    /// The weight and bias gradients of a backward pass (`dW = g^T x`,
-    /// `db` = column sums of `g`), accumulated into the parameters.
-    fn param_grads(&mut self, grad: &Tensor) -> Result<()> {
-        let expected = (self.input.nrows(), self.out_features());
-        crate::module::begin_backward(&mut self.recorded, "Linear", expected, grad)?;
-        // dW = g^T x, db = column sums of g, dx = g W.
-        if let Some((_, dw, acc)) = self.weight.grad_slot() {
-            let beta = if acc { 1.0 } else { 0.0 };
-            matmul(1.0, grad, Trans::Yes, &self.input, Trans::No, beta, dw);
-        }
-        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
-            // Column sums of g; an empty batch sums to zero (as in
-            // PyTorch), it does not leave the previous gradient behind.
-            let rows = grad.nrows();
-            for (j, d) in db.as_mut_slice().iter_mut().enumerate() {
-                let s = if rows == 0 {
-                    0.0
-                } else {
-                    crate::kernels::sum(&grad.as_slice()[j * rows..(j + 1) * rows])
-                };
-                *d = if acc { *d + s } else { s };
-            }
-        }
-        Ok(())
     }
 }
 
@@ -571,6 +570,7 @@ mod tests {
     use super::*;
     use crate::ops::close;
     use crate::optim::{Optimizer, Sgd};
+    use crate::ModuleExt;
 
     /// The reference: `x W^T + b` by nalgebra.
     fn reference(fc: &Linear, x: &Tensor) -> Tensor {

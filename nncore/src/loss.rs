@@ -160,9 +160,7 @@ impl MSELoss {
         let grad = diff * 2.0;
         Ok(reduce(self.reduction, losses, grad, input.len()))
     }
-}
 
-impl MSELoss {
     /// The reduced loss, with `dL/d input` written into `grad` (resized as
     /// needed; no allocation once it has the input's shape): what
     /// [`MSELoss::forward`] computes for `Mean` and `Sum`.

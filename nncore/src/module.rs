@@ -1,19 +1,28 @@
-//! The [`Module`] and [`Forward`] traits and PyTorch's printing.
+//! The [`Module`] trait (what a layer or model provides), [`ModuleExt`]
+//! (what every module gets from it) and the walks over parameters,
+//! buffers and submodules in PyTorch's order.
 
 use std::fmt;
 use std::path::Path;
 
+use crate::print::fmt_module;
 use crate::serialize::{self, LoadOptions, LoadReport, SaveOptions, StateDict};
 use crate::{Buffer, Error, ModulePath, Param, Result, Tensor};
 
 /// A node of a model: its name, its direct parameters and its child
 /// modules. What `nn.Module` is to PyTorch, minus `forward` (see
-/// [`Forward`]).
+/// [`Forward`](crate::Forward)).
 ///
 /// Implement it with `#[derive(Module)]` on a struct whose fields are
-/// modules; the derive also implements [`Forward`] (the fields applied in
+/// modules; the derive also implements [`Forward`](crate::Forward) (the fields applied in
 /// declaration order) and `Display` (exactly PyTorch's `print(model)`).
 /// Layers such as [`Linear`](crate::Linear) implement it by hand.
+///
+/// The trait holds what an implementor writes: the name, `extra_repr`,
+/// the visitors of children, own parameters and own buffers, printing and
+/// the training mode. Everything built on them (`named_parameters`,
+/// `state_dict`, `zero_grad`, `train`, files) is on [`ModuleExt`], which
+/// every module gets.
 ///
 /// The trait is object safe: children are visited as `&dyn Module`.
 ///
@@ -115,7 +124,31 @@ pub trait Module {
         self.visit_children(&mut |_, child| all &= child.is_training());
         all
     }
+}
 
+/// What every [`Module`] can do, written once on top of what an implementor
+/// provides (the `StreamExt` / `ServiceExt` pattern): PyTorch's
+/// `train()` / `eval()`, `named_parameters()`, `num_parameters()`,
+/// `zero_grad()`, `state_dict()`, safetensors files and the rest. It is
+/// implemented for every module, `dyn Module` included, and cannot be
+/// overridden, so the conveniences never disagree with the visitors they
+/// are built on. `use nncore::prelude::*` brings it into scope.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+///
+/// let mut fc = Linear::new(3, 2);
+/// assert_eq!(fc.num_parameters(), 8);
+/// let names: Vec<String> = fc.named_parameters().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["weight", "bias"]);
+/// fc.eval();
+/// assert!(!fc.is_training());
+/// // The same through a trait object.
+/// let m: &dyn Module = &fc;
+/// assert_eq!(m.state_dict().len(), 2);
+/// ```
+pub trait ModuleExt: Module {
     /// PyTorch's `train()`: training mode for the module and every
     /// submodule.
     fn train(&mut self) {
@@ -140,7 +173,7 @@ pub trait Module {
         out
     }
 
-    /// Every parameter, in the order of [`Module::named_parameters`].
+    /// Every parameter, in the order of [`ModuleExt::named_parameters`].
     fn parameters(&self) -> Vec<&Param> {
         self.named_parameters()
             .into_iter()
@@ -149,7 +182,7 @@ pub trait Module {
     }
 
     /// Calls `f` with every parameter's dotted name and value, mutably, in
-    /// the order of [`Module::named_parameters`]. Loaders use it.
+    /// the order of [`ModuleExt::named_parameters`]. Loaders use it.
     fn visit_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
         let mut prefix = String::new();
         walk_parameters_mut(self, &mut prefix, f);
@@ -221,7 +254,7 @@ pub trait Module {
         out
     }
 
-    /// The old name of [`Module::requires_grad_`]: a setter named like
+    /// The old name of [`ModuleExt::requires_grad_`]: a setter named like
     /// `Param::requires_grad`, a getter.
     #[deprecated(since = "0.1.0", note = "renamed `requires_grad_`, as PyTorch's")]
     fn requires_grad(&mut self, requires_grad: bool) {
@@ -246,7 +279,7 @@ pub trait Module {
     }
 
     /// Writes the parameters as a safetensors file in `f32` (see
-    /// [`Module::save_safetensors_with`]).
+    /// [`ModuleExt::save_safetensors_with`]).
     ///
     /// # Errors
     /// I/O errors, with the path.
@@ -277,7 +310,7 @@ pub trait Module {
     ///
     /// # Errors
     /// A malformed file ([`Error::Format`]), I/O errors, and everything
-    /// [`Module::load_state_dict`] reports.
+    /// [`ModuleExt::load_state_dict`] reports.
     fn load_safetensors<P: AsRef<Path>>(&mut self, path: P) -> Result<LoadReport>
     where
         Self: Sized,
@@ -288,7 +321,7 @@ pub trait Module {
     /// Loads a safetensors file with options (strict or not).
     ///
     /// # Errors
-    /// As [`Module::load_safetensors`].
+    /// As [`ModuleExt::load_safetensors`].
     fn load_safetensors_with<P: AsRef<Path>>(
         &mut self,
         path: P,
@@ -303,7 +336,7 @@ pub trait Module {
     /// Loads safetensors data held in memory.
     ///
     /// # Errors
-    /// As [`Module::load_safetensors`].
+    /// As [`ModuleExt::load_safetensors`].
     fn load_safetensors_bytes(&mut self, bytes: &[u8], options: LoadOptions) -> Result<LoadReport> {
         serialize::load_bytes(self, bytes, options)
     }
@@ -318,7 +351,9 @@ pub trait Module {
     }
 }
 
-fn join(prefix: &mut String, name: &str) -> usize {
+impl<M: Module + ?Sized> ModuleExt for M {}
+
+pub(crate) fn join(prefix: &mut String, name: &str) -> usize {
     let len = prefix.len();
     if !prefix.is_empty() {
         prefix.push('.');
@@ -487,386 +522,4 @@ fn walk_modules<'a, M: Module + ?Sized>(
         walk_modules(child, prefix, f);
         prefix.truncate(len);
     });
-}
-
-/// PyTorch's `Module.__repr__`: `Name(extra)` when the module has a
-/// one-line `extra_repr` and no children, otherwise the extra lines and
-/// `(name): child` lines, each indented two spaces (children's own lines
-/// indented two more, as `_addindent` does), and `)` on its own line.
-///
-/// Derived `Display` impls and [`Module::fmt_repr`] call it.
-///
-/// # Errors
-/// Only those of the formatter.
-pub fn fmt_module<M: Module + ?Sized>(m: &M, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let extra = m.extra_repr();
-    let extra_lines: Vec<&str> = if extra.is_empty() {
-        Vec::new()
-    } else {
-        extra.split('\n').collect()
-    };
-    let mut child_lines = Vec::new();
-    m.visit_children(&mut |name, child| {
-        child_lines.push(format!("({name}): {}", add_indent(&repr(child), 2)));
-    });
-    f.write_str(m.name())?;
-    f.write_str("(")?;
-    if extra_lines.len() == 1 && child_lines.is_empty() {
-        f.write_str(extra_lines[0])?;
-    } else if !extra_lines.is_empty() || !child_lines.is_empty() {
-        for line in extra_lines
-            .iter()
-            .copied()
-            .chain(child_lines.iter().map(String::as_str))
-        {
-            f.write_str("\n  ")?;
-            f.write_str(line)?;
-        }
-        f.write_str("\n")?;
-    }
-    f.write_str(")")
-}
-
-/// The PyTorch `repr` of any module, as a `String`.
-#[must_use]
-pub fn repr<M: Module + ?Sized>(m: &M) -> String {
-    struct Repr<'a, M: ?Sized>(&'a M);
-    impl<M: Module + ?Sized> fmt::Display for Repr<'_, M> {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            self.0.fmt_repr(f)
-        }
-    }
-    Repr(m).to_string()
-}
-
-/// PyTorch's `_addindent`: every line but the first gets `spaces` more
-/// spaces.
-#[must_use]
-pub fn add_indent(s: &str, spaces: usize) -> String {
-    let mut lines = s.split('\n');
-    let mut out = String::with_capacity(s.len());
-    if let Some(first) = lines.next() {
-        out.push_str(first);
-    }
-    for line in lines {
-        out.push('\n');
-        out.extend(std::iter::repeat_n(' ', spaces));
-        out.push_str(line);
-    }
-    out
-}
-
-/// How data flows through a module: PyTorch's `forward`, plus the
-/// recording forward and the backward pass used for training.
-///
-/// Three ways to get it:
-/// - `#[derive(Module)]` alone applies the fields in declaration order
-///   (and, for training, their backward passes in reverse order);
-/// - a written forward: a `Tape` field and `#[nncore::forward]` on an
-///   `impl` block with `fn forward(&self, x: &Tensor) -> Result<Tensor>`,
-///   from which inference, `forward_into`, tracing, `forward_train` and
-///   `backward` are all generated;
-/// - `#[module(custom_forward)]` and a hand-written `impl Forward`, which
-///   must implement `forward_train` and `backward` too to be trained.
-///
-/// Shapes: inputs and outputs are `(batch, features)` matrices, one row
-/// per sample.
-///
-/// # Example
-/// A residual block whose forward is not a chain, trained:
-/// ```
-/// use nncore::prelude::*;
-///
-/// #[derive(Module)]
-/// struct Residual {
-///     fc: Linear,
-///     relu: ReLU,
-///     tape: Tape,
-/// }
-///
-/// #[nncore::forward]
-/// impl Residual {
-///     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-///         let h = self.fc(x)?;
-///         Ok(self.relu(h)? + x)
-///     }
-/// }
-///
-/// let mut block = Residual { fc: Linear::new(4, 4), relu: ReLU::new(), tape: Tape::default() };
-/// let x = Tensor::zeros(2, 4);
-/// assert_eq!(block.forward(&x)?.shape(), (2, 4));
-/// block.forward_train(&x)?;
-/// let grad = Tensor::from_element(2, 4, 1.0);
-/// let dx = block.backward(&grad)?;
-/// assert_eq!(dx.shape(), (2, 4));
-/// # Ok::<(), nncore::Error>(())
-/// ```
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` has no forward pass",
-    label = "`{Self}` does not implement `nncore::Forward`",
-    note = "implement `nncore::Forward` for it, mark a field that holds plain data with `#[module(skip)]`, or put `#[module(custom_forward)]` on the struct and write its forward yourself"
-)]
-pub trait Forward: Module {
-    /// Computes the output for a `(batch, in_features)` input.
-    ///
-    /// # Errors
-    /// An input of the wrong shape, with the module path.
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
-
-    /// [`Forward::forward`] taking its input by value, so that layers such
-    /// as `ReLU` can work in place. The derived forward chains through it.
-    ///
-    /// # Errors
-    /// As [`Forward::forward`].
-    fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
-        self.forward(&x)
-    }
-
-    /// The training forward: computes the same output as
-    /// [`Forward::forward`] and records what [`Forward::backward`] needs.
-    /// The output lives in a buffer of the module's, reused across steps.
-    ///
-    /// # Errors
-    /// As [`Forward::forward`]; [`Error::BackwardUnsupported`] for a module
-    /// without a backward pass.
-    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-        let _ = x;
-        Err(Error::BackwardUnsupported {
-            path: ModulePath::leaf(self.name()),
-        })
-    }
-
-    /// The backward pass: given `dL/d output` for the last
-    /// [`Forward::forward_train`], accumulates every parameter's gradient
-    /// and returns `dL/d input`.
-    ///
-    /// # Errors
-    /// [`Error::NoRecordedForward`] without a `forward_train` before it (or
-    /// on a second backward for one forward); a gradient of the wrong
-    /// shape; [`Error::BackwardUnsupported`] for a module without a
-    /// backward pass.
-    ///
-    /// After an error the parameters' gradients are undefined: the children
-    /// after the failing one (in backward order) may already have
-    /// accumulated theirs, as in PyTorch. Call `zero_grad()` (and run
-    /// `forward_train` again) before the next step; an optimizer step on
-    /// such gradients would apply a partial update.
-    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        let _ = grad;
-        Err(Error::BackwardUnsupported {
-            path: ModulePath::leaf(self.name()),
-        })
-    }
-
-    /// Inference into `out` (resized as needed), with intermediate buffers
-    /// taken from and returned to `ws`: once `out` and `ws` have served one
-    /// call of the same shapes, a call allocates nothing. Computes what
-    /// [`Forward::forward`] does.
-    ///
-    /// # Errors
-    /// As [`Forward::forward`].
-    ///
-    /// # Example
-    /// ```
-    /// use nncore::prelude::*;
-    /// use nncore::Workspace;
-    ///
-    /// #[derive(Module)]
-    /// struct Net { fc: Linear, act: ReLU }
-    ///
-    /// let net = Net { fc: Linear::new(4, 3), act: ReLU::new() };
-    /// let x = Tensor::from_element(2, 4, 0.5);
-    /// let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
-    /// net.forward_into(&x, &mut out, &mut ws)?;
-    /// assert_eq!(out, net.forward(&x)?);
-    /// # Ok::<(), nncore::Error>(())
-    /// ```
-    fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
-        let _ = ws;
-        *out = self.forward(x)?;
-        Ok(())
-    }
-
-    /// [`Forward::backward`] without computing `dL/d input`: what training
-    /// needs when the input is data, not a parameter (PyTorch skips the
-    /// input's gradient when the input does not require one). Derived
-    /// modules and containers pass it to their first child, so a model's
-    /// first `Linear` skips one of its three matrix products.
-    ///
-    /// # Errors
-    /// As [`Forward::backward`].
-    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
-        // `backward` ties the gradient's lifetime to `self`; copy-free
-        // callers go through the derived and container impls.
-        let grad = grad.clone();
-        self.backward(&grad).map(|_| ())
-    }
-
-    /// [`Forward::forward`] that also records every submodule's output
-    /// shape in `trace` (what [`summary`](fn@crate::summary) prints). Derived
-    /// modules and containers trace their children; a hand-written forward
-    /// records only its own output unless it overrides this.
-    ///
-    /// # Errors
-    /// As [`Forward::forward`].
-    fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
-        let y = self.forward(x)?;
-        trace.record(&y);
-        Ok(y)
-    }
-}
-
-/// Buffers reused across calls of [`Forward::forward_into`].
-#[derive(Debug, Default)]
-pub struct Workspace {
-    pool: Vec<Tensor>,
-    arenas: Vec<Vec<Tensor>>,
-}
-
-impl Workspace {
-    /// An empty workspace; it grows on first use.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A buffer (of unspecified shape and contents) to write into.
-    pub fn take(&mut self) -> Tensor {
-        self.pool.pop().unwrap_or_else(|| Tensor::zeros(0, 0))
-    }
-
-    /// Returns a buffer for later calls.
-    pub fn give(&mut self, t: Tensor) {
-        self.pool.push(t);
-    }
-
-    /// An empty list of buffers (with the capacity of an earlier one),
-    /// for the values of a written forward.
-    pub(crate) fn take_arena(&mut self) -> Vec<Tensor> {
-        self.arenas.pop().unwrap_or_default()
-    }
-
-    /// Returns an emptied list of buffers.
-    pub(crate) fn give_arena(&mut self, arena: Vec<Tensor>) {
-        debug_assert!(arena.is_empty());
-        self.arenas.push(arena);
-    }
-
-    /// One step of a forward chain: runs `m` on the current tensor (`x`
-    /// until a step has run) into a fresh buffer, which becomes current.
-    ///
-    /// # Errors
-    /// Whatever `m` reports.
-    pub fn step<F: Forward + ?Sized>(
-        &mut self,
-        m: &F,
-        x: &Tensor,
-        cur: &mut Option<Tensor>,
-    ) -> Result<()> {
-        let mut next = self.take();
-        let r = m.forward_into(cur.as_ref().unwrap_or(x), &mut next, self);
-        if let Some(prev) = cur.replace(next) {
-            self.give(prev);
-        }
-        r
-    }
-
-    /// Ends a forward chain: copies the current tensor (or `x` if no step
-    /// ran) into `out` and keeps the buffer.
-    pub fn finish(&mut self, x: &Tensor, cur: Option<Tensor>, out: &mut Tensor) {
-        crate::ops::copy_into(cur.as_ref().unwrap_or(x), out);
-        if let Some(t) = cur {
-            self.give(t);
-        }
-    }
-}
-
-/// The output shapes seen during [`Forward::forward_traced`], by module
-/// path.
-#[derive(Debug, Default, Clone)]
-pub struct Trace {
-    path: String,
-    shapes: Vec<(String, (usize, usize))>,
-}
-
-impl Trace {
-    /// An empty trace.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Runs `f` one level down, in child `name`.
-    pub fn child<R>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> R) -> R {
-        let len = join(&mut self.path, name);
-        let r = f(self);
-        self.path.truncate(len);
-        r
-    }
-
-    /// Records `out` as the output of the module at the current path.
-    pub fn record(&mut self, out: &Tensor) {
-        self.shapes.push((self.path.clone(), out.shape()));
-    }
-
-    /// The recorded output shape of the module at `path` (`""` for the
-    /// model itself).
-    #[must_use]
-    pub fn shape_of(&self, path: &str) -> Option<(usize, usize)> {
-        self.shapes
-            .iter()
-            .rev()
-            .find(|(p, _)| p == path)
-            .map(|(_, s)| *s)
-    }
-}
-
-/// A tensor flowing through a forward chain: the caller's borrowed input
-/// until the first module runs, then owned outputs, so that in-place layers
-/// can reuse the buffer. Used by the derive and the containers.
-#[derive(Debug)]
-pub enum Flow<'a> {
-    /// The caller's input, not yet copied.
-    Borrowed(&'a Tensor),
-    /// An intermediate output owned by the chain.
-    Owned(Tensor),
-}
-
-impl Flow<'_> {
-    /// Applies `m`: `forward` on a borrowed input, `forward_owned` on an
-    /// owned one.
-    ///
-    /// # Errors
-    /// Whatever `m` reports.
-    #[inline]
-    pub fn apply<F: Forward + ?Sized>(self, m: &F) -> Result<Self> {
-        Ok(Flow::Owned(match self {
-            Flow::Borrowed(x) => m.forward(x)?,
-            Flow::Owned(x) => m.forward_owned(x)?,
-        }))
-    }
-
-    /// The tensor, copied only if no module ran.
-    #[must_use]
-    pub fn into_tensor(self) -> Tensor {
-        match self {
-            Flow::Borrowed(x) => x.clone(),
-            Flow::Owned(x) => x,
-        }
-    }
-
-    /// A view of the current tensor.
-    #[must_use]
-    pub fn as_tensor(&self) -> &Tensor {
-        match self {
-            Flow::Borrowed(x) => x,
-            Flow::Owned(x) => x,
-        }
-    }
-}
-
-impl fmt::Display for dyn Module + '_ {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.fmt_repr(f)
-    }
 }

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 
-use crate::activation::py_float;
+use crate::forward::Forward;
 use crate::kernels;
-use crate::module::{begin_backward, Forward, Module};
+use crate::module::{begin_backward, Module};
 use crate::ops::{as_uninit, ensure_shape, new_filled};
+use crate::print::py_float;
 use crate::{Buffer, Error, ModulePath, Param, Result, Tensor};
 
 /// PyTorch's `nn.LayerNorm(normalized_shape)` over the features of a

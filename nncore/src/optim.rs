@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use crate::checkpoint::{
     match_state, tensor_data, to_tensor, Fields, OptimizerState, SchedulerState,
 };
+use crate::module::ModuleExt;
 use crate::{Error, Module, Param, Result, Tensor, TensorData};
 
 /// What every optimizer does.
@@ -249,7 +250,7 @@ impl Optimizer for Sgd {
                 return;
             };
             if momentum == 0.0 {
-                crate::ops::for_parts(
+                crate::threads::for_parts(
                     (value.as_mut_slice(), grad.as_slice()),
                     &|(w, g): (&mut [f32], &[f32])| crate::kernels::sgd_update(w, g, lr, wd),
                 );

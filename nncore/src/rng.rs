@@ -57,6 +57,21 @@ impl Generator {
             *v = self.uniform(from, to);
         }
     }
+
+    /// A `rows x cols` tensor filled as `torch.empty(rows, cols).uniform_(from,
+    /// to)` fills it (PyTorch's row-major draw order).
+    #[must_use]
+    pub fn uniform_tensor(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        from: f32,
+        to: f32,
+    ) -> crate::Tensor {
+        let mut data = vec![0.0f32; rows * cols];
+        self.fill_uniform(&mut data, from, to);
+        crate::Tensor::from_row_slice(rows, cols, &data)
+    }
 }
 
 impl fmt::Debug for Generator {
@@ -154,23 +169,6 @@ pub fn with_seed<R>(seed: u64, f: impl FnOnce() -> R) -> R {
     let previous = SCOPED.with(|s| s.borrow_mut().replace(Generator::new(seed)));
     let _restore = Restore(previous);
     f()
-}
-
-impl Generator {
-    /// A `rows x cols` tensor filled as `torch.empty(rows, cols).uniform_(from,
-    /// to)` fills it (PyTorch's row-major draw order).
-    #[must_use]
-    pub fn uniform_tensor(
-        &mut self,
-        rows: usize,
-        cols: usize,
-        from: f32,
-        to: f32,
-    ) -> crate::Tensor {
-        let mut data = vec![0.0f32; rows * cols];
-        self.fill_uniform(&mut data, from, to);
-        crate::Tensor::from_row_slice(rows, cols, &data)
-    }
 }
 
 /// `torch.empty(rows, cols).uniform_(from, to)` from the default generator.

@@ -290,7 +290,7 @@ impl StateDict {
     }
 
     /// Writes the state dict as a safetensors file, atomically (see
-    /// [`Module::save_safetensors`]).
+    /// [`ModuleExt::save_safetensors`](crate::ModuleExt::save_safetensors)).
     ///
     /// # Errors
     /// I/O errors, with the path.

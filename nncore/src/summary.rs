@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use crate::module::{Forward, Module, Trace};
+use crate::forward::Forward;
+use crate::module::ModuleExt;
+use crate::module::{join, Module};
 use crate::{Result, Tensor};
 
 /// One line of a [`Summary`].
@@ -463,6 +465,46 @@ impl fmt::Display for Summary {
         } else {
             self.fmt_torchinfo(f)
         }
+    }
+}
+
+/// The output shapes seen during [`Forward::forward_traced`], by module
+/// path.
+#[derive(Debug, Default, Clone)]
+pub struct Trace {
+    path: String,
+    shapes: Vec<(String, (usize, usize))>,
+}
+
+impl Trace {
+    /// An empty trace.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` one level down, in child `name`.
+    pub fn child<R>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        let len = join(&mut self.path, name);
+        let r = f(self);
+        self.path.truncate(len);
+        r
+    }
+
+    /// Records `out` as the output of the module at the current path.
+    pub fn record(&mut self, out: &Tensor) {
+        self.shapes.push((self.path.clone(), out.shape()));
+    }
+
+    /// The recorded output shape of the module at `path` (`""` for the
+    /// model itself).
+    #[must_use]
+    pub fn shape_of(&self, path: &str) -> Option<(usize, usize)> {
+        self.shapes
+            .iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, s)| *s)
     }
 }
 

@@ -3,7 +3,8 @@
 
 use super::math::{self, Binary, ScalarOp, Unary};
 use super::{Engine, Site, Var};
-use crate::module::{Forward, Trace, Workspace};
+use crate::forward::{Forward, Workspace};
+use crate::summary::Trace;
 use crate::{Error, Result, Tensor};
 
 pub(crate) enum Mode<'w> {

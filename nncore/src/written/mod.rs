@@ -20,7 +20,8 @@ pub use eval::Eval;
 pub use math::{Binary, ScalarOp, Unary};
 pub use tape::Tape;
 
-use crate::module::{Forward, Trace, Workspace};
+use crate::forward::{Forward, Workspace};
+use crate::summary::Trace;
 use crate::{Error, Result, Tensor};
 
 /// A tensor inside a written forward: a handle to a value the engine holds.

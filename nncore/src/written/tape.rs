@@ -3,7 +3,7 @@
 
 use super::math::{self, Binary, ScalarOp, Unary};
 use super::{Engine, Site, Var, Written};
-use crate::module::Forward;
+use crate::forward::Forward;
 use crate::ops::copy_into;
 use crate::{Error, ModulePath, Result, Tensor};
 

@@ -1,0 +1,275 @@
+//! How data flows: the [`Forward`] trait, the [`Workspace`] that
+//! `forward_into` draws its buffers from, and the [`Flow`] of a chain.
+
+use crate::module::Module;
+use crate::summary::Trace;
+use crate::{Error, ModulePath, Result, Tensor};
+
+/// How data flows through a module: PyTorch's `forward`, plus the
+/// recording forward and the backward pass used for training.
+///
+/// Three ways to get it:
+/// - `#[derive(Module)]` alone applies the fields in declaration order
+///   (and, for training, their backward passes in reverse order);
+/// - a written forward: a `Tape` field and `#[nncore::forward]` on an
+///   `impl` block with `fn forward(&self, x: &Tensor) -> Result<Tensor>`,
+///   from which inference, `forward_into`, tracing, `forward_train` and
+///   `backward` are all generated;
+/// - `#[module(custom_forward)]` and a hand-written `impl Forward`, which
+///   must implement `forward_train` and `backward` too to be trained.
+///
+/// Shapes: inputs and outputs are `(batch, features)` matrices, one row
+/// per sample.
+///
+/// # Example
+/// A residual block whose forward is not a chain, trained:
+/// ```
+/// use nncore::prelude::*;
+///
+/// #[derive(Module)]
+/// struct Residual {
+///     fc: Linear,
+///     relu: ReLU,
+///     tape: Tape,
+/// }
+///
+/// #[nncore::forward]
+/// impl Residual {
+///     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+///         let h = self.fc(x)?;
+///         Ok(self.relu(h)? + x)
+///     }
+/// }
+///
+/// let mut block = Residual { fc: Linear::new(4, 4), relu: ReLU::new(), tape: Tape::default() };
+/// let x = Tensor::zeros(2, 4);
+/// assert_eq!(block.forward(&x)?.shape(), (2, 4));
+/// block.forward_train(&x)?;
+/// let grad = Tensor::from_element(2, 4, 1.0);
+/// let dx = block.backward(&grad)?;
+/// assert_eq!(dx.shape(), (2, 4));
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no forward pass",
+    label = "`{Self}` does not implement `nncore::Forward`",
+    note = "implement `nncore::Forward` for it, mark a field that holds plain data with `#[module(skip)]`, or put `#[module(custom_forward)]` on the struct and write its forward yourself"
+)]
+pub trait Forward: Module {
+    /// Computes the output for a `(batch, in_features)` input.
+    ///
+    /// # Errors
+    /// An input of the wrong shape, with the module path.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// [`Forward::forward`] taking its input by value, so that layers such
+    /// as `ReLU` can work in place. The derived forward chains through it.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`].
+    fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+        self.forward(&x)
+    }
+
+    /// The training forward: computes the same output as
+    /// [`Forward::forward`] and records what [`Forward::backward`] needs.
+    /// The output lives in a buffer of the module's, reused across steps.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`]; [`Error::BackwardUnsupported`] for a module
+    /// without a backward pass.
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        let _ = x;
+        Err(Error::BackwardUnsupported {
+            path: ModulePath::leaf(self.name()),
+        })
+    }
+
+    /// The backward pass: given `dL/d output` for the last
+    /// [`Forward::forward_train`], accumulates every parameter's gradient
+    /// and returns `dL/d input`.
+    ///
+    /// # Errors
+    /// [`Error::NoRecordedForward`] without a `forward_train` before it (or
+    /// on a second backward for one forward); a gradient of the wrong
+    /// shape; [`Error::BackwardUnsupported`] for a module without a
+    /// backward pass.
+    ///
+    /// After an error the parameters' gradients are undefined: the children
+    /// after the failing one (in backward order) may already have
+    /// accumulated theirs, as in PyTorch. Call `zero_grad()` (and run
+    /// `forward_train` again) before the next step; an optimizer step on
+    /// such gradients would apply a partial update.
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        let _ = grad;
+        Err(Error::BackwardUnsupported {
+            path: ModulePath::leaf(self.name()),
+        })
+    }
+
+    /// Inference into `out` (resized as needed), with intermediate buffers
+    /// taken from and returned to `ws`: once `out` and `ws` have served one
+    /// call of the same shapes, a call allocates nothing. Computes what
+    /// [`Forward::forward`] does.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`].
+    ///
+    /// # Example
+    /// ```
+    /// use nncore::prelude::*;
+    /// use nncore::Workspace;
+    ///
+    /// #[derive(Module)]
+    /// struct Net { fc: Linear, act: ReLU }
+    ///
+    /// let net = Net { fc: Linear::new(4, 3), act: ReLU::new() };
+    /// let x = Tensor::from_element(2, 4, 0.5);
+    /// let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+    /// net.forward_into(&x, &mut out, &mut ws)?;
+    /// assert_eq!(out, net.forward(&x)?);
+    /// # Ok::<(), nncore::Error>(())
+    /// ```
+    fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
+        let _ = ws;
+        *out = self.forward(x)?;
+        Ok(())
+    }
+
+    /// [`Forward::backward`] without computing `dL/d input`: what training
+    /// needs when the input is data, not a parameter (PyTorch skips the
+    /// input's gradient when the input does not require one). Derived
+    /// modules and containers pass it to their first child, so a model's
+    /// first `Linear` skips one of its three matrix products.
+    ///
+    /// # Errors
+    /// As [`Forward::backward`].
+    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+        // `backward` ties the gradient's lifetime to `self`; copy-free
+        // callers go through the derived and container impls.
+        let grad = grad.clone();
+        self.backward(&grad).map(|_| ())
+    }
+
+    /// [`Forward::forward`] that also records every submodule's output
+    /// shape in `trace` (what [`summary`](fn@crate::summary) prints). Derived
+    /// modules and containers trace their children; a hand-written forward
+    /// records only its own output unless it overrides this.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`].
+    fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        trace.record(&y);
+        Ok(y)
+    }
+}
+
+/// Buffers reused across calls of [`Forward::forward_into`].
+#[derive(Debug, Default)]
+pub struct Workspace {
+    pool: Vec<Tensor>,
+    arenas: Vec<Vec<Tensor>>,
+}
+
+impl Workspace {
+    /// An empty workspace; it grows on first use.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A buffer (of unspecified shape and contents) to write into.
+    pub fn take(&mut self) -> Tensor {
+        self.pool.pop().unwrap_or_else(|| Tensor::zeros(0, 0))
+    }
+
+    /// Returns a buffer for later calls.
+    pub fn give(&mut self, t: Tensor) {
+        self.pool.push(t);
+    }
+
+    /// An empty list of buffers (with the capacity of an earlier one),
+    /// for the values of a written forward.
+    pub(crate) fn take_arena(&mut self) -> Vec<Tensor> {
+        self.arenas.pop().unwrap_or_default()
+    }
+
+    /// Returns an emptied list of buffers.
+    pub(crate) fn give_arena(&mut self, arena: Vec<Tensor>) {
+        debug_assert!(arena.is_empty());
+        self.arenas.push(arena);
+    }
+
+    /// One step of a forward chain: runs `m` on the current tensor (`x`
+    /// until a step has run) into a fresh buffer, which becomes current.
+    ///
+    /// # Errors
+    /// Whatever `m` reports.
+    pub fn step<F: Forward + ?Sized>(
+        &mut self,
+        m: &F,
+        x: &Tensor,
+        cur: &mut Option<Tensor>,
+    ) -> Result<()> {
+        let mut next = self.take();
+        let r = m.forward_into(cur.as_ref().unwrap_or(x), &mut next, self);
+        if let Some(prev) = cur.replace(next) {
+            self.give(prev);
+        }
+        r
+    }
+
+    /// Ends a forward chain: copies the current tensor (or `x` if no step
+    /// ran) into `out` and keeps the buffer.
+    pub fn finish(&mut self, x: &Tensor, cur: Option<Tensor>, out: &mut Tensor) {
+        crate::ops::copy_into(cur.as_ref().unwrap_or(x), out);
+        if let Some(t) = cur {
+            self.give(t);
+        }
+    }
+}
+
+/// A tensor flowing through a forward chain: the caller's borrowed input
+/// until the first module runs, then owned outputs, so that in-place layers
+/// can reuse the buffer. Used by the derive and the containers.
+#[derive(Debug)]
+pub enum Flow<'a> {
+    /// The caller's input, not yet copied.
+    Borrowed(&'a Tensor),
+    /// An intermediate output owned by the chain.
+    Owned(Tensor),
+}
+
+impl Flow<'_> {
+    /// Applies `m`: `forward` on a borrowed input, `forward_owned` on an
+    /// owned one.
+    ///
+    /// # Errors
+    /// Whatever `m` reports.
+    #[inline]
+    pub fn apply<F: Forward + ?Sized>(self, m: &F) -> Result<Self> {
+        Ok(Flow::Owned(match self {
+            Flow::Borrowed(x) => m.forward(x)?,
+            Flow::Owned(x) => m.forward_owned(x)?,
+        }))
+    }
+
+    /// The tensor, copied only if no module ran.
+    #[must_use]
+    pub fn into_tensor(self) -> Tensor {
+        match self {
+            Flow::Borrowed(x) => x.clone(),
+            Flow::Owned(x) => x,
+        }
+    }
+
+    /// A view of the current tensor.
+    #[must_use]
+    pub fn as_tensor(&self) -> &Tensor {
+        match self {
+            Flow::Borrowed(x) => x,
+            Flow::Owned(x) => x,
+        }
+    }
+}
