@@ -31,7 +31,7 @@ const STEPS: usize = 8;
 const STOP: usize = 3;
 const CASES: [&str; 5] = ["sgd", "sgd_nesterov", "adam", "adam_amsgrad", "adamw"];
 
-fn optimizer(case: &str) -> Box<dyn Optimizer> {
+fn optimizer(case: &str) -> Box<dyn OptimizerCheckpoint> {
     match case {
         "sgd" => Box::new(Sgd::new(0.05).momentum(0.9).dampening(0.1)),
         "sgd_nesterov" => Box::new(
@@ -47,7 +47,7 @@ fn optimizer(case: &str) -> Box<dyn Optimizer> {
     }
 }
 
-fn scheduler(case: &str, opt: &dyn Optimizer) -> Box<dyn LrScheduler> {
+fn scheduler(case: &str, opt: &dyn OptimizerCheckpoint) -> Box<dyn SchedulerCheckpoint> {
     if case.starts_with("sgd") {
         Box::new(StepLr::new(opt, 2, 0.5))
     } else {
@@ -57,7 +57,12 @@ fn scheduler(case: &str, opt: &dyn Optimizer) -> Box<dyn LrScheduler> {
 
 /// Training step `i`: a fixed batch per step, MSE against fixed targets;
 /// the schedule steps every second batch.
-fn step(i: usize, m: &mut Net, opt: &mut dyn Optimizer, sched: &mut dyn LrScheduler) {
+fn step(
+    i: usize,
+    m: &mut Net,
+    opt: &mut dyn OptimizerCheckpoint,
+    sched: &mut dyn SchedulerCheckpoint,
+) {
     let mut g = nncore::Generator::new(1000 + i as u64);
     let x = g.uniform_tensor(6, 5, -2.0, 2.0);
     let t = g.uniform_tensor(6, 3, -1.0, 1.0);
@@ -155,11 +160,17 @@ fn resume_is_bit_exact_in_a_new_process() {
 }
 
 /// Everything a checkpoint and an optimizer state hold, for comparisons.
-fn snapshot(m: &Net, opt: &dyn Optimizer) -> (nncore::StateDict, OptimizerState) {
+fn snapshot(m: &Net, opt: &dyn OptimizerCheckpoint) -> (nncore::StateDict, OptimizerState) {
     (m.state_dict(), opt.state_dict(m).unwrap())
 }
 
-fn trained(case: &str) -> (Net, Box<dyn Optimizer>, Box<dyn LrScheduler>) {
+fn trained(
+    case: &str,
+) -> (
+    Net,
+    Box<dyn OptimizerCheckpoint>,
+    Box<dyn SchedulerCheckpoint>,
+) {
     let mut m = net(0);
     let mut opt = optimizer(case);
     let mut sched = scheduler(case, &*opt);

@@ -55,8 +55,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::module::ModuleExt;
+use crate::optim::{OptimizerCheckpoint, SchedulerCheckpoint};
 use crate::serialize::{self, SaveOptions, StateDict, TensorData};
-use crate::{Error, LoadError, LrScheduler, Module, Optimizer, Param, Result, Tensor};
+use crate::{Error, LoadError, Module, Param, Result, Tensor};
 
 /// Metadata key naming the optimizer's kind in a file.
 const OPTIMIZER_KEY: &str = "nncore.optimizer";
@@ -72,8 +73,8 @@ const CHECKPOINT_KEY: &str = "nncore.checkpoint";
 /// `fc1.weight.step`), each of its parameter's PyTorch shape (steps are
 /// `i64` scalars).
 ///
-/// Made by [`Optimizer::state_dict`], applied by
-/// [`Optimizer::load_state_dict`], saved alone with
+/// Made by [`OptimizerCheckpoint::state_dict`], applied by
+/// [`OptimizerCheckpoint::load_state_dict`], saved alone with
 /// [`OptimizerState::save_safetensors`] or with the model by
 /// [`save_checkpoint`].
 #[derive(Debug, Clone, PartialEq)]
@@ -392,8 +393,8 @@ pub(crate) type ParamState<'s> = (&'s Param, HashMap<&'static str, &'s TensorDat
 pub fn save_checkpoint<M: Module>(
     path: impl AsRef<Path>,
     model: &M,
-    optimizer: &dyn Optimizer,
-    scheduler: Option<&dyn LrScheduler>,
+    optimizer: &dyn OptimizerCheckpoint,
+    scheduler: Option<&dyn SchedulerCheckpoint>,
 ) -> Result<()> {
     let mut sd = StateDict::new();
     for (k, t) in model.state_dict().iter() {
@@ -428,8 +429,8 @@ pub fn save_checkpoint<M: Module>(
 pub fn load_checkpoint<M: Module>(
     path: impl AsRef<Path>,
     model: &mut M,
-    optimizer: &mut dyn Optimizer,
-    scheduler: Option<&mut dyn LrScheduler>,
+    optimizer: &mut dyn OptimizerCheckpoint,
+    scheduler: Option<&mut dyn SchedulerCheckpoint>,
 ) -> Result<()> {
     let path = path.as_ref();
     let (sd, meta) = StateDict::load_with_metadata(path)?;
@@ -461,7 +462,7 @@ pub fn load_checkpoint<M: Module>(
     serialize::check_state_dict(model, &model_sd, true)?;
     // 2. The schedule, then the optimizer, each all-or-nothing; the
     //    schedule is put back if the optimizer refuses its state.
-    let mut restore: Option<(&mut dyn LrScheduler, SchedulerState)> = None;
+    let mut restore: Option<(&mut dyn SchedulerCheckpoint, SchedulerState)> = None;
     match (scheduler, sched_state) {
         (Some(s), Some(st)) => {
             let before = s.state()?;

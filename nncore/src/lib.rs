@@ -154,7 +154,10 @@ pub use loss::{
 };
 pub use module::{Module, ModuleExt};
 pub use norm::{BatchNorm1d, LayerNorm};
-pub use optim::{Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, Sgd, StepLr};
+pub use optim::{
+    Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, OptimizerCheckpoint,
+    SchedulerCheckpoint, Sgd, StepLr,
+};
 pub use param::Param;
 pub use print::repr;
 #[doc(hidden)]
@@ -292,7 +295,7 @@ pub mod prelude {
         bce_with_logits, clip_grad_norm_, clip_grad_value_, cross_entropy, forward, mse_loss, seq,
         Adam, BCEWithLogitsLoss, BatchNorm1d, Buffer, CrossEntropyLoss, Dropout, Forward,
         GeluApproximate, Identity, LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss,
-        Module, ModuleExt, Optimizer, Param, ReLU, Reduction, Result, Sequential, Sgd, Sigmoid,
-        Softmax, Tanh, Tape, Tensor, GELU,
+        Module, ModuleExt, Optimizer, OptimizerCheckpoint, Param, ReLU, Reduction, Result,
+        SchedulerCheckpoint, Sequential, Sgd, Sigmoid, Softmax, Tanh, Tape, Tensor, GELU,
     };
 }

@@ -50,22 +50,29 @@ pub trait Optimizer {
 
     /// Sets the learning rate (what schedules do).
     fn set_lr(&mut self, lr: f64);
+}
 
+/// An optimizer whose state can be saved and restored: what resumable
+/// training ([`save_checkpoint`](crate::save_checkpoint)) needs. [`Sgd`]
+/// and [`Adam`] (AdamW too) implement it. An optimizer that does not
+/// cannot be checkpointed, and passing it to `save_checkpoint` is a compile
+/// error rather than a run-time one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot save or restore its state",
+    label = "`{Self}` does not implement `nncore::OptimizerCheckpoint`",
+    note = "implement `nncore::OptimizerCheckpoint` (`state_dict` and `load_state_dict`) for it to checkpoint training"
+)]
+pub trait OptimizerCheckpoint: Optimizer {
     /// The optimizer's state (PyTorch's `optimizer.state_dict()`): its
     /// hyper-parameters and its per-parameter tensors under `model`'s
     /// parameter names. See [`OptimizerState`].
     ///
     /// # Errors
-    /// An optimizer that cannot save its state (the default, for
-    /// optimizers written outside nncore).
-    fn state_dict(&self, model: &dyn Module) -> Result<OptimizerState> {
-        let _ = model;
-        Err(Error::InvalidArgument(
-            "this optimizer does not implement Optimizer::state_dict".into(),
-        ))
-    }
+    /// A state that cannot be expressed (kept for optimizers whose state
+    /// depends on the model in ways the names cannot carry).
+    fn state_dict(&self, model: &dyn Module) -> Result<OptimizerState>;
 
-    /// Restores a state from [`Optimizer::state_dict`] (of an optimizer of
+    /// Restores a state from [`OptimizerCheckpoint::state_dict`] (of an optimizer of
     /// the same kind, for a model of the same parameter names and shapes),
     /// hyper-parameters included, as PyTorch's
     /// `optimizer.load_state_dict`. Every problem is reported at once; on
@@ -76,12 +83,7 @@ pub trait Optimizer {
     /// parameters the model does not have, shape mismatches and incomplete
     /// entries; [`Error::InvalidArgument`] for unreadable
     /// hyper-parameters.
-    fn load_state_dict(&mut self, model: &dyn Module, state: &OptimizerState) -> Result<()> {
-        let _ = (model, state);
-        Err(Error::InvalidArgument(
-            "this optimizer does not implement Optimizer::load_state_dict".into(),
-        ))
-    }
+    fn load_state_dict(&mut self, model: &dyn Module, state: &OptimizerState) -> Result<()>;
 }
 
 fn check_hyper(name: &str, value: f64, ok: bool, what: &str) -> Result<()> {
@@ -295,7 +297,9 @@ impl Optimizer for Sgd {
     fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }
+}
 
+impl OptimizerCheckpoint for Sgd {
     fn state_dict(&self, model: &dyn Module) -> Result<OptimizerState> {
         let mut st = OptimizerState::new("SGD");
         st.set_hyperparameter("lr", format!("{:?}", self.lr));
@@ -538,7 +542,9 @@ impl Optimizer for Adam {
     fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }
+}
 
+impl OptimizerCheckpoint for Adam {
     fn state_dict(&self, model: &dyn Module) -> Result<OptimizerState> {
         let mut st = OptimizerState::new(self.kind());
         st.set_hyperparameter("lr", format!("{:?}", self.lr));
@@ -642,29 +648,30 @@ impl Optimizer for Adam {
 pub trait LrScheduler {
     /// Advances one epoch and sets the optimizer's learning rate.
     fn step(&mut self, optimizer: &mut dyn Optimizer);
+}
 
+/// A learning-rate schedule whose position can be saved and restored
+/// (resumable training). [`StepLr`] and [`CosineAnnealingLr`] implement
+/// it; a schedule that does not cannot be passed to
+/// [`save_checkpoint`](crate::save_checkpoint), at compile time.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot save or restore its state",
+    label = "`{Self}` does not implement `nncore::SchedulerCheckpoint`",
+    note = "implement `nncore::SchedulerCheckpoint` (`state` and `load_state`) for it to checkpoint training"
+)]
+pub trait SchedulerCheckpoint: LrScheduler {
     /// The schedule's state (PyTorch's `scheduler.state_dict()`).
     ///
     /// # Errors
-    /// A schedule that cannot save its state (the default, for schedules
-    /// written outside nncore).
-    fn state(&self) -> Result<SchedulerState> {
-        Err(Error::InvalidArgument(
-            "this schedule does not implement LrScheduler::state".into(),
-        ))
-    }
+    /// A state that cannot be expressed.
+    fn state(&self) -> Result<SchedulerState>;
 
-    /// Restores a state from [`LrScheduler::state`] of a schedule of the
+    /// Restores a state from [`SchedulerCheckpoint::state`] of a schedule of the
     /// same kind; on error nothing changes.
     ///
     /// # Errors
     /// A kind mismatch or unreadable fields, all reported at once.
-    fn load_state(&mut self, state: &SchedulerState) -> Result<()> {
-        let _ = state;
-        Err(Error::InvalidArgument(
-            "this schedule does not implement LrScheduler::load_state".into(),
-        ))
-    }
+    fn load_state(&mut self, state: &SchedulerState) -> Result<()>;
 }
 
 /// Checks a schedule state's kind, collecting the problem in `f`.
@@ -715,7 +722,9 @@ impl LrScheduler for StepLr {
         let k = (self.epoch / self.step_size) as i32;
         optimizer.set_lr(self.base_lr * self.gamma.powi(k));
     }
+}
 
+impl SchedulerCheckpoint for StepLr {
     fn state(&self) -> Result<SchedulerState> {
         let mut st = SchedulerState::new("StepLR");
         st.set("base_lr", format!("{:?}", self.base_lr));
@@ -788,7 +797,9 @@ impl LrScheduler for CosineAnnealingLr {
             + (self.base_lr - self.eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0;
         optimizer.set_lr(lr);
     }
+}
 
+impl SchedulerCheckpoint for CosineAnnealingLr {
     fn state(&self) -> Result<SchedulerState> {
         let mut st = SchedulerState::new("CosineAnnealingLR");
         st.set("base_lr", format!("{:?}", self.base_lr));
