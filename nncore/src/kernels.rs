@@ -149,6 +149,41 @@ multiversion! {
     }
 }
 
+/// [`row_axpy`] streams the weight row by row ([`row_axpy`]'s `stream`
+/// body) from this many outputs on, when the weight has at least
+/// [`STREAM_MIN_ELEMENTS`] values (larger than L2 halves, where it comes
+/// from memory).
+const STREAM_MIN_OUTPUTS: usize = 256;
+
+/// See [`STREAM_MIN_OUTPUTS`]: 1 MiB of `f32`.
+const STREAM_MIN_ELEMENTS: usize = 1 << 18;
+
+/// [`rows_axpy`] streams such a weight for up to this many rows, in one
+/// pass.
+const STREAM_MAX_ROWS: usize = 8;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's scratch buffer, at least `len` values long (kept between
+/// calls: a kernel allocates only when it first needs more). Give it back
+/// with [`give_scratch`]. A kernel takes it inline rather than through a
+/// closure: a closure does not inherit the caller's `target_feature`, and
+/// `mul_add` without FMA is a library call.
+fn take_scratch(len: usize) -> Vec<f32> {
+    let mut v = SCRATCH.with(std::cell::Cell::take);
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+/// Returns the buffer of [`take_scratch`].
+fn give_scratch(v: Vec<f32>) {
+    SCRATCH.with(|s| s.set(v));
+}
+
 /// The row stride of a packed weight (see [`row_packed`]) is a multiple
 /// of this many values: one AVX-512 vector, 64 bytes.
 pub const PACK_LANES: usize = 16;
@@ -264,6 +299,11 @@ macro_rules! bodies {
             // 8 vector registers, whatever the vector width.
             const W: usize = $w1;
             let n = y.len();
+            if n >= crate::kernels::STREAM_MIN_OUTPUTS
+                && a.len().saturating_mul(row_stride) >= crate::kernels::STREAM_MIN_ELEMENTS
+            {
+                return stream(y, a, b, row_stride, beta);
+            }
             let mut j0 = 0;
             while j0 < n {
                 let left = n - j0;
@@ -278,6 +318,126 @@ macro_rules! bodies {
                     j0 += W / 4;
                 }
             }
+        }
+
+        /// [`row_axpy`] for a weight that streams from memory: four rows
+        /// of `b` at a time, each read front to back over all `n` outputs
+        /// (which stay in L1), so that the hardware prefetchers follow four
+        /// sequential streams. The blocked kernel walks all `k` rows for
+        /// every block of outputs instead, one access per row, each in
+        /// another 4 KiB page, which no prefetcher follows.
+        #[inline(always)]
+        fn stream(y: &mut [f32], a: &[f32], b: &[f32], row_stride: usize, beta: f32) {
+            let n = y.len();
+            if beta == 0.0 {
+                y.fill(0.0);
+            } else if beta != 1.0 {
+                y.iter_mut().for_each(|v| *v *= beta);
+            }
+            let k = a.len();
+            let row = |p: usize| &b[p * row_stride..p * row_stride + n];
+            let mut p = 0;
+            while p + 4 <= k {
+                let (r0, r1, r2, r3) = (row(p), row(p + 1), row(p + 2), row(p + 3));
+                let (x0, x1, x2, x3) = (a[p], a[p + 1], a[p + 2], a[p + 3]);
+                for ((((o, &w0), &w1), &w2), &w3) in y.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                    let t = bodies!(@madd $fma, w0, x0, *o);
+                    let t = bodies!(@madd $fma, w1, x1, t);
+                    let t = bodies!(@madd $fma, w2, x2, t);
+                    *o = bodies!(@madd $fma, w3, x3, t);
+                }
+                p += 4;
+            }
+            while p < k {
+                let (r0, x0) = (row(p), a[p]);
+                for (o, &w0) in y.iter_mut().zip(r0) {
+                    *o = bodies!(@madd $fma, w0, x0, *o);
+                }
+                p += 1;
+            }
+        }
+
+        /// [`rows_axpy`] for a weight that streams from memory: as
+        /// `stream`, four rows of `b` at a time read front to back, used
+        /// by every row of `a` while they sit in L1 (4 rows of 1024
+        /// values are 16 KiB). The sums go to a row-major scratch of the
+        /// thread (`y` is column-major), copied into `y` at the end.
+        #[inline(always)]
+        fn stream_rows(
+            y: &mut [f32],
+            m: usize,
+            a: &[f32],
+            lda: usize,
+            k: usize,
+            b: &[f32],
+            row_stride: usize,
+            beta: f32,
+        ) {
+            let n = y.len() / m;
+            let mut scratch = crate::kernels::take_scratch(m * n);
+            {
+                let t = &mut scratch[..m * n];
+                // t[r * n + j] is y[r + j * m].
+                for (r, tr) in t.chunks_exact_mut(n).enumerate() {
+                    for (j, o) in tr.iter_mut().enumerate() {
+                        *o = if beta == 0.0 { 0.0 } else { beta * y[r + j * m] };
+                    }
+                }
+                let row = |p: usize| &b[p * row_stride..p * row_stride + n];
+                let mut p = 0;
+                const L: usize = 16;
+                let full = n / L * L;
+                while p + 4 <= k {
+                    let (r0, r1, r2, r3) = (row(p), row(p + 1), row(p + 2), row(p + 3));
+                    let mut xs = [[0.0f32; 4]; crate::kernels::STREAM_MAX_ROWS];
+                    for (r, xr) in xs.iter_mut().enumerate().take(m) {
+                        *xr = [a[r + p * lda], a[r + (p + 1) * lda], a[r + (p + 2) * lda], a[r + (p + 3) * lda]];
+                    }
+                    // Each block of 16 weights of the four rows is loaded
+                    // once, for every row of `a`.
+                    let mut j = 0;
+                    while j < full {
+                        let w = |r: &[f32]| -> [f32; L] { r[j..j + L].try_into().expect("in bounds") };
+                        let (w0, w1, w2, w3) = (w(r0), w(r1), w(r2), w(r3));
+                        for (r, xr) in xs.iter().enumerate().take(m) {
+                            let o: &mut [f32; L] = (&mut t[r * n + j..r * n + j + L]).try_into().expect("in bounds");
+                            for l in 0..L {
+                                let s = bodies!(@madd $fma, w0[l], xr[0], o[l]);
+                                let s = bodies!(@madd $fma, w1[l], xr[1], s);
+                                let s = bodies!(@madd $fma, w2[l], xr[2], s);
+                                o[l] = bodies!(@madd $fma, w3[l], xr[3], s);
+                            }
+                        }
+                        j += L;
+                    }
+                    for (r, xr) in xs.iter().enumerate().take(m) {
+                        for j in full..n {
+                            let o = &mut t[r * n + j];
+                            let s = bodies!(@madd $fma, r0[j], xr[0], *o);
+                            let s = bodies!(@madd $fma, r1[j], xr[1], s);
+                            let s = bodies!(@madd $fma, r2[j], xr[2], s);
+                            *o = bodies!(@madd $fma, r3[j], xr[3], s);
+                        }
+                    }
+                    p += 4;
+                }
+                while p < k {
+                    let r0 = row(p);
+                    for (r, tr) in t.chunks_exact_mut(n).enumerate() {
+                        let x0 = a[r + p * lda];
+                        for (o, &w0) in tr.iter_mut().zip(r0) {
+                            *o = bodies!(@madd $fma, w0, x0, *o);
+                        }
+                    }
+                    p += 1;
+                }
+                for (r, tr) in t.chunks_exact(n).enumerate() {
+                    for (j, &v) in tr.iter().enumerate() {
+                        y[r + j * m] = v;
+                    }
+                }
+            }
+            crate::kernels::give_scratch(scratch);
         }
 
         /// `M` rows of `a` times `b` for outputs `j0..j0 + W`: `M x W`
@@ -389,6 +549,12 @@ macro_rules! bodies {
             beta: f32,
         ) {
             let n = if m == 0 { 0 } else { y.len() / m };
+            if (2..=crate::kernels::STREAM_MAX_ROWS).contains(&m)
+                && n >= crate::kernels::STREAM_MIN_OUTPUTS
+                && k.saturating_mul(row_stride) >= crate::kernels::STREAM_MIN_ELEMENTS
+            {
+                return stream_rows(y, m, a, lda, k, b, row_stride, beta);
+            }
             let mut r0 = 0;
             while r0 < m {
                 let left = m - r0;
@@ -607,7 +773,17 @@ mod tests {
 
     #[test]
     fn every_variant_matches_a_plain_loop() {
-        for &(k, n, stride_pad) in &[(100, 50, 0), (7, 3, 2), (1, 1, 0), (33, 17, 5), (0, 4, 0)] {
+        // The last two stream the weight (n >= 256, k * stride >= 2^18), one
+        // with k not a multiple of 4.
+        for &(k, n, stride_pad) in &[
+            (100, 50, 0),
+            (7, 3, 2),
+            (1, 1, 0),
+            (33, 17, 5),
+            (0, 4, 0),
+            (300, 1000, 3),
+            (259, 1024, 0),
+        ] {
             let a: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
             // Row-contiguous: k rows of n, stride n + pad.
             let rs = n + stride_pad;
@@ -1085,6 +1261,8 @@ mod rows_tests {
                 (1, 1),
                 (0, 4),
                 (9, 129),
+                // Streams the weight (n >= 256, k * stride >= 2^18).
+                (259, 1024),
             ] {
                 // op(a) = x (m x k) column-major: (r, p) at r + p m.
                 let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -1101,14 +1279,17 @@ mod rows_tests {
                     rows_axpy_with(v, &mut y, m, &a, m, k, &b, rs, 0.5);
                     for (i, (g, e)) in y.iter().zip(&expected).enumerate() {
                         assert!(
-                            (g - e).abs() < 1e-4,
+                            (g - e).abs() < 1e-4 * (1.0 + e.abs()),
                             "{v:?} m={m} k={k} n={n} [{i}]: {g} vs {e}"
                         );
                     }
                     let mut y = vec![f32::NAN; m * n];
                     rows_axpy_with(v, &mut y, m, &a, m, k, &b, rs, 0.0);
                     for (g, e) in y.iter().zip(&expected) {
-                        assert!((g - (e - 0.5)).abs() < 1e-4, "{v:?} beta 0");
+                        assert!(
+                            (g - (e - 0.5)).abs() < 1e-4 * (1.0 + e.abs()),
+                            "{v:?} beta 0"
+                        );
                     }
                 }
             }

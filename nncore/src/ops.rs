@@ -176,15 +176,12 @@ pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32
 /// workloads' shapes (`cargo bench --bench latency`): the row kernel is
 /// 1.3-5x faster from 2 to 8 rows on 100x50 (1.10 against 2.4 µs at 8
 /// rows); on weights too large for the cache (784x1024, 1024x1024) it
-/// wins up to 4 rows, which it serves in one pass over the weight, but
-/// the whole MLP at 8 rows (two passes) took 1.16 ms against faer's
-/// 0.9-1.0 ms.
+/// streams the weight from memory once for all 8 rows (the MLP at 8 rows:
+/// see the README's latency table), where faer's packing costs a pass of
+/// its own.
 pub(crate) fn small_rows_limit(k: usize, n: usize) -> usize {
-    if k.saturating_mul(n) < 1 << 18 {
-        8
-    } else {
-        4
-    }
+    let _ = (k, n);
+    8
 }
 
 /// The output shape `(m, n)` of `op(a) * op(b)`.
