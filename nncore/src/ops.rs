@@ -168,7 +168,7 @@ pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32
         );
         data.set_len(len);
     }
-    Tensor::from_vec(m, n, data)
+    from_vec(m, n, data)
 }
 
 /// Up to how many rows a `k x n` product by a row-contiguous right operand
@@ -425,7 +425,7 @@ pub(crate) unsafe fn new_filled(
     fill(&mut data.spare_capacity_mut()[..len]);
     // SAFETY: `fill` wrote all `len` elements (the caller's contract).
     unsafe { data.set_len(len) };
-    Tensor::from_vec(rows, cols, data)
+    from_vec(rows, cols, data)
 }
 
 /// Makes `buf` a `rows x cols` matrix, reusing its allocation when it is
@@ -436,9 +436,31 @@ pub fn ensure_shape(buf: &mut Tensor, rows: usize, cols: usize) {
     if buf.shape() == (rows, cols) {
         return;
     }
-    let mut data: Vec<f32> = std::mem::replace(buf, Tensor::zeros(0, 0)).data.into();
-    data.resize(rows * cols, 0.0);
-    *buf = Tensor::from_vec(rows, cols, data);
+    // Workspace buffers change shape on every call of a chain (they rotate
+    // between layers), so this path is hot: no iterator machinery, and a
+    // shrinking buffer is only truncated.
+    let mut data: Vec<f32> = std::mem::replace(buf, from_vec(0, 0, Vec::new()))
+        .data
+        .into();
+    let len = rows * cols;
+    if data.len() >= len {
+        data.truncate(len);
+    } else {
+        data.resize(len, 0.0);
+    }
+    *buf = from_vec(rows, cols, data);
+}
+
+/// `Tensor::from_vec` without its detour: nalgebra builds a matrix from a
+/// `Vec` through `from_iterator`, which (specialized) keeps the buffer but
+/// costs ~100 instructions, a tenth of a batch-1 layer.
+///
+/// # Panics
+/// When `data.len() != rows * cols`.
+#[inline]
+pub(crate) fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Tensor {
+    use nalgebra::{Dyn, VecStorage};
+    Tensor::from_data(VecStorage::new(Dyn(rows), Dyn(cols), data))
 }
 
 /// Whether two tensors have one shape and agree within 1e-4 (relative
