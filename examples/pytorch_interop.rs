@@ -43,7 +43,7 @@ fn tensor(sd: &StateDict, key: &str) -> Result<Tensor, Box<dyn std::error::Error
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 
     // PyTorch -> Rust.
     let mut model = SimpleNet::new(100, 50, 10);

@@ -91,7 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| format!("seed must be a number, got {s:?}"))?,
         None => 0,
     };
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.csv.gz");
     let data = load_digits(path)?;
 
     // Fixed split: a Fisher-Yates shuffle from the seed, 80% train, 20% test.
@@ -161,7 +161,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Save the trained weights (PyTorch's names and layout) and check that
     // a fresh model loaded from them scores the same.
-    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
     std::fs::create_dir_all(&out_dir)?;
     let path = out_dir.join("train_digits.safetensors");
     model.save_safetensors(&path)?;
