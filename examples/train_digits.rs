@@ -161,7 +161,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Save the trained weights (PyTorch's names and layout) and check that
     // a fresh model loaded from them scores the same.
-    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("target");
     std::fs::create_dir_all(&out_dir)?;
     let path = out_dir.join("train_digits.safetensors");
     model.save_safetensors(&path)?;
