@@ -658,6 +658,25 @@ mod tests {
     }
 
     #[test]
+    fn small_batches_on_a_weight_that_streams_from_memory_match_nalgebra() {
+        // 700 x 400 = 280,000 values (>= 2^18) and 400 outputs (>= 256):
+        // the streaming row kernels, for every row count they take.
+        let fc = crate::with_seed(6, || Linear::new(701, 400));
+        assert!(fc.weight().numel() >= 1 << 18);
+        let mut ws = crate::Workspace::new();
+        for rows in 1..=crate::ops::small_rows_limit(701, 400) {
+            let x = crate::Generator::new(rows as u64).uniform_tensor(rows, 701, -1.0, 1.0);
+            let mut out = Tensor::zeros(0, 0);
+            fc.forward_into(&x, &mut out, &mut ws).unwrap();
+            assert!(close(&out, &reference(&fc, &x)), "rows={rows}");
+            assert!(
+                close(&fc.forward(&x).unwrap(), &reference(&fc, &x)),
+                "rows={rows}"
+            );
+        }
+    }
+
+    #[test]
     fn inference_through_the_transposed_copy_follows_every_weight_change() {
         let mut fc = crate::with_seed(3, || Linear::new(600, 500));
         assert!(fc.weight().numel() >= TRANSPOSE_MIN);
