@@ -18,7 +18,7 @@
 //! [`Visitor`]: the derive implements [`Chain`] with one line per field,
 //! the containers with a loop.
 
-use crate::forward::{Flow, Forward, Workspace};
+use crate::forward::{Flow, Forward, StepOutput, Workspace};
 use crate::summary::Trace;
 use crate::{Error, Result, Tensor};
 
@@ -113,7 +113,7 @@ impl Infer<'_> {
 
 struct Into<'x, 'w> {
     x: &'x Tensor,
-    cur: Option<Tensor>,
+    cur: Option<StepOutput>,
     ws: &'w mut Workspace,
     owner: &'static str,
 }
@@ -234,15 +234,17 @@ pub fn forward_into<C: Chain + ?Sized>(
     out: &mut Tensor,
     ws: &mut Workspace,
 ) -> Result<()> {
+    ws.begin_chain();
     let mut v = Into {
         x,
         cur: None,
         ws,
         owner: C::NAME,
     };
-    m.visit(&mut v)?;
+    // `finish` runs on errors too: it ends the chain's use of the slots.
+    let r = m.visit(&mut v);
     v.ws.finish(x, v.cur, out);
-    Ok(())
+    r
 }
 
 /// `Forward::forward_traced` of a chain.

@@ -387,6 +387,37 @@ macro_rules! seq {
 
 #[cfg(test)]
 mod tests {
+    use crate::{Forward, Linear, ReLU, Tensor, Workspace};
+
+    /// Nested chains share one workspace, each step with a buffer of its
+    /// own: results equal `forward` whatever the batch size does between
+    /// calls, and a failed call leaves the workspace usable.
+    #[test]
+    fn forward_into_through_nested_chains_survives_errors_and_batch_changes() {
+        let model = crate::with_seed(3, || {
+            seq![
+                Linear::new(5, 7),
+                seq![ReLU::new(), Linear::new(7, 4), ReLU::new()],
+                Linear::new(4, 3),
+            ]
+        });
+        let mut ws = Workspace::new();
+        let mut out = Tensor::zeros(0, 0);
+        let mut g = crate::Generator::new(9);
+        for (i, rows) in [1usize, 3, 1, 0, 8, 2].into_iter().enumerate() {
+            if i % 2 == 1 {
+                let bad = g.uniform_tensor(rows.max(1), 6, -1.0, 1.0);
+                assert!(model.forward_into(&bad, &mut out, &mut ws).is_err());
+            }
+            let x = g.uniform_tensor(rows, 5, -1.0, 1.0);
+            model.forward_into(&x, &mut out, &mut ws).unwrap();
+            assert_eq!(out, model.forward(&x).unwrap(), "rows={rows}");
+        }
+        // One buffer per step (3 outer, 3 inner): failed calls did not
+        // leave the cursor behind.
+        assert_eq!(ws.slot_count(), 6);
+    }
+
     #[test]
     fn index_names_are_decimal() {
         let mut buf = [0u8; 20];

@@ -213,65 +213,6 @@ pub mod __private_v1 {
         fn as_module_mut(&mut self) -> &mut dyn crate::Module;
     }
 
-    /// A child's forward passes, for the derived forward chain: one trait,
-    /// so that a child without a forward pass is reported once.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` has no forward pass",
-        label = "`{Self}` does not implement `nncore::Forward`",
-        note = "implement `nncore::Forward` for it, mark a field that holds plain data with `#[module(skip)]`, or put `#[module(custom_forward)]` on the struct and write its forward yourself"
-    )]
-    pub trait ChildForward {
-        /// [`Flow::apply`].
-        fn flow<'a>(&self, x: Flow<'a>) -> crate::Result<Flow<'a>>;
-        /// `Forward::forward_train`.
-        fn train<'a>(&'a mut self, x: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor>;
-        /// `Forward::backward`.
-        fn back<'a>(&'a mut self, g: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor>;
-        /// One `Forward::forward_into` step of a chain.
-        fn step_into(
-            &self,
-            x: &crate::Tensor,
-            cur: &mut Option<crate::Tensor>,
-            ws: &mut crate::Workspace,
-        ) -> crate::Result<()>;
-        /// `Forward::backward_params`.
-        fn back_params(&mut self, g: &crate::Tensor) -> crate::Result<()>;
-        /// `Forward::forward_traced`.
-        fn traced(&self, x: &crate::Tensor, t: &mut crate::Trace) -> crate::Result<crate::Tensor>;
-    }
-
-    impl<F: crate::Forward> ChildForward for F {
-        #[inline]
-        fn flow<'a>(&self, x: Flow<'a>) -> crate::Result<Flow<'a>> {
-            x.apply(self)
-        }
-        #[inline]
-        fn train<'a>(&'a mut self, x: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor> {
-            self.forward_train(x)
-        }
-        #[inline]
-        fn back<'a>(&'a mut self, g: &'a crate::Tensor) -> crate::Result<&'a crate::Tensor> {
-            self.backward(g)
-        }
-        #[inline]
-        fn step_into(
-            &self,
-            x: &crate::Tensor,
-            cur: &mut Option<crate::Tensor>,
-            ws: &mut crate::Workspace,
-        ) -> crate::Result<()> {
-            ws.step(self, x, cur)
-        }
-        #[inline]
-        fn back_params(&mut self, g: &crate::Tensor) -> crate::Result<()> {
-            self.backward_params(g)
-        }
-        #[inline]
-        fn traced(&self, x: &crate::Tensor, t: &mut crate::Trace) -> crate::Result<crate::Tensor> {
-            self.forward_traced(x, t)
-        }
-    }
-
     impl<M: crate::Module> Child for M {
         #[inline]
         fn as_module(&self) -> &dyn crate::Module {
