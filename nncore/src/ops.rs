@@ -45,25 +45,57 @@ unsafe impl Send for Shared {}
 // SAFETY: as above.
 unsafe impl Sync for Shared {}
 
+/// Whether a block product overwrites `C` or adds to it.
+#[derive(Clone, Copy)]
+enum Accum {
+    Replace,
+    Add,
+}
+
+/// `C = alpha * A * B` (`Replace`) or `C += alpha * A * B` (`Add`) for one
+/// block, on faer (the default `faer` feature) or matrixmultiply (the
+/// GEMM nalgebra itself uses, when the feature is off: a lighter build,
+/// 1.1x to 1.6x slower on the workloads' shapes).
 #[allow(clippy::too_many_arguments)]
-fn faer_block(
+fn block_product(
     p: Shared,
     (m, n, k): (usize, usize, usize),
     (rsa, csa, rsb, csb): (isize, isize, isize, isize),
     ldc: isize,
     alpha: f32,
-    accum: faer::Accum,
+    accum: Accum,
 ) {
-    // SAFETY: the caller derives `p` and the strides from live matrices
-    // and passes blocks within them.
-    let (av, bv, cv) = unsafe {
-        (
-            faer::MatRef::<f32>::from_raw_parts(p.a, m, k, rsa, csa),
-            faer::MatRef::<f32>::from_raw_parts(p.b, k, n, rsb, csb),
-            faer::MatMut::<f32>::from_raw_parts_mut(p.c, m, n, 1, ldc),
-        )
-    };
-    faer::linalg::matmul::matmul(cv, accum, av, bv, alpha, faer::Par::Seq);
+    #[cfg(feature = "faer")]
+    {
+        let accum = match accum {
+            Accum::Replace => faer::Accum::Replace,
+            Accum::Add => faer::Accum::Add,
+        };
+        // SAFETY: the caller derives `p` and the strides from live
+        // matrices and passes blocks within them.
+        let (av, bv, cv) = unsafe {
+            (
+                faer::MatRef::<f32>::from_raw_parts(p.a, m, k, rsa, csa),
+                faer::MatRef::<f32>::from_raw_parts(p.b, k, n, rsb, csb),
+                faer::MatMut::<f32>::from_raw_parts_mut(p.c, m, n, 1, ldc),
+            )
+        };
+        faer::linalg::matmul::matmul(cv, accum, av, bv, alpha, faer::Par::Seq);
+    }
+    #[cfg(not(feature = "faer"))]
+    {
+        let beta = match accum {
+            Accum::Replace => 0.0,
+            Accum::Add => 1.0,
+        };
+        // SAFETY: as above; matrixmultiply takes the same raw strided
+        // operands (and ignores C's contents when beta is 0).
+        unsafe {
+            matrixmultiply::sgemm(
+                m, k, n, alpha, p.a, rsa, csa, p.b, rsb, csb, beta, p.c, 1, ldc,
+            );
+        }
+    }
 }
 
 fn operand(m: &Tensor, t: Trans) -> (usize, usize, isize, isize) {
@@ -310,7 +342,7 @@ unsafe fn gemm(
         return;
     }
     let accum = match init {
-        Init::Zero => faer::Accum::Replace,
+        Init::Zero => Accum::Replace,
         Init::Scale(beta) => {
             if beta != 1.0 {
                 // SAFETY: `c` holds m * n initialised elements (caller).
@@ -318,9 +350,9 @@ unsafe fn gemm(
                     *v *= beta;
                 }
             }
-            faer::Accum::Add
+            Accum::Add
         }
-        Init::RowBias(_) => faer::Accum::Add,
+        Init::RowBias(_) => Accum::Add,
     };
     let bias = match init {
         Init::RowBias(bias) => Some(bias),
@@ -341,7 +373,7 @@ unsafe fn gemm(
                 // SAFETY: `c` is valid for the whole matrix (caller).
                 unsafe { fill_bias(c, m, 0..m, 0..n, bias) };
             }
-            faer_block(p, (m, n, k), strides, ldc, alpha, accum);
+            block_product(p, (m, n, k), strides, ldc, alpha, accum);
             return;
         }
     };
@@ -381,7 +413,7 @@ unsafe fn gemm(
                 c: p.c.add(rows.start + cols.start * m),
             }
         };
-        faer_block(
+        block_product(
             block,
             (rows.len(), cols.len(), k),
             strides,
