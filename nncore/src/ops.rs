@@ -55,7 +55,8 @@ enum Accum {
 /// `C = alpha * A * B` (`Replace`) or `C += alpha * A * B` (`Add`) for one
 /// block, on faer (the default `faer` feature) or matrixmultiply (the
 /// GEMM nalgebra itself uses, when the feature is off: a lighter build,
-/// 1.1x to 1.6x slower on the workloads' shapes).
+/// 1.1x to 1.6x slower on the workloads' shapes where it was measured,
+/// `benches/gemm.rs`).
 #[allow(clippy::too_many_arguments)]
 fn block_product(
     p: Shared,
