@@ -258,10 +258,7 @@ impl Linear {
     /// elements; larger ones stream from memory anyway), and enough rows
     /// have gone through this weight to pay for the copy.
     fn small_batch_pack(&self, rows: usize) -> Option<&packed::Packed> {
-        let (k, n) = (self.in_features(), self.out_features());
-        if rows == 0
-            || rows > crate::ops::small_rows_limit(k, n)
-            || self.weight.numel() >= TRANSPOSE_MIN
+        if rows == 0 || rows > crate::ops::SMALL_ROWS_LIMIT || self.weight.numel() >= TRANSPOSE_MIN
         {
             return None;
         }
@@ -301,7 +298,7 @@ impl Linear {
         let min_rows = if now {
             TRANSPOSE_TRAIN_ROWS
         } else {
-            crate::ops::small_rows_limit(self.in_features(), self.out_features()) + 1
+            crate::ops::SMALL_ROWS_LIMIT + 1
         };
         if rows < min_rows || self.weight.numel() < TRANSPOSE_MIN {
             return f(w, Trans::Yes);
@@ -672,7 +669,7 @@ mod tests {
         let fc = crate::with_seed(6, || Linear::new(701, 400));
         assert!(fc.weight().numel() >= 1 << 18);
         let mut ws = crate::Workspace::new();
-        for rows in 1..=crate::ops::small_rows_limit(701, 400) {
+        for rows in 1..=crate::ops::SMALL_ROWS_LIMIT {
             let x = crate::Generator::new(rows as u64).uniform_tensor(rows, 701, -1.0, 1.0);
             let mut out = Tensor::zeros(0, 0);
             fc.forward_into(&x, &mut out, &mut ws).unwrap();

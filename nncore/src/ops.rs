@@ -212,10 +212,7 @@ pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32
 /// streams the weight from memory once for all 8 rows (the MLP at 8 rows:
 /// see the README's latency table), where faer's packing costs a pass of
 /// its own.
-pub(crate) fn small_rows_limit(k: usize, n: usize) -> usize {
-    let _ = (k, n);
-    8
-}
+pub(crate) const SMALL_ROWS_LIMIT: usize = 8;
 
 /// The output shape `(m, n)` of `op(a) * op(b)`.
 fn dims(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans) -> (usize, usize) {
@@ -315,10 +312,10 @@ unsafe fn gemm(
         }
         return;
     }
-    if m <= small_rows_limit(k, n) && alpha == 1.0 && csb == 1 && rsa == 1 && csa as usize >= m {
+    if m <= SMALL_ROWS_LIMIT && alpha == 1.0 && csb == 1 && rsa == 1 && csa as usize >= m {
         // A few rows (small batches) times `W^T`: each row of `W^T` loaded
         // once per group of rows, no packing. faer's set-up and packing
-        // cost more than the product up to `small_rows_limit` rows.
+        // cost more than the product up to `SMALL_ROWS_LIMIT` rows.
         let beta = match init {
             Init::Zero => 0.0,
             Init::Scale(beta) => beta,
