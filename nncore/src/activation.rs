@@ -124,6 +124,10 @@ macro_rules! elementwise {
         }
 
         impl Forward for $name {
+            fn is_elementwise(&self) -> bool {
+                true
+            }
+
             fn forward(&self, x: &Tensor) -> Result<Tensor> {
                 let $s = self;
                 let mut out = Tensor::zeros(x.nrows(), x.ncols());
@@ -487,6 +491,10 @@ impl Module for Identity {
 }
 
 impl Forward for Identity {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.clone())
     }

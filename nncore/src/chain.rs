@@ -20,7 +20,7 @@
 
 use crate::forward::{Flow, Forward, StepOutput, Workspace};
 use crate::summary::Trace;
-use crate::{Error, Result, Tensor};
+use crate::{Dims, Error, Result, Tensor};
 
 /// A child's name in its parent: a field, or an index in a list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,4 +309,165 @@ pub fn backward_params<C: Chain + ?Sized>(m: &mut C, grad: &Tensor) -> Result<()
             .map_err(|e| name.wrap(e, C::NAME)),
         None => Ok(()),
     }
+}
+
+// The shape-aware chain: each child gets the shape of its input's samples
+// and reports its output's (images through `Conv2d`, pooling, `Flatten`).
+// These run the same children as the functions above, without the
+// in-place `forward_owned` step.
+
+struct InferDims<'x> {
+    x: &'x Tensor,
+    cur: Option<Tensor>,
+    dims: Dims,
+    owner: &'static str,
+}
+
+impl<'a> Visitor<'a> for InferDims<'_> {
+    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+        let x = self.cur.as_ref().unwrap_or(self.x);
+        let (y, d) = m
+            .forward_dims(x, self.dims)
+            .map_err(|e| name.wrap(e, self.owner))?;
+        self.cur = Some(y);
+        self.dims = d;
+        Ok(())
+    }
+}
+
+/// `Forward::forward_dims` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_dims<C: Chain + ?Sized>(m: &C, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+    let mut v = InferDims {
+        x,
+        cur: None,
+        dims,
+        owner: C::NAME,
+    };
+    m.visit(&mut v)?;
+    let y = v.cur.unwrap_or_else(|| x.clone());
+    Ok((y, v.dims))
+}
+
+struct IntoDims<'x, 'w> {
+    x: &'x Tensor,
+    cur: Option<StepOutput>,
+    dims: Dims,
+    ws: &'w mut Workspace,
+    owner: &'static str,
+}
+
+impl<'a> Visitor<'a> for IntoDims<'_, '_> {
+    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+        self.dims = self
+            .ws
+            .step_dims(m, self.x, self.dims, &mut self.cur)
+            .map_err(|e| name.wrap(e, self.owner))?;
+        Ok(())
+    }
+}
+
+/// `Forward::forward_into_dims` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_into_dims<C: Chain + ?Sized>(
+    m: &C,
+    x: &Tensor,
+    dims: Dims,
+    out: &mut Tensor,
+    ws: &mut Workspace,
+) -> Result<Dims> {
+    ws.begin_chain();
+    let mut v = IntoDims {
+        x,
+        cur: None,
+        dims,
+        ws,
+        owner: C::NAME,
+    };
+    let r = m.visit(&mut v);
+    v.ws.finish(x, v.cur, out);
+    r.map(|()| v.dims)
+}
+
+struct TracedDims<'x, 't> {
+    x: &'x Tensor,
+    cur: Option<Tensor>,
+    dims: Dims,
+    trace: &'t mut Trace,
+    owner: &'static str,
+}
+
+impl<'a> Visitor<'a> for TracedDims<'_, '_> {
+    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+        let x = self.cur.as_ref().unwrap_or(self.x);
+        let dims = self.dims;
+        let (y, d) = name
+            .trace(self.trace, |t| m.forward_traced_dims(x, dims, t))
+            .map_err(|e| name.wrap(e, self.owner))?;
+        self.cur = Some(y);
+        self.dims = d;
+        Ok(())
+    }
+}
+
+/// `Forward::forward_traced_dims` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_traced_dims<C: Chain + ?Sized>(
+    m: &C,
+    x: &Tensor,
+    dims: Dims,
+    trace: &mut Trace,
+) -> Result<(Tensor, Dims)> {
+    let mut v = TracedDims {
+        x,
+        cur: None,
+        dims,
+        trace,
+        owner: C::NAME,
+    };
+    m.visit(&mut v)?;
+    let y = v.cur.unwrap_or_else(|| x.clone());
+    v.trace.record_dims(y.nrows(), v.dims);
+    Ok((y, v.dims))
+}
+
+struct TrainDims<'a> {
+    cur: &'a Tensor,
+    dims: Dims,
+    owner: &'static str,
+}
+
+impl<'a> VisitorMut<'a> for TrainDims<'a> {
+    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
+        let (y, d) = m
+            .forward_train_dims(self.cur, self.dims)
+            .map_err(|e| name.wrap(e, self.owner))?;
+        self.cur = y;
+        self.dims = d;
+        Ok(())
+    }
+}
+
+/// `Forward::forward_train_dims` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_train_dims<'a, C: Chain + ?Sized>(
+    m: &'a mut C,
+    x: &'a Tensor,
+    dims: Dims,
+) -> Result<(&'a Tensor, Dims)> {
+    let mut v = TrainDims {
+        cur: x,
+        dims,
+        owner: C::NAME,
+    };
+    m.visit_mut(&mut v)?;
+    Ok((v.cur, v.dims))
 }

@@ -3,12 +3,12 @@
 
 use std::fmt;
 
-use crate::chain::{self, Chain, Name, Visitor, VisitorMut};
+use crate::chain::{Chain, Name, Visitor, VisitorMut};
 use crate::forward::{Forward, Workspace};
 use crate::module::Module;
 use crate::print::{add_indent, fmt_module, repr};
 use crate::summary::Trace;
-use crate::{Result, Tensor};
+use crate::{Dims, Result, Tensor};
 
 /// The decimal name of child `i` (`"0"`, `"1"`, ...), written into `buf`:
 /// visiting a list's children allocates nothing (an optimizer step visits
@@ -57,35 +57,99 @@ fn fmt_module_list<'m, M: Module + 'm>(
     f.write_str("\n)")
 }
 
-/// The `Forward` methods of a [`Chain`], delegating to the chain engine.
-macro_rules! chain_forward_methods {
+/// The `Forward` methods of a [`Chain`], delegating to the chain engine:
+/// the derive emits one call of it per struct. Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __chain_forward_methods {
     () => {
-        fn forward(&self, x: &Tensor) -> Result<Tensor> {
-            chain::forward(self, x)
+        #[inline]
+        fn forward(&self, x: &$crate::Tensor) -> $crate::Result<$crate::Tensor> {
+            $crate::chain::forward(self, x)
         }
 
-        fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
-            chain::forward_owned(self, x)
+        #[inline]
+        fn forward_owned(&self, x: $crate::Tensor) -> $crate::Result<$crate::Tensor> {
+            $crate::chain::forward_owned(self, x)
         }
 
-        fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
-            chain::forward_into(self, x, out, ws)
+        #[inline]
+        fn forward_into(
+            &self,
+            x: &$crate::Tensor,
+            out: &mut $crate::Tensor,
+            ws: &mut $crate::Workspace,
+        ) -> $crate::Result<()> {
+            $crate::chain::forward_into(self, x, out, ws)
         }
 
-        fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-            chain::forward_train(self, x)
+        #[inline]
+        fn forward_train<'__nncore_a>(
+            &'__nncore_a mut self,
+            x: &'__nncore_a $crate::Tensor,
+        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
+            $crate::chain::forward_train(self, x)
         }
 
-        fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-            chain::backward(self, grad)
+        #[inline]
+        fn backward<'__nncore_a>(
+            &'__nncore_a mut self,
+            grad: &'__nncore_a $crate::Tensor,
+        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
+            $crate::chain::backward(self, grad)
         }
 
-        fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
-            chain::backward_params(self, grad)
+        #[inline]
+        fn backward_params(&mut self, grad: &$crate::Tensor) -> $crate::Result<()> {
+            $crate::chain::backward_params(self, grad)
         }
 
-        fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
-            chain::forward_traced(self, x, trace)
+        #[inline]
+        fn forward_traced(
+            &self,
+            x: &$crate::Tensor,
+            trace: &mut $crate::Trace,
+        ) -> $crate::Result<$crate::Tensor> {
+            $crate::chain::forward_traced(self, x, trace)
+        }
+
+        #[inline]
+        fn forward_dims(
+            &self,
+            x: &$crate::Tensor,
+            dims: $crate::Dims,
+        ) -> $crate::Result<($crate::Tensor, $crate::Dims)> {
+            $crate::chain::forward_dims(self, x, dims)
+        }
+
+        #[inline]
+        fn forward_into_dims(
+            &self,
+            x: &$crate::Tensor,
+            dims: $crate::Dims,
+            out: &mut $crate::Tensor,
+            ws: &mut $crate::Workspace,
+        ) -> $crate::Result<$crate::Dims> {
+            $crate::chain::forward_into_dims(self, x, dims, out, ws)
+        }
+
+        #[inline]
+        fn forward_train_dims<'__nncore_a>(
+            &'__nncore_a mut self,
+            x: &'__nncore_a $crate::Tensor,
+            dims: $crate::Dims,
+        ) -> $crate::Result<(&'__nncore_a $crate::Tensor, $crate::Dims)> {
+            $crate::chain::forward_train_dims(self, x, dims)
+        }
+
+        #[inline]
+        fn forward_traced_dims(
+            &self,
+            x: &$crate::Tensor,
+            dims: $crate::Dims,
+            trace: &mut $crate::Trace,
+        ) -> $crate::Result<($crate::Tensor, $crate::Dims)> {
+            $crate::chain::forward_traced_dims(self, x, dims, trace)
         }
     };
 }
@@ -153,7 +217,7 @@ macro_rules! module_list {
         where
             M: Forward,
         {
-            chain_forward_methods!();
+            crate::__chain_forward_methods!();
         }
     };
 }
@@ -219,6 +283,36 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     }
     fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
         (**self).forward_traced(x, trace)
+    }
+    fn is_elementwise(&self) -> bool {
+        (**self).is_elementwise()
+    }
+    fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+        (**self).forward_dims(x, dims)
+    }
+    fn forward_into_dims(
+        &self,
+        x: &Tensor,
+        dims: Dims,
+        out: &mut Tensor,
+        ws: &mut Workspace,
+    ) -> Result<Dims> {
+        (**self).forward_into_dims(x, dims, out, ws)
+    }
+    fn forward_train_dims<'a>(
+        &'a mut self,
+        x: &'a Tensor,
+        dims: Dims,
+    ) -> Result<(&'a Tensor, Dims)> {
+        (**self).forward_train_dims(x, dims)
+    }
+    fn forward_traced_dims(
+        &self,
+        x: &Tensor,
+        dims: Dims,
+        trace: &mut Trace,
+    ) -> Result<(Tensor, Dims)> {
+        (**self).forward_traced_dims(x, dims, trace)
     }
 }
 
@@ -373,7 +467,7 @@ impl Chain for Sequential {
 }
 
 impl Forward for Sequential {
-    chain_forward_methods!();
+    crate::__chain_forward_methods!();
 }
 
 /// Builds a [`Sequential`] from layers: `seq![Linear::new(4, 8),

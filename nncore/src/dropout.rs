@@ -116,6 +116,10 @@ impl Module for Dropout {
 }
 
 impl Forward for Dropout {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.clone())
     }

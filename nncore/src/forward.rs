@@ -3,7 +3,7 @@
 
 use crate::module::Module;
 use crate::summary::Trace;
-use crate::{Error, ModulePath, Result, Tensor};
+use crate::{Dims, Error, ModulePath, NdTensor, Result, Tensor};
 
 /// How data flows through a module: PyTorch's `forward`, plus the
 /// recording forward and the backward pass used for training.
@@ -163,7 +163,180 @@ pub trait Forward: Module {
         trace.record(&y);
         Ok(y)
     }
+
+    /// Whether the module works value by value, so that an input of any
+    /// shape (images included) comes out with the same shape: `true` for
+    /// the activations, `Dropout` and `Identity`. Modules that return
+    /// `false` and do not implement the `_dims` methods take only
+    /// `(batch, features)` inputs.
+    fn is_elementwise(&self) -> bool {
+        false
+    }
+
+    /// The shape-aware forward: `x` holds one sample of shape `dims` per
+    /// row (see [`NdTensor`](crate::NdTensor)); returns the output and the
+    /// shape of its samples. Image layers (`Conv2d`, pooling, `Flatten`)
+    /// implement it; chains pass the shape from child to child. Users call
+    /// [`ForwardExt::forward_nd`].
+    ///
+    /// The default takes flat samples (`dims` of rank 1), or any shape for
+    /// an element-wise module, and calls [`Forward::forward`].
+    ///
+    /// # Errors
+    /// As [`Forward::forward`]; [`Error::InvalidInput`] for a sample of
+    /// rank > 1 on a module that takes only matrices.
+    fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+        let keep = flat_or_elementwise(self, x, dims)?;
+        let y = self.forward(x)?;
+        let d = keep.unwrap_or(Dims::flat(y.ncols()));
+        Ok((y, d))
+    }
+
+    /// [`Forward::forward_into`] for samples of shape `dims`; returns the
+    /// output's sample shape.
+    ///
+    /// # Errors
+    /// As [`Forward::forward_dims`].
+    fn forward_into_dims(
+        &self,
+        x: &Tensor,
+        dims: Dims,
+        out: &mut Tensor,
+        ws: &mut Workspace,
+    ) -> Result<Dims> {
+        let keep = flat_or_elementwise(self, x, dims)?;
+        self.forward_into(x, out, ws)?;
+        Ok(keep.unwrap_or(Dims::flat(out.ncols())))
+    }
+
+    /// [`Forward::forward_train`] for samples of shape `dims`; returns the
+    /// output's sample shape with it. [`Forward::backward`] then takes the
+    /// gradient as the same `(batch, numel)` matrix as the output.
+    ///
+    /// # Errors
+    /// As [`Forward::forward_dims`] and [`Forward::forward_train`].
+    fn forward_train_dims<'a>(
+        &'a mut self,
+        x: &'a Tensor,
+        dims: Dims,
+    ) -> Result<(&'a Tensor, Dims)> {
+        let keep = flat_or_elementwise(self, x, dims)?;
+        let y = self.forward_train(x)?;
+        let d = keep.unwrap_or(Dims::flat(y.ncols()));
+        Ok((y, d))
+    }
+
+    /// [`Forward::forward_traced`] for samples of shape `dims`.
+    ///
+    /// # Errors
+    /// As [`Forward::forward_dims`].
+    fn forward_traced_dims(
+        &self,
+        x: &Tensor,
+        dims: Dims,
+        trace: &mut Trace,
+    ) -> Result<(Tensor, Dims)> {
+        if dims.rank() == 1 {
+            let y = self.forward_traced(x, trace)?;
+            let d = Dims::flat(y.ncols());
+            return Ok((y, d));
+        }
+        let (y, d) = self.forward_dims(x, dims)?;
+        trace.record_dims(y.nrows(), d);
+        Ok((y, d))
+    }
 }
+
+/// Checks that `x` holds samples of shape `dims` and that `m` can take
+/// them without knowing their shape: flat samples (`Ok(None)`: the output
+/// is flat too), or any shape for an element-wise module (`Ok(Some(dims))`).
+///
+/// # Errors
+/// [`Error::InvalidInput`] otherwise.
+pub(crate) fn flat_or_elementwise<M: Forward + ?Sized>(
+    m: &M,
+    x: &Tensor,
+    dims: Dims,
+) -> Result<Option<Dims>> {
+    check_dims(m.name(), x, dims)?;
+    if dims.rank() == 1 {
+        Ok(None)
+    } else if m.is_elementwise() {
+        Ok(Some(dims))
+    } else {
+        Err(Error::InvalidInput {
+            path: ModulePath::leaf(m.name()),
+            message: format!(
+                "expected a 2-d input (batch, features), got a {}-d input of shape {:?} (put a Flatten before it)",
+                dims.rank() + 1,
+                dims.with_batch(x.nrows())
+            ),
+        })
+    }
+}
+
+/// Checks that the rows of `x` have `dims.numel()` values.
+pub(crate) fn check_dims(name: &str, x: &Tensor, dims: Dims) -> Result<()> {
+    if x.ncols() != dims.numel() {
+        return Err(Error::InvalidInput {
+            path: ModulePath::leaf(name),
+            message: format!(
+                "an input of shape {:?} needs {} values per sample, got {}",
+                dims.with_batch(x.nrows()),
+                dims.numel(),
+                x.ncols()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Shaped inputs for every [`Forward`]: PyTorch's call on an N-d tensor.
+/// In the prelude.
+pub trait ForwardExt: Forward {
+    /// Inference on a batch of shaped samples (images `(N, C, H, W)`, or
+    /// `(N, features)`); the output keeps its shape (`(N, C', H', W')`
+    /// after a convolution, `(N, classes)` after `Flatten` and `Linear`).
+    ///
+    /// # Errors
+    /// As [`Forward::forward_dims`], with the module path.
+    ///
+    /// # Example
+    /// ```
+    /// use nncore::prelude::*;
+    ///
+    /// #[derive(Module)]
+    /// struct Cnn { conv: Conv2d, relu: ReLU, pool: MaxPool2d, flat: Flatten, fc: Linear }
+    ///
+    /// let cnn = Cnn {
+    ///     conv: Conv2d::new(1, 4, 3),
+    ///     relu: ReLU::new(),
+    ///     pool: MaxPool2d::new(2),
+    ///     flat: Flatten::new(),
+    ///     fc: Linear::new(4 * 3 * 3, 10),
+    /// };
+    /// let x = NdTensor::zeros(&[2, 1, 8, 8])?;
+    /// assert_eq!(cnn.forward_nd(&x)?.shape(), vec![2, 10]);
+    /// # Ok::<(), nncore::Error>(())
+    /// ```
+    fn forward_nd(&self, x: &NdTensor) -> Result<NdTensor> {
+        let (y, d) = self.forward_dims(x.tensor(), x.dims())?;
+        NdTensor::new(y, d)
+    }
+
+    /// The training forward on a batch of shaped samples; returns the
+    /// output as a `(batch, numel)` matrix (what losses take) and the
+    /// shape of its samples. [`Forward::backward`] takes the gradient in
+    /// the same matrix form.
+    ///
+    /// # Errors
+    /// As [`ForwardExt::forward_nd`].
+    fn forward_train_nd<'a>(&'a mut self, x: &'a NdTensor) -> Result<(&'a Tensor, Dims)> {
+        self.forward_train_dims(x.tensor(), x.dims())
+    }
+}
+
+impl<M: Forward + ?Sized> ForwardExt for M {}
 
 /// Buffers reused across calls of [`Forward::forward_into`].
 ///
@@ -176,6 +349,9 @@ pub trait Forward: Module {
 pub struct Workspace {
     pool: Vec<Tensor>,
     arenas: Vec<Vec<Tensor>>,
+    // Lists of buffers a layer keeps between calls (a convolution's
+    // unfolded inputs, one per group).
+    lists: Vec<Vec<Tensor>>,
     // One buffer per chain step, in call order from the outermost chain
     // (`None` while the step's buffer is out).
     slots: Vec<Option<Tensor>>,
@@ -225,6 +401,16 @@ impl Workspace {
         self.arenas.push(arena);
     }
 
+    /// A list of buffers (with their allocations from an earlier call).
+    pub(crate) fn take_list(&mut self) -> Vec<Tensor> {
+        self.lists.pop().unwrap_or_default()
+    }
+
+    /// Returns a list of buffers.
+    pub(crate) fn give_list(&mut self, list: Vec<Tensor>) {
+        self.lists.push(list);
+    }
+
     /// How many chain-step buffers exist (tests).
     #[cfg(test)]
     pub(crate) fn slot_count(&self) -> usize {
@@ -257,6 +443,33 @@ impl Workspace {
         }
         let mut next = self.slots[slot].take().unwrap_or_else(empty);
         let r = m.forward_into(cur.as_ref().map_or(x, |c| &c.tensor), &mut next, self);
+        let next = StepOutput { slot, tensor: next };
+        if let Some(prev) = cur.replace(next) {
+            self.slots[prev.slot] = Some(prev.tensor);
+        }
+        r
+    }
+
+    /// [`Workspace::step`] for samples of shape `dims`; returns the
+    /// output's sample shape.
+    ///
+    /// # Errors
+    /// Whatever `m` reports.
+    #[doc(hidden)]
+    pub fn step_dims<F: Forward + ?Sized>(
+        &mut self,
+        m: &F,
+        x: &Tensor,
+        dims: Dims,
+        cur: &mut Option<StepOutput>,
+    ) -> Result<Dims> {
+        let slot = self.cursor;
+        self.cursor += 1;
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || None);
+        }
+        let mut next = self.slots[slot].take().unwrap_or_else(empty);
+        let r = m.forward_into_dims(cur.as_ref().map_or(x, |c| &c.tensor), dims, &mut next, self);
         let next = StepOutput { slot, tensor: next };
         if let Some(prev) = cur.replace(next) {
             self.slots[prev.slot] = Some(prev.tensor);

@@ -115,6 +115,7 @@ pub mod chain;
 mod checkpoint;
 mod clip;
 mod container;
+mod conv;
 mod dropout;
 mod error;
 mod forward;
@@ -128,9 +129,11 @@ mod norm;
 pub mod ops;
 mod optim;
 mod param;
+mod pool;
 mod print;
 mod rng;
 mod serialize;
+mod shape;
 mod summary;
 mod threads;
 mod written;
@@ -140,12 +143,13 @@ pub use buffer::Buffer;
 pub use checkpoint::{load_checkpoint, save_checkpoint, OptimizerState, SchedulerState};
 pub use clip::{clip_grad_norm_, clip_grad_norm_with, clip_grad_value_};
 pub use container::{Layer, Sequential};
+pub use conv::{Conv2d, Conv2dConfig, Padding};
 pub use dropout::Dropout;
 pub use error::{Error, ModulePath, Result};
 /// Internals of printing and of the chain engine; not public API.
 #[doc(hidden)]
 pub use forward::Flow;
-pub use forward::{Forward, Workspace};
+pub use forward::{Forward, ForwardExt, Workspace};
 pub use gradcheck::{gradcheck, GradCheck, GradCheckReport};
 pub use linear::Linear;
 pub use loss::{
@@ -153,12 +157,13 @@ pub use loss::{
     MSELoss, Reduction,
 };
 pub use module::{Module, ModuleExt};
-pub use norm::{BatchNorm1d, LayerNorm};
+pub use norm::{BatchNorm1d, BatchNorm2d, LayerNorm};
 pub use optim::{
     Adam, AdamW, CosineAnnealingLr, LrScheduler, Optimizer, OptimizerCheckpoint,
     SchedulerCheckpoint, Sgd, StepLr,
 };
 pub use param::Param;
+pub use pool::{AdaptiveAvgPool2d, AvgPool2d, Flatten, MaxPool2d};
 pub use print::repr;
 #[doc(hidden)]
 pub use print::{add_indent, fmt_module};
@@ -168,6 +173,7 @@ pub use rng::{
 pub use serialize::{
     DType, LoadError, LoadOptions, LoadReport, SaveDtype, SaveOptions, StateDict, TensorData,
 };
+pub use shape::{Dims, NdTensor, Size2d, MAX_DIMS};
 pub use summary::Trace;
 pub use summary::{human_count, summary, Summary, SummaryRow};
 pub use written::{Tape, Var};
@@ -234,9 +240,10 @@ pub mod __private_v1 {
 pub mod prelude {
     pub use crate::{
         bce_with_logits, clip_grad_norm_, clip_grad_value_, cross_entropy, forward, mse_loss, seq,
-        Adam, BCEWithLogitsLoss, BatchNorm1d, Buffer, CrossEntropyLoss, Dropout, Forward,
-        GeluApproximate, Identity, LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss,
-        Module, ModuleExt, Optimizer, OptimizerCheckpoint, Param, ReLU, Reduction, Result,
-        SchedulerCheckpoint, Sequential, Sgd, Sigmoid, Softmax, Tanh, Tape, Tensor, GELU,
+        Adam, AdaptiveAvgPool2d, AvgPool2d, BCEWithLogitsLoss, BatchNorm1d, BatchNorm2d, Buffer,
+        Conv2d, CrossEntropyLoss, Dims, Dropout, Flatten, Forward, ForwardExt, GeluApproximate,
+        Identity, LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss, MaxPool2d,
+        Module, ModuleExt, NdTensor, Optimizer, OptimizerCheckpoint, Param, ReLU, Reduction,
+        Result, SchedulerCheckpoint, Sequential, Sgd, Sigmoid, Softmax, Tanh, Tape, Tensor, GELU,
     };
 }

@@ -3,12 +3,13 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 
-use crate::forward::Forward;
+use crate::forward::{check_dims, Forward};
 use crate::kernels;
 use crate::module::{begin_backward, Module};
 use crate::ops::{as_uninit, ensure_shape, new_filled};
 use crate::print::py_float;
-use crate::{Buffer, Error, ModulePath, Param, Result, Tensor};
+use crate::shape::needs_image;
+use crate::{Buffer, Dims, Error, ModulePath, Param, Result, Tensor};
 
 /// PyTorch's `nn.LayerNorm(normalized_shape)` over the features of a
 /// `(batch, features)` input: each row is normalized to mean 0 and
@@ -307,6 +308,8 @@ impl fmt::Display for LayerNorm {
 /// ```
 #[derive(Debug, Clone)]
 pub struct BatchNorm1d {
+    // The type name errors carry (`BatchNorm2d` when it serves one).
+    label: &'static str,
     features: usize,
     eps: f64,
     momentum: Option<f64>,
@@ -337,6 +340,7 @@ impl BatchNorm1d {
     #[must_use]
     pub fn new(num_features: usize) -> Self {
         let mut bn = Self {
+            label: "BatchNorm1d",
             features: num_features,
             eps: 1e-5,
             momentum: Some(0.1),
@@ -477,7 +481,7 @@ impl BatchNorm1d {
     fn check(&self, x: &Tensor, batch_stats: bool) -> Result<()> {
         let err = |message: String| {
             Err(Error::InvalidInput {
-                path: ModulePath::leaf("BatchNorm1d"),
+                path: ModulePath::leaf(self.label),
                 message,
             })
         };
@@ -717,7 +721,7 @@ impl Forward for BatchNorm1d {
     }
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        begin_backward(&mut self.recorded, "BatchNorm1d", self.xhat.shape(), grad)?;
+        begin_backward(&mut self.recorded, self.label, self.xhat.shape(), grad)?;
         let (rows, cols) = grad.shape();
         ensure_shape(&mut self.grad_input, rows, cols);
         // The statistics are not needed any more: their room holds the
@@ -742,6 +746,254 @@ impl Forward for BatchNorm1d {
 }
 
 impl fmt::Display for BatchNorm1d {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_repr(f)
+    }
+}
+
+/// PyTorch's `nn.BatchNorm2d`: [`BatchNorm1d`] over the channels of
+/// images `(N, C, H, W)`, each channel normalized with the statistics of
+/// its `N*H*W` values (the running variance unbiased over those), with the
+/// same options, parameters (`weight`, `bias`: `[C]`) and buffers
+/// (`running_mean`, `running_var`, `num_batches_tracked`).
+///
+/// Images are stored in `CHWN` order (see [`NdTensor`](crate::NdTensor)),
+/// so one channel's values are contiguous: the layer is `BatchNorm1d` on
+/// the same memory read as an `(N*H*W) x C` matrix.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// let mut bn = BatchNorm2d::new(3);
+/// assert_eq!(
+///     bn.to_string(),
+///     "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
+/// );
+/// let x = NdTensor::from_row_major(&[2, 3, 1, 2], &[0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11.])?;
+/// let (y, dims) = bn.forward_train_nd(&x)?;
+/// assert_eq!(dims.as_slice(), &[3, 1, 2]);
+/// // Channel 0 holds 0, 1, 6, 7: mean 3.5, (biased) variance 9.25.
+/// assert!((y[(0, 0)] - (0.0 - 3.5) / (9.25f32 + 1e-5).sqrt()).abs() < 1e-6);
+/// let mean = bn.running_mean().unwrap();
+/// assert!((mean[0] - 0.35).abs() < 1e-6 && (mean[2] - 0.75).abs() < 1e-6);
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    inner: BatchNorm1d,
+    // The image shape of the recorded forward (N, C, H*W), the input seen
+    // as `(N*H*W) x C`, and the input gradient in image form.
+    recorded: Option<(usize, usize, usize)>,
+    as_rows: Tensor,
+    grad_rows: Tensor,
+    grad_input: Tensor,
+}
+
+impl BatchNorm2d {
+    /// `nn.BatchNorm2d(num_features)`, with [`BatchNorm1d::new`]'s
+    /// defaults.
+    #[must_use]
+    pub fn new(num_features: usize) -> Self {
+        let mut inner = BatchNorm1d::new(num_features);
+        inner.label = "BatchNorm2d";
+        Self {
+            inner,
+            recorded: None,
+            as_rows: Tensor::zeros(0, 0),
+            grad_rows: Tensor::zeros(0, 0),
+            grad_input: Tensor::zeros(0, 0),
+        }
+    }
+
+    /// As [`BatchNorm1d::with_eps`].
+    #[must_use]
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.inner = self.inner.with_eps(eps);
+        self
+    }
+
+    /// As [`BatchNorm1d::with_momentum`].
+    #[must_use]
+    pub fn with_momentum(mut self, momentum: Option<f64>) -> Self {
+        self.inner = self.inner.with_momentum(momentum);
+        self
+    }
+
+    /// As [`BatchNorm1d::with_affine`].
+    #[must_use]
+    pub fn with_affine(mut self, affine: bool) -> Self {
+        self.inner = self.inner.with_affine(affine);
+        self
+    }
+
+    /// As [`BatchNorm1d::with_bias`].
+    #[must_use]
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.inner = self.inner.with_bias(bias);
+        self
+    }
+
+    /// As [`BatchNorm1d::with_track_running_stats`].
+    #[must_use]
+    pub fn with_track_running_stats(mut self, track: bool) -> Self {
+        self.inner = self.inner.with_track_running_stats(track);
+        self
+    }
+
+    /// `num_features` (the channels).
+    #[must_use]
+    pub fn num_features(&self) -> usize {
+        self.inner.num_features()
+    }
+
+    /// The running mean per channel, if tracked.
+    #[must_use]
+    pub fn running_mean(&self) -> Option<&[f32]> {
+        self.inner.running_mean()
+    }
+
+    /// The running (unbiased) variance per channel, if tracked.
+    #[must_use]
+    pub fn running_var(&self) -> Option<&[f32]> {
+        self.inner.running_var()
+    }
+
+    /// The weight (`[C]`), with `affine`.
+    #[must_use]
+    pub fn weight(&self) -> Option<&Param> {
+        self.inner.weight()
+    }
+
+    /// The bias (`[C]`), with `affine` and `bias`.
+    #[must_use]
+    pub fn bias(&self) -> Option<&Param> {
+        self.inner.bias()
+    }
+
+    /// `x` (samples of `dims`) read as the `(N*H*W) x C` matrix
+    /// [`BatchNorm1d`] normalizes, into `rows`; returns `(N, C, H*W)`.
+    fn rows_of(x: &Tensor, dims: Dims, rows: &mut Tensor) -> Result<(usize, usize, usize)> {
+        check_dims("BatchNorm2d", x, dims)?;
+        let (c, h, w) = dims.chw("BatchNorm2d", x.nrows())?;
+        ensure_shape(rows, x.nrows() * h * w, c);
+        rows.as_mut_slice().copy_from_slice(x.as_slice());
+        Ok((x.nrows(), c, h * w))
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn name(&self) -> &str {
+        "BatchNorm2d"
+    }
+
+    fn extra_repr(&self) -> String {
+        self.inner.extra_repr()
+    }
+
+    fn visit_own_parameters<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Param)) {
+        self.inner.visit_own_parameters(f);
+    }
+
+    fn visit_own_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        self.inner.visit_own_parameters_mut(f);
+    }
+
+    fn visit_own_buffers<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Buffer)) {
+        self.inner.visit_own_buffers(f);
+    }
+
+    fn visit_own_buffers_mut(&mut self, f: &mut dyn FnMut(&str, &mut Buffer)) {
+        self.inner.visit_own_buffers_mut(f);
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.inner.set_training(training);
+    }
+
+    fn is_training(&self) -> bool {
+        self.inner.is_training()
+    }
+}
+
+impl Forward for BatchNorm2d {
+    /// A plain matrix has no image shape: use
+    /// [`ForwardExt::forward_nd`](crate::ForwardExt::forward_nd).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Err(needs_image("BatchNorm2d", x))
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        Err(needs_image("BatchNorm2d", x))
+    }
+
+    fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+        let mut rows = Tensor::zeros(0, 0);
+        let (n, c, hw) = Self::rows_of(x, dims, &mut rows)?;
+        let mut y = self.inner.forward(&rows)?;
+        crate::ops::reshape(&mut y, n, c * hw);
+        Ok((y, dims))
+    }
+
+    fn forward_into_dims(
+        &self,
+        x: &Tensor,
+        dims: Dims,
+        out: &mut Tensor,
+        ws: &mut crate::Workspace,
+    ) -> Result<Dims> {
+        let mut rows = ws.take();
+        let r = Self::rows_of(x, dims, &mut rows).and_then(|(n, c, hw)| {
+            ensure_shape(out, n * hw, c);
+            self.inner.forward_into(&rows, out, ws)?;
+            crate::ops::reshape(out, n, c * hw);
+            Ok(dims)
+        });
+        ws.give(rows);
+        r
+    }
+
+    fn forward_train_dims<'a>(
+        &'a mut self,
+        x: &'a Tensor,
+        dims: Dims,
+    ) -> Result<(&'a Tensor, Dims)> {
+        let mut rows = std::mem::replace(&mut self.as_rows, Tensor::zeros(0, 0));
+        let shape = Self::rows_of(x, dims, &mut rows);
+        self.as_rows = rows;
+        let (n, c, hw) = shape?;
+        self.inner.forward_train(&self.as_rows)?;
+        crate::ops::reshape(&mut self.inner.output, n, c * hw);
+        self.recorded = Some((n, c, hw));
+        Ok((&self.inner.output, dims))
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        let Some((n, c, hw)) = self.recorded else {
+            return Err(Error::NoRecordedForward {
+                path: ModulePath::leaf("BatchNorm2d"),
+            });
+        };
+        if grad.shape() != (n, c * hw) {
+            return Err(Error::gradient_shape(
+                "BatchNorm2d",
+                (n, c * hw),
+                grad.shape(),
+            ));
+        }
+        self.recorded = None;
+        crate::ops::reshape(&mut self.inner.output, n * hw, c);
+        ensure_shape(&mut self.grad_rows, n * hw, c);
+        self.grad_rows
+            .as_mut_slice()
+            .copy_from_slice(grad.as_slice());
+        let g = self.inner.backward(&self.grad_rows)?;
+        ensure_shape(&mut self.grad_input, n, c * hw);
+        self.grad_input.as_mut_slice().copy_from_slice(g.as_slice());
+        Ok(&self.grad_input)
+    }
+}
+
+impl fmt::Display for BatchNorm2d {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_repr(f)
     }

@@ -422,6 +422,20 @@ unsafe fn gemm(
     });
 }
 
+/// Gives `t` the shape `rows x cols` without touching its data (the
+/// column-major values are read in the new shape).
+///
+/// # Panics
+/// When the element count differs.
+pub(crate) fn reshape(t: &mut Tensor, rows: usize, cols: usize) {
+    assert_eq!(t.len(), rows * cols, "reshape: element count");
+    if t.shape() == (rows, cols) {
+        return;
+    }
+    let data: Vec<f32> = std::mem::replace(t, from_vec(0, 0, Vec::new())).data.into();
+    *t = from_vec(rows, cols, data);
+}
+
 /// Copies `src` into `dst`, resizing `dst` as [`ensure_shape`] does.
 pub fn copy_into(src: &Tensor, dst: &mut Tensor) {
     ensure_shape(dst, src.nrows(), src.ncols());

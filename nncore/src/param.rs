@@ -64,6 +64,16 @@ impl Param {
         )
     }
 
+    /// A parameter of PyTorch shape `shape` (rank 3 or more, such as a
+    /// convolution's `[out_channels, in_channels / groups, kh, kw]`) held
+    /// as the `shape[0] x (product of the rest)` matrix `value`, whose
+    /// row-major order is PyTorch's.
+    pub(crate) fn nd(value: Tensor, shape: Vec<usize>) -> Self {
+        debug_assert_eq!(value.nrows(), shape[0]);
+        debug_assert_eq!(value.ncols(), shape[1..].iter().product::<usize>());
+        Self::with_shape(value, shape)
+    }
+
     fn with_shape(value: Tensor, shape: Vec<usize>) -> Self {
         Self {
             grad: Tensor::zeros(0, 0),
@@ -207,7 +217,7 @@ impl Param {
     /// The values in PyTorch's row-major (C) order.
     #[must_use]
     pub fn to_row_major(&self) -> Vec<f32> {
-        if self.shape.len() == 2 {
+        if self.shape.len() >= 2 {
             self.value.transpose().as_slice().to_vec()
         } else {
             self.value.as_slice().to_vec()
@@ -218,7 +228,7 @@ impl Param {
     /// order; stops early if it runs out.
     pub fn fill_row_major(&mut self, values: impl Iterator<Item = f32>) {
         self.version = fresh_version();
-        if self.shape.len() == 2 {
+        if self.shape.len() >= 2 {
             // Row-major source into column-major storage: element (r, c)
             // lives at r + c * rows.
             let (rows, cols) = self.value.shape();

@@ -473,7 +473,7 @@ impl fmt::Display for Summary {
 #[derive(Debug, Default, Clone)]
 pub struct Trace {
     path: String,
-    shapes: Vec<(String, (usize, usize))>,
+    shapes: Vec<(String, Vec<usize>)>,
 }
 
 impl Trace {
@@ -493,18 +493,33 @@ impl Trace {
 
     /// Records `out` as the output of the module at the current path.
     pub fn record(&mut self, out: &Tensor) {
-        self.shapes.push((self.path.clone(), out.shape()));
+        self.shapes
+            .push((self.path.clone(), vec![out.nrows(), out.ncols()]));
+    }
+
+    /// Records an output of `n` samples of shape `dims` (an image layer's
+    /// `[N, C, H, W]`).
+    pub fn record_dims(&mut self, n: usize, dims: crate::Dims) {
+        self.shapes.push((self.path.clone(), dims.with_batch(n)));
     }
 
     /// The recorded output shape of the module at `path` (`""` for the
-    /// model itself).
+    /// model itself) as a `(batch, numel)` matrix.
     #[must_use]
     pub fn shape_of(&self, path: &str) -> Option<(usize, usize)> {
+        self.full_shape_of(path)
+            .map(|s| (s[0], s[1..].iter().product()))
+    }
+
+    /// The recorded output shape of the module at `path` as PyTorch
+    /// prints it (`[N, C, H, W]` for images).
+    #[must_use]
+    pub fn full_shape_of(&self, path: &str) -> Option<&[usize]> {
         self.shapes
             .iter()
             .rev()
             .find(|(p, _)| p == path)
-            .map(|(_, s)| *s)
+            .map(|(_, s)| s.as_slice())
     }
 }
 

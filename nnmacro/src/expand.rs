@@ -328,54 +328,7 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
 
         #[automatically_derived]
         impl #impl_generics ::nncore::Forward for #ident #ty_generics #forward_where {
-            #[inline]
-            fn forward(&self, __x: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private_v1::chain::forward(self, __x)
-            }
-
-            #[inline]
-            fn forward_owned(&self, __x: ::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private_v1::chain::forward_owned(self, __x)
-            }
-
-            #[inline]
-            fn forward_into(
-                &self,
-                __x: &::nncore::Tensor,
-                __out: &mut ::nncore::Tensor,
-                __ws: &mut ::nncore::Workspace,
-            ) -> ::nncore::Result<()> {
-                ::nncore::__private_v1::chain::forward_into(self, __x, __out, __ws)
-            }
-
-            #[inline]
-            fn forward_train<'__a>(
-                &'__a mut self,
-                __x: &'__a ::nncore::Tensor,
-            ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                ::nncore::__private_v1::chain::forward_train(self, __x)
-            }
-
-            #[inline]
-            fn backward<'__a>(
-                &'__a mut self,
-                __g: &'__a ::nncore::Tensor,
-            ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                ::nncore::__private_v1::chain::backward(self, __g)
-            }
-
-            #[inline]
-            fn backward_params(&mut self, __g: &::nncore::Tensor) -> ::nncore::Result<()> {
-                ::nncore::__private_v1::chain::backward_params(self, __g)
-            }
-
-            fn forward_traced(
-                &self,
-                __x: &::nncore::Tensor,
-                __trace: &mut ::nncore::Trace,
-            ) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private_v1::chain::forward_traced(self, __x, __trace)
-            }
+            ::nncore::__chain_forward_methods!();
         }
     }
 }

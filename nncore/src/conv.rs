@@ -1,0 +1,722 @@
+//! 2-d convolution: [`Conv2d`], PyTorch's `nn.Conv2d`.
+//!
+//! Images are `(N, C*H*W)` tensors whose memory is in `CHWN` order (see
+//! [`NdTensor`](crate::NdTensor)): the `N` values of one pixel are
+//! contiguous. The convolution is then one matrix product per group on
+//! the unfolded input (im2col): with `P = N*OH*OW` output positions and
+//! `K = C/groups*KH*KW` taps, `out (P x OC) = cols (P x K) W^T`, where
+//! `W` is PyTorch's weight `[OC, C/groups, KH, KW]` seen as an `OC x K`
+//! matrix, exactly as a `Linear` with `K` inputs, and through the same
+//! product. The `P x OC` result *is* the `(N, OC*OH*OW)` output in `CHWN`
+//! order, so no copy follows. Unfolding copies runs of `N` values.
+
+use std::fmt;
+
+use crate::forward::{check_dims, Forward};
+use crate::module::Module;
+use crate::ops::{ensure_shape, matmul, matmul_bias, Trans};
+use crate::shape::{needs_image, Size2d};
+use crate::{Dims, Error, Generator, ModulePath, Param, Result, Tensor};
+
+/// How `Conv2d` pads its input (with zeros, PyTorch's
+/// `padding_mode="zeros"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// `padding=p` or `padding=(ph, pw)`: that many zeros on each side.
+    Explicit(Size2d),
+    /// `padding="same"`: the output has the input's height and width
+    /// (stride 1 only); an odd total goes on the bottom and right, as in
+    /// PyTorch.
+    Same,
+    /// `padding="valid"`: no padding.
+    Valid,
+}
+
+impl From<usize> for Padding {
+    fn from(p: usize) -> Self {
+        Padding::Explicit(p.into())
+    }
+}
+
+impl From<(usize, usize)> for Padding {
+    fn from(p: (usize, usize)) -> Self {
+        Padding::Explicit(p.into())
+    }
+}
+
+/// The options of a [`Conv2d`], with PyTorch's defaults (`stride=1`,
+/// `padding=0`, `dilation=1`, `groups=1`, `bias=True`); `build` makes the
+/// layer with PyTorch's initial weights.
+///
+/// # Example
+/// ```
+/// use nncore::{Conv2dConfig, Module, ModuleExt, Padding};
+/// let conv = Conv2dConfig::new(4, 8, 3).stride(2).padding(1).groups(2).bias(false).build()?;
+/// assert_eq!(
+///     conv.to_string(),
+///     "Conv2d(4, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), groups=2, bias=False)"
+/// );
+/// assert_eq!(conv.named_parameters()[0].1.shape(), &[8, 2, 3, 3]);
+/// let same = Conv2dConfig::new(1, 2, (3, 4)).padding(Padding::Same).build()?;
+/// assert_eq!(same.to_string(), "Conv2d(1, 2, kernel_size=(3, 4), stride=(1, 1), padding=same)");
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: Size2d,
+    stride: Size2d,
+    padding: Padding,
+    dilation: Size2d,
+    groups: usize,
+    bias: bool,
+}
+
+impl Conv2dConfig {
+    /// `nn.Conv2d(in_channels, out_channels, kernel_size)` with the
+    /// defaults.
+    #[must_use]
+    pub fn new(in_channels: usize, out_channels: usize, kernel_size: impl Into<Size2d>) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel_size: kernel_size.into(),
+            stride: 1.into(),
+            padding: Padding::Explicit(0.into()),
+            dilation: 1.into(),
+            groups: 1,
+            bias: true,
+        }
+    }
+
+    /// The step between windows.
+    #[must_use]
+    pub fn stride(mut self, stride: impl Into<Size2d>) -> Self {
+        self.stride = stride.into();
+        self
+    }
+
+    /// Zeros around the input: a size, or [`Padding::Same`] /
+    /// [`Padding::Valid`].
+    #[must_use]
+    pub fn padding(mut self, padding: impl Into<Padding>) -> Self {
+        self.padding = padding.into();
+        self
+    }
+
+    /// The spacing between kernel taps.
+    #[must_use]
+    pub fn dilation(mut self, dilation: impl Into<Size2d>) -> Self {
+        self.dilation = dilation.into();
+        self
+    }
+
+    /// Splits channels into `groups` independent convolutions.
+    #[must_use]
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Whether the layer has a bias.
+    #[must_use]
+    pub fn bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// The layer, initialised from the default generator as PyTorch
+    /// initialises it (`kaiming_uniform_(a=sqrt(5))`, bias uniform in
+    /// `±1/sqrt(fan_in)`): after `manual_seed(s)` the same numbers as
+    /// `torch.manual_seed(s); nn.Conv2d(...)`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for options PyTorch rejects (channels
+    /// not divisible by `groups`, a zero size, `padding="same"` with a
+    /// stride) or a weight too large to allocate.
+    pub fn build(self) -> Result<Conv2d> {
+        crate::with_default_generator(|g| self.build_with(g))
+    }
+
+    /// [`Conv2dConfig::build`] drawing from `generator`.
+    ///
+    /// # Errors
+    /// As [`Conv2dConfig::build`].
+    pub fn build_with(self, generator: &mut Generator) -> Result<Conv2d> {
+        let bad = |m: &str| Err(Error::InvalidArgument(m.to_owned()));
+        if self.groups == 0 {
+            return bad("groups must be a positive integer");
+        }
+        if !self.in_channels.is_multiple_of(self.groups) {
+            return bad("in_channels must be divisible by groups");
+        }
+        if !self.out_channels.is_multiple_of(self.groups) {
+            return bad("out_channels must be divisible by groups");
+        }
+        let (k, s, d) = (self.kernel_size, self.stride, self.dilation);
+        if k.h == 0 || k.w == 0 || s.h == 0 || s.w == 0 || d.h == 0 || d.w == 0 {
+            return bad("Conv2d: kernel_size, stride and dilation must be positive");
+        }
+        if self.padding == Padding::Same && (s.h != 1 || s.w != 1) {
+            return bad("padding='same' is not supported for strided convolutions");
+        }
+        let taps = (self.in_channels / self.groups)
+            .checked_mul(k.h)
+            .and_then(|v| v.checked_mul(k.w));
+        let n = taps.and_then(|t| t.checked_mul(self.out_channels));
+        let Some((taps, n)) = taps
+            .zip(n)
+            .filter(|(_, n)| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize))
+        else {
+            return bad("Conv2d: the weight is too large to allocate");
+        };
+        // The bound of kaiming_uniform_(a=sqrt(5)) and of the bias is
+        // 1/sqrt(fan_in), fan_in = in_channels/groups * kh * kw; the
+        // weight is drawn in PyTorch's (row-major) order.
+        let bound = if taps > 0 {
+            (1.0 / (taps as f64).sqrt()) as f32
+        } else {
+            0.0
+        };
+        let mut w: Vec<f32> = Vec::new();
+        w.try_reserve_exact(n).map_err(|_| {
+            Error::InvalidArgument("Conv2d: the weight is too large to allocate".into())
+        })?;
+        w.resize(n, 0.0);
+        generator.fill_uniform(&mut w, -bound, bound);
+        let weight = Param::nd(
+            Tensor::from_row_slice(self.out_channels, taps, &w),
+            vec![self.out_channels, self.in_channels / self.groups, k.h, k.w],
+        );
+        let bias = self.bias.then(|| {
+            let mut b = vec![0.0f32; self.out_channels];
+            generator.fill_uniform(&mut b, -bound, bound);
+            Param::vector(&b)
+        });
+        Ok(Conv2d {
+            config: self,
+            weight,
+            bias,
+            training: true,
+            record: Record::default(),
+        })
+    }
+}
+
+/// PyTorch's `nn.Conv2d`: a 2-d convolution over `(N, C, H, W)` images,
+/// zero padding, with stride, dilation and groups.
+///
+/// Parameters: `weight` of shape `[out_channels, in_channels / groups,
+/// kh, kw]` and `bias` of shape `[out_channels]`, in PyTorch's memory
+/// order (state dicts and safetensors files exchange them unchanged).
+/// Input `(N, in_channels, H, W)`, output `(N, out_channels, OH, OW)` with
+/// `OH = (H + 2*ph - dh*(kh-1) - 1) / sh + 1` (likewise `OW`). Images go
+/// in through [`ForwardExt::forward_nd`](crate::ForwardExt::forward_nd)
+/// (or a chain that starts with an image); a wrong channel count or an
+/// image smaller than the kernel is an error before any work, in
+/// PyTorch's words.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// nncore::manual_seed(0);
+/// let conv = Conv2d::new(1, 8, 3);
+/// assert_eq!(conv.to_string(), "Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1))");
+/// let y = conv.forward_nd(&NdTensor::zeros(&[2, 1, 8, 8])?)?;
+/// assert_eq!(y.shape(), vec![2, 8, 6, 6]);
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    config: Conv2dConfig,
+    weight: Param,
+    bias: Option<Param>,
+    training: bool,
+    record: Record,
+}
+
+/// What the training forward keeps for backward.
+#[derive(Debug, Clone)]
+struct Record {
+    geom: Option<Geom>,
+    // The unfolded input of each group (`P x K`).
+    cols: Vec<Tensor>,
+    output: Tensor,
+    // The gradient seen as `P x OC`, and the input gradient.
+    grad_out: Tensor,
+    grad_input: Tensor,
+    recorded: bool,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            geom: None,
+            cols: Vec::new(),
+            output: Tensor::zeros(0, 0),
+            grad_out: Tensor::zeros(0, 0),
+            grad_input: Tensor::zeros(0, 0),
+            recorded: false,
+        }
+    }
+}
+
+/// The sizes of one call: input `N x C x H x W`, output `OH x OW`, the
+/// padding before the first row and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    top: usize,
+    left: usize,
+}
+
+impl Geom {
+    fn positions(&self) -> usize {
+        self.n * self.oh * self.ow
+    }
+}
+
+impl Conv2d {
+    /// `nn.Conv2d(in_channels, out_channels, kernel_size)`: stride 1, no
+    /// padding, a bias; weights from the default generator as in PyTorch.
+    ///
+    /// # Panics
+    /// For a zero kernel size or a weight too large to allocate (see
+    /// [`Conv2dConfig`] for the fallible form and the other options).
+    #[must_use]
+    pub fn new(in_channels: usize, out_channels: usize, kernel_size: impl Into<Size2d>) -> Self {
+        Conv2dConfig::new(in_channels, out_channels, kernel_size)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The options the layer was built with.
+    #[must_use]
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+
+    /// The weight, `[out_channels, in_channels / groups, kh, kw]` (held
+    /// as an `out_channels x (in_channels / groups * kh * kw)` matrix).
+    #[must_use]
+    pub fn weight(&self) -> &Param {
+        &self.weight
+    }
+
+    /// The weight, mutably.
+    pub fn weight_mut(&mut self) -> &mut Param {
+        &mut self.weight
+    }
+
+    /// The bias, `[out_channels]`, if any.
+    #[must_use]
+    pub fn bias(&self) -> Option<&Param> {
+        self.bias.as_ref()
+    }
+
+    /// The bias, mutably.
+    pub fn bias_mut(&mut self) -> Option<&mut Param> {
+        self.bias.as_mut()
+    }
+
+    /// The output's sample shape `[out_channels, OH, OW]` for input
+    /// samples of shape `dims`, and the call's sizes.
+    fn geometry(&self, dims: Dims, n: usize) -> Result<Geom> {
+        let cfg = &self.config;
+        let (c, h, w) = dims.chw("Conv2d", n)?;
+        if c != cfg.in_channels {
+            return Err(Error::InvalidInput {
+                path: ModulePath::leaf("Conv2d"),
+                message: format!(
+                    "Given groups={}, weight of size {:?}, expected input{:?} to have {} channels, but got {} channels instead",
+                    cfg.groups,
+                    self.weight.shape(),
+                    dims.with_batch(n),
+                    cfg.in_channels,
+                    c
+                ),
+            });
+        }
+        let (k, s, d) = (cfg.kernel_size, cfg.stride, cfg.dilation);
+        let ek = |k: usize, d: usize| d * (k - 1) + 1;
+        let (ekh, ekw) = (ek(k.h, d.h), ek(k.w, d.w));
+        let (top, bottom, left, right) = match cfg.padding {
+            Padding::Explicit(p) => (p.h, p.h, p.w, p.w),
+            Padding::Valid => (0, 0, 0, 0),
+            Padding::Same => {
+                let (th, tw) = (ekh - 1, ekw - 1);
+                (th / 2, th - th / 2, tw / 2, tw - tw / 2)
+            }
+        };
+        let (ph, pw) = (h + top + bottom, w + left + right);
+        if ph < ekh || pw < ekw {
+            return Err(Error::InvalidInput {
+                path: ModulePath::leaf("Conv2d"),
+                message: format!(
+                    "Calculated padded input size per channel: ({ph} x {pw}). Kernel size: ({ekh} x {ekw}). Kernel size can't be greater than actual input size"
+                ),
+            });
+        }
+        Ok(Geom {
+            n,
+            c,
+            h,
+            w,
+            oh: (ph - ekh) / s.h + 1,
+            ow: (pw - ekw) / s.w + 1,
+            top,
+            left,
+        })
+    }
+
+    fn out_dims(&self, g: &Geom) -> Dims {
+        Dims::image(self.config.out_channels, g.oh, g.ow)
+    }
+
+    /// Unfolds group `group` of `x` into `col` (`P x K`).
+    fn im2col(&self, x: &[f32], g: &Geom, group: usize, col: &mut Tensor) {
+        let cfg = &self.config;
+        let cg = cfg.in_channels / cfg.groups;
+        let (kh, kw) = (cfg.kernel_size.h, cfg.kernel_size.w);
+        let p = g.positions();
+        ensure_shape(col, p, cg * kh * kw);
+        let col = col.as_mut_slice();
+        let n = g.n;
+        for ci in 0..cg {
+            let chan = group * cg + ci;
+            for i in 0..kh {
+                for j in 0..kw {
+                    let k = (ci * kh + i) * kw + j;
+                    let dst = &mut col[p * k..p * (k + 1)];
+                    self.for_each_run(g, i, j, |oh, ow_lo, ow_hi, ih, iw_lo| {
+                        let row = &mut dst[oh * g.ow * n..(oh + 1) * g.ow * n];
+                        let Some(ih) = ih else {
+                            row.fill(0.0);
+                            return;
+                        };
+                        row[..ow_lo * n].fill(0.0);
+                        row[ow_hi * n..].fill(0.0);
+                        let base = (chan * g.h + ih) * g.w;
+                        let sw = cfg.stride.w;
+                        if sw == 1 {
+                            let src = (base + iw_lo) * n;
+                            row[ow_lo * n..ow_hi * n]
+                                .copy_from_slice(&x[src..src + (ow_hi - ow_lo) * n]);
+                        } else {
+                            for (t, ow) in (ow_lo..ow_hi).enumerate() {
+                                let src = (base + iw_lo + t * sw) * n;
+                                row[ow * n..(ow + 1) * n].copy_from_slice(&x[src..src + n]);
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Adds `col` (`P x K`, the gradient of group `group`'s unfolded
+    /// input) back onto the input gradient `dx`.
+    fn col2im(&self, col: &Tensor, g: &Geom, group: usize, dx: &mut [f32]) {
+        let cfg = &self.config;
+        let cg = cfg.in_channels / cfg.groups;
+        let (kh, kw) = (cfg.kernel_size.h, cfg.kernel_size.w);
+        let p = g.positions();
+        let col = col.as_slice();
+        let n = g.n;
+        for ci in 0..cg {
+            let chan = group * cg + ci;
+            for i in 0..kh {
+                for j in 0..kw {
+                    let k = (ci * kh + i) * kw + j;
+                    let src = &col[p * k..p * (k + 1)];
+                    self.for_each_run(g, i, j, |oh, ow_lo, ow_hi, ih, iw_lo| {
+                        let Some(ih) = ih else { return };
+                        let row = &src[oh * g.ow * n..(oh + 1) * g.ow * n];
+                        let base = (chan * g.h + ih) * g.w;
+                        let sw = cfg.stride.w;
+                        for (t, ow) in (ow_lo..ow_hi).enumerate() {
+                            let d = (base + iw_lo + t * sw) * n;
+                            for (a, b) in dx[d..d + n].iter_mut().zip(&row[ow * n..(ow + 1) * n]) {
+                                *a += b;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// For kernel tap `(i, j)` and every output row `oh`: the output
+    /// columns `ow_lo..ow_hi` whose input pixel is inside the image, the
+    /// input row (`None` when in the padding) and the input column of
+    /// `ow_lo`.
+    fn for_each_run(
+        &self,
+        g: &Geom,
+        i: usize,
+        j: usize,
+        mut f: impl FnMut(usize, usize, usize, Option<usize>, usize),
+    ) {
+        let cfg = &self.config;
+        let (sh, sw) = (cfg.stride.h, cfg.stride.w);
+        let (dh, dw) = (cfg.dilation.h, cfg.dilation.w);
+        // iw = ow*sw + j*dw - left must lie in 0..w.
+        let off = j * dw;
+        let ow_lo = if off >= g.left {
+            0
+        } else {
+            (g.left - off).div_ceil(sw)
+        };
+        let ow_hi = if g.w + g.left > off {
+            ((g.w + g.left - off - 1) / sw + 1).min(g.ow)
+        } else {
+            0
+        };
+        let ow_lo = ow_lo.min(ow_hi);
+        let iw_lo = (ow_lo * sw + off).saturating_sub(g.left);
+        for oh in 0..g.oh {
+            let ih = (oh * sh + i * dh).checked_sub(g.top).filter(|&ih| ih < g.h);
+            f(oh, ow_lo, ow_hi, ih, iw_lo);
+        }
+    }
+
+    /// The convolution of `x` (samples of `g`) into `out`, unfolding into
+    /// `cols` (one buffer per group, kept for backward in training).
+    fn run(&self, x: &Tensor, g: &Geom, cols: &mut Vec<Tensor>, out: &mut Tensor) {
+        let cfg = &self.config;
+        let groups = cfg.groups;
+        let (p, oc) = (g.positions(), cfg.out_channels);
+        let ocg = oc / groups;
+        cols.resize_with(groups, || Tensor::zeros(0, 0));
+        ensure_shape(out, p, oc);
+        let w = self.weight.value();
+        let bias = self.bias.as_ref().map(|b| b.value().as_slice());
+        for (group, col) in cols.iter_mut().enumerate() {
+            self.im2col(x.as_slice(), g, group, col);
+            if groups == 1 {
+                match bias {
+                    Some(b) => matmul_bias(col, Trans::No, w, Trans::Yes, b, out),
+                    None => matmul(1.0, col, Trans::No, w, Trans::Yes, 0.0, out),
+                }
+            } else {
+                let wg = w.rows(group * ocg, ocg).into_owned();
+                let mut yg = Tensor::zeros(p, ocg);
+                match bias {
+                    Some(b) => matmul_bias(
+                        col,
+                        Trans::No,
+                        &wg,
+                        Trans::Yes,
+                        &b[group * ocg..(group + 1) * ocg],
+                        &mut yg,
+                    ),
+                    None => matmul(1.0, col, Trans::No, &wg, Trans::Yes, 0.0, &mut yg),
+                }
+                out.columns_mut(group * ocg, ocg).copy_from(&yg);
+            }
+        }
+        // `P x OC` in memory is `(N, OC*OH*OW)` in `CHWN` order.
+        crate::ops::reshape(out, g.n, oc * g.oh * g.ow);
+    }
+
+    /// Weight and bias gradients from the recorded forward; leaves the
+    /// gradient as `P x OC` in `record.grad_out`.
+    fn param_grads(&mut self, grad: &Tensor) -> Result<Geom> {
+        let Some(g) = self.record.geom else {
+            return Err(Error::NoRecordedForward {
+                path: ModulePath::leaf("Conv2d"),
+            });
+        };
+        let expected = (g.n, self.config.out_channels * g.oh * g.ow);
+        crate::module::begin_backward(&mut self.record.recorded, "Conv2d", expected, grad)?;
+        let (p, oc, groups) = (g.positions(), self.config.out_channels, self.config.groups);
+        let ocg = oc / groups;
+        let go = &mut self.record.grad_out;
+        ensure_shape(go, p, oc);
+        go.as_mut_slice().copy_from_slice(grad.as_slice());
+        let go = &self.record.grad_out;
+        if let Some((_, dw, acc)) = self.weight.grad_slot() {
+            let beta = if acc { 1.0 } else { 0.0 };
+            if groups == 1 {
+                matmul(
+                    1.0,
+                    go,
+                    Trans::Yes,
+                    &self.record.cols[0],
+                    Trans::No,
+                    beta,
+                    dw,
+                );
+            } else {
+                for (group, col) in self.record.cols.iter().enumerate() {
+                    let gg = go.columns(group * ocg, ocg).into_owned();
+                    let mut dwg = Tensor::zeros(ocg, col.ncols());
+                    matmul(1.0, &gg, Trans::Yes, col, Trans::No, 0.0, &mut dwg);
+                    let mut rows = dw.rows_mut(group * ocg, ocg);
+                    if acc {
+                        rows += &dwg;
+                    } else {
+                        rows.copy_from(&dwg);
+                    }
+                }
+            }
+        }
+        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
+            for (j, d) in db.as_mut_slice().iter_mut().enumerate() {
+                let s = crate::kernels::sum(&go.as_slice()[j * p..(j + 1) * p]);
+                *d = if acc { *d + s } else { s };
+            }
+        }
+        Ok(g)
+    }
+}
+
+impl Module for Conv2d {
+    fn name(&self) -> &str {
+        "Conv2d"
+    }
+
+    fn extra_repr(&self) -> String {
+        let c = &self.config;
+        let mut s = format!(
+            "{}, {}, kernel_size={}, stride={}",
+            c.in_channels,
+            c.out_channels,
+            c.kernel_size.tuple(),
+            c.stride.tuple()
+        );
+        match c.padding {
+            Padding::Explicit(p) if p.h == 0 && p.w == 0 => {}
+            Padding::Explicit(p) => s += &format!(", padding={}", p.tuple()),
+            Padding::Same => s += ", padding=same",
+            Padding::Valid => s += ", padding=valid",
+        }
+        if c.dilation.h != 1 || c.dilation.w != 1 {
+            s += &format!(", dilation={}", c.dilation.tuple());
+        }
+        if c.groups != 1 {
+            s += &format!(", groups={}", c.groups);
+        }
+        if self.bias.is_none() {
+            s += ", bias=False";
+        }
+        s
+    }
+
+    fn visit_own_parameters<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Param)) {
+        f("weight", &self.weight);
+        if let Some(b) = &self.bias {
+            f("bias", b);
+        }
+    }
+
+    fn visit_own_parameters_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        f("weight", &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f("bias", b);
+        }
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+impl Forward for Conv2d {
+    /// A plain matrix has no image shape: use
+    /// [`ForwardExt::forward_nd`](crate::ForwardExt::forward_nd).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Err(needs_image("Conv2d", x))
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        Err(needs_image("Conv2d", x))
+    }
+
+    fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+        check_dims("Conv2d", x, dims)?;
+        let g = self.geometry(dims, x.nrows())?;
+        let mut cols = Vec::new();
+        let mut out = Tensor::zeros(0, 0);
+        self.run(x, &g, &mut cols, &mut out);
+        Ok((out, self.out_dims(&g)))
+    }
+
+    fn forward_into_dims(
+        &self,
+        x: &Tensor,
+        dims: Dims,
+        out: &mut Tensor,
+        ws: &mut crate::Workspace,
+    ) -> Result<Dims> {
+        check_dims("Conv2d", x, dims)?;
+        let g = self.geometry(dims, x.nrows())?;
+        let mut cols = ws.take_list();
+        self.run(x, &g, &mut cols, out);
+        ws.give_list(cols);
+        Ok(self.out_dims(&g))
+    }
+
+    fn forward_train_dims<'a>(
+        &'a mut self,
+        x: &'a Tensor,
+        dims: Dims,
+    ) -> Result<(&'a Tensor, Dims)> {
+        check_dims("Conv2d", x, dims)?;
+        let g = self.geometry(dims, x.nrows())?;
+        let mut cols = std::mem::take(&mut self.record.cols);
+        let mut out = std::mem::replace(&mut self.record.output, Tensor::zeros(0, 0));
+        self.run(x, &g, &mut cols, &mut out);
+        self.record.cols = cols;
+        self.record.output = out;
+        self.record.geom = Some(g);
+        self.record.recorded = true;
+        Ok((&self.record.output, self.out_dims(&g)))
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        let g = self.param_grads(grad)?;
+        let (oc, groups) = (self.config.out_channels, self.config.groups);
+        let ocg = oc / groups;
+        let mut dx = std::mem::replace(&mut self.record.grad_input, Tensor::zeros(0, 0));
+        ensure_shape(&mut dx, g.n, g.c * g.h * g.w);
+        dx.fill(0.0);
+        let w = self.weight.value();
+        let go = &self.record.grad_out;
+        let mut dcol = Tensor::zeros(0, 0);
+        for group in 0..groups {
+            let k = self.record.cols[group].ncols();
+            ensure_shape(&mut dcol, g.positions(), k);
+            if groups == 1 {
+                matmul(1.0, go, Trans::No, w, Trans::No, 0.0, &mut dcol);
+            } else {
+                let gg = go.columns(group * ocg, ocg).into_owned();
+                let wg = w.rows(group * ocg, ocg).into_owned();
+                matmul(1.0, &gg, Trans::No, &wg, Trans::No, 0.0, &mut dcol);
+            }
+            self.col2im(&dcol, &g, group, dx.as_mut_slice());
+        }
+        self.record.grad_input = dx;
+        Ok(&self.record.grad_input)
+    }
+
+    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+        self.param_grads(grad).map(|_| ())
+    }
+}
+
+impl fmt::Display for Conv2d {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::print::fmt_module(self, f)
+    }
+}

@@ -1,0 +1,375 @@
+//! The image layers against real PyTorch (expected values:
+//! `tests/fixtures/conv.json` and `cnn_trained.safetensors`, written by
+//! `scripts/gen_conv_fixtures.py`): print text, names, shapes, initial
+//! weights after the same seed, training forward, every gradient, SGD
+//! steps with BatchNorm2d's buffers, eval, errors and weight files.
+
+mod common;
+
+use common::*;
+use nncore::prelude::*;
+use nncore::{Conv2dConfig, DType, Padding, Workspace};
+use serde_json::Value;
+
+#[derive(Module)]
+struct Cnn {
+    conv1: Conv2d,
+    bn: BatchNorm2d,
+    relu: ReLU,
+    pool: MaxPool2d,
+    conv2: Conv2d,
+    avg: AvgPool2d,
+    flat: Flatten,
+    fc: Linear,
+}
+
+fn cnn() -> Cnn {
+    nncore::with_seed(0, || Cnn {
+        conv1: Conv2dConfig::new(2, 6, 3).padding(1).build().unwrap(),
+        bn: BatchNorm2d::new(6),
+        relu: ReLU::new(),
+        pool: MaxPool2d::new(2),
+        conv2: Conv2dConfig::new(6, 4, (3, 2))
+            .stride((2, 1))
+            .padding((1, 0))
+            .dilation((1, 2))
+            .groups(2)
+            .bias(false)
+            .build()
+            .unwrap(),
+        avg: AvgPool2d::with_options(2, 1, 1).unwrap(),
+        flat: Flatten::new(),
+        fc: Linear::new(36, 5),
+    })
+}
+
+#[derive(Module)]
+struct Same {
+    conv: Conv2d,
+    act: Tanh,
+    pool: MaxPool2d,
+    conv2: Conv2d,
+    adapt: AdaptiveAvgPool2d,
+    flat: Flatten,
+    fc: Linear,
+}
+
+fn same() -> Same {
+    nncore::with_seed(0, || Same {
+        conv: Conv2dConfig::new(1, 3, (4, 3))
+            .padding(Padding::Same)
+            .dilation((1, 2))
+            .build()
+            .unwrap(),
+        act: Tanh::new(),
+        pool: MaxPool2d::with_options(3, 2, 1, 1, true).unwrap(),
+        conv2: Conv2dConfig::new(3, 3, 2)
+            .stride(2)
+            .padding(Padding::Valid)
+            .groups(3)
+            .build()
+            .unwrap(),
+        adapt: AdaptiveAvgPool2d::new((2, 3)),
+        flat: Flatten::new(),
+        fc: Linear::new(18, 2),
+    })
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn images(shape: &Value, values: &Value) -> NdTensor {
+    NdTensor::from_row_major(&usizes(shape), &floats(values)).unwrap()
+}
+
+/// Every state_dict entry (parameters and buffers) against PyTorch's.
+fn check_state<M: Module>(m: &M, expected: &Value, what: &str) {
+    let sd = m.state_dict();
+    for (name, t) in sd.iter() {
+        let e = &expected[name];
+        match t.dtype() {
+            DType::I64 => assert_eq!(t.as_i64().unwrap(), [e.as_i64().unwrap()], "{what} {name}"),
+            _ => assert_close(
+                t.as_f32().unwrap(),
+                &floats(e),
+                1e-5,
+                &format!("{what} {name}"),
+            ),
+        }
+    }
+    assert_eq!(sd.len(), expected.as_object().unwrap().len(), "{what}");
+}
+
+/// The whole fixture case for one model: structure, initial weights,
+/// training forward and backward, SGD, eval.
+fn check_model<M: Module + Forward>(mut m: M, c: &Value) {
+    assert_eq!(nncore::repr(&m), c["repr"].as_str().unwrap());
+    let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, strings(&c["names"]));
+    let buffers: Vec<String> = m.named_buffers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(buffers, strings(&c["buffers"]));
+    let sd = m.state_dict();
+    assert_eq!(sd.keys().collect::<Vec<_>>(), strings(&c["keys"]));
+    let shapes: Vec<Vec<usize>> = c["shapes"].as_array().unwrap().iter().map(usizes).collect();
+    let ours: Vec<Vec<usize>> = sd.iter().map(|(_, t)| t.shape().to_vec()).collect();
+    assert_eq!(ours, shapes);
+    // Same seed, same initial weights: bit for bit.
+    for (name, p) in m.named_parameters() {
+        assert_eq!(
+            p.to_row_major(),
+            floats(&c["initial"][&name]),
+            "initial {name}"
+        );
+    }
+    check_state(&m, &c["initial"], "initial");
+
+    let x = images(&c["x_shape"], &c["x"]);
+    let n = x.shape()[0];
+    let w = floats(&c["w"]);
+    let w = Tensor::from_row_slice(n, w.len() / n, &w);
+    let (out, dims) = m.forward_train_nd(&x).unwrap();
+    assert_eq!(dims.as_slice(), &[w.ncols()]);
+    assert_close(
+        &row_major(out),
+        &floats(&c["train"]["out"]),
+        1e-5,
+        "train out",
+    );
+    let dx = m.backward(&w).unwrap().clone();
+    assert_close(
+        &row_major(&dx),
+        &floats(&c["train"]["dx"]),
+        1e-5,
+        "train dx",
+    );
+    for (name, p) in m.named_parameters() {
+        assert_close(
+            &row_major(p.grad().unwrap()),
+            &floats(&c["train"]["grads"][&name]),
+            1e-5,
+            &format!("grad {name}"),
+        );
+    }
+    check_state(&m, &c["train"]["state"], "after one batch");
+
+    let mut opt = Sgd::new(0.1).momentum(0.9);
+    for _ in 0..3 {
+        m.zero_grad();
+        m.forward_train_nd(&x).unwrap();
+        m.backward_params(&w).unwrap();
+        opt.step(&mut m).unwrap();
+    }
+    check_state(&m, &c["sgd"], "after sgd");
+
+    m.eval();
+    let x2 = images(&c["eval"]["x_shape"], &c["eval"]["x"]);
+    let y2 = m.forward_nd(&x2).unwrap();
+    assert_close(
+        &y2.to_row_major(),
+        &floats(&c["eval"]["out"]),
+        1e-5,
+        "eval out",
+    );
+    // The allocation-free path computes the same.
+    let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+    for _ in 0..2 {
+        let d = m
+            .forward_into_dims(x2.tensor(), x2.dims(), &mut out, &mut ws)
+            .unwrap();
+        assert_eq!(d, y2.dims());
+        assert_eq!(&out, y2.tensor());
+    }
+}
+
+#[test]
+fn a_cnn_with_strides_groups_dilation_pooling_and_batch_norm_matches_pytorch() {
+    let fx = fixture("conv.json");
+    check_model(cnn(), &fx["models"]["cnn"]);
+}
+
+#[test]
+fn same_and_valid_padding_ceil_mode_and_adaptive_pooling_match_pytorch() {
+    let fx = fixture("conv.json");
+    check_model(same(), &fx["models"]["same"]);
+}
+
+#[test]
+fn image_layers_print_as_pytorch() {
+    let fx = fixture("conv.json");
+    let ours: Vec<Box<dyn Module>> = vec![
+        Box::new(Conv2d::new(1, 8, 3)),
+        Box::new(
+            Conv2dConfig::new(2, 8, (3, 5))
+                .stride(2)
+                .padding(1)
+                .dilation(2)
+                .groups(2)
+                .bias(false)
+                .build()
+                .unwrap(),
+        ),
+        Box::new(
+            Conv2dConfig::new(1, 8, 3)
+                .padding(Padding::Same)
+                .build()
+                .unwrap(),
+        ),
+        Box::new(
+            Conv2dConfig::new(1, 8, 3)
+                .padding(Padding::Valid)
+                .build()
+                .unwrap(),
+        ),
+        Box::new(Conv2dConfig::new(1, 8, 3).padding((1, 2)).build().unwrap()),
+        Box::new(MaxPool2d::new(2)),
+        Box::new(MaxPool2d::with_options((2, 3), 1, 1, 1, false).unwrap()),
+        Box::new(MaxPool2d::with_options(3, 2, 1, 2, true).unwrap()),
+        Box::new(AvgPool2d::new(2)),
+        Box::new(AvgPool2d::with_options(3, 2, 1).unwrap()),
+        Box::new(AdaptiveAvgPool2d::new(1)),
+        Box::new(AdaptiveAvgPool2d::new((2, 3))),
+        Box::new(Flatten::new()),
+        Box::new(Flatten::with_dims(2, 3).unwrap()),
+        Box::new(BatchNorm2d::new(4)),
+        Box::new(
+            BatchNorm2d::new(4)
+                .with_eps(1e-3)
+                .with_momentum(None)
+                .with_affine(false),
+        ),
+    ];
+    let expected = strings(&fx["reprs"]);
+    assert_eq!(ours.len(), expected.len());
+    for (m, e) in ours.iter().zip(&expected) {
+        assert_eq!(nncore::repr(m.as_ref()), *e);
+    }
+}
+
+#[test]
+fn bad_images_are_reported_with_pytorch_words_and_the_module_path() {
+    let fx = fixture("conv.json");
+    let e = &fx["errors"];
+    let conv = Conv2d::new(1, 8, 3);
+    let err = |r: Result<NdTensor>| r.unwrap_err().to_string();
+    assert_eq!(
+        err(conv.forward_nd(&NdTensor::zeros(&[4, 3, 8, 8]).unwrap())),
+        format!("Conv2d: {}", e["channels"].as_str().unwrap())
+    );
+    assert_eq!(
+        err(conv.forward_nd(&NdTensor::zeros(&[4, 1, 2, 2]).unwrap())),
+        format!("Conv2d: {}", e["too_small"].as_str().unwrap())
+    );
+    let dilated = Conv2dConfig::new(1, 8, 3).dilation(2).build().unwrap();
+    assert_eq!(
+        err(dilated.forward_nd(&NdTensor::zeros(&[1, 1, 4, 4]).unwrap())),
+        format!("Conv2d: {}", e["dilated_too_small"].as_str().unwrap())
+    );
+    assert_eq!(
+        err(MaxPool2d::new(2).forward_nd(&NdTensor::zeros(&[1, 1, 1, 1]).unwrap())),
+        format!("MaxPool2d: {}", e["pool_too_small"].as_str().unwrap())
+    );
+    assert_eq!(
+        Conv2dConfig::new(1, 8, 3)
+            .stride(2)
+            .padding(Padding::Same)
+            .build()
+            .unwrap_err()
+            .to_string(),
+        e["same_strided"].as_str().unwrap()
+    );
+    assert_eq!(
+        Conv2dConfig::new(3, 8, 3)
+            .groups(2)
+            .build()
+            .unwrap_err()
+            .to_string(),
+        e["groups"].as_str().unwrap()
+    );
+    assert_eq!(
+        err(BatchNorm2d::new(3).forward_nd(&NdTensor::zeros(&[2, 4, 3, 3]).unwrap())),
+        format!("BatchNorm2d: {}", e["bn_channels"].as_str().unwrap())
+    );
+    // Inside a model, the error names the path; nothing runs after it.
+    let m = cnn();
+    let msg = err(m.forward_nd(&NdTensor::zeros(&[2, 3, 9, 8]).unwrap()));
+    assert!(
+        msg.starts_with("Cnn.conv1 (Conv2d): Given groups=1"),
+        "{msg}"
+    );
+    // A plain matrix into an image layer, and an image into Linear.
+    let msg = m.forward(&Tensor::zeros(2, 144)).unwrap_err().to_string();
+    assert!(
+        msg.starts_with("Cnn.conv1 (Conv2d): expected a 4-d input (N, C, H, W)"),
+        "{msg}"
+    );
+    let msg = Linear::new(8, 2)
+        .forward_nd(&NdTensor::zeros(&[2, 1, 8, 8]).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(
+            "expected a 2-d input (batch, features), got a 4-d input of shape [2, 1, 8, 8]"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn weights_pytorch_saved_load_and_ours_save_the_same_file() {
+    let mut m = cnn();
+    m.load_safetensors(fixture_path("cnn_trained.safetensors"))
+        .unwrap();
+    let fx = fixture("conv.json");
+    check_state(&m, &fx["models"]["cnn"]["sgd"], "loaded");
+    let dir = tempdir("conv");
+    let path = dir.join("cnn.safetensors");
+    m.save_safetensors(&path).unwrap();
+    let mut back = cnn();
+    back.load_safetensors(&path).unwrap();
+    assert_eq!(back.state_dict(), m.state_dict());
+}
+
+#[test]
+fn pooling_on_ties_sends_gradients_where_pytorch_does() {
+    let fx = fixture("conv.json");
+    for case in fx["pools"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let mut layer: Box<dyn Forward> = match name {
+            "max3_pad1" => Box::new(MaxPool2d::with_options(3, 1, 1, 1, false).unwrap()),
+            "max_dilated" => {
+                Box::new(MaxPool2d::with_options((2, 3), (1, 2), (1, 1), (1, 2), false).unwrap())
+            }
+            "max_ceil" => Box::new(MaxPool2d::with_options(2, 2, 0, 1, true).unwrap()),
+            "avg_ceil_nopad" => Box::new(
+                AvgPool2d::with_options(3, 2, 1)
+                    .unwrap()
+                    .with_ceil_mode(true)
+                    .with_count_include_pad(false),
+            ),
+            "avg_ceil_pad" => Box::new(
+                AvgPool2d::with_options(3, 2, 1)
+                    .unwrap()
+                    .with_ceil_mode(true),
+            ),
+            "adaptive_up" => Box::new(AdaptiveAvgPool2d::new((6, 4))),
+            "adaptive_down" => Box::new(AdaptiveAvgPool2d::new((2, 3))),
+            other => panic!("no layer for {other}"),
+        };
+        let x = NdTensor::from_row_major(&[2, 3, 5, 7], &floats(&case["x"])).unwrap();
+        let shape = usizes(&case["out_shape"]);
+        let y = layer.forward_nd(&x).unwrap();
+        assert_eq!(y.shape(), shape, "{name}");
+        assert_close(&y.to_row_major(), &floats(&case["out"]), 1e-6, name);
+        let w = NdTensor::from_row_major(&shape, &floats(&case["w"])).unwrap();
+        let (out, _) = layer.forward_train_nd(&x).unwrap();
+        assert_eq!(out, y.tensor(), "{name}");
+        let dx = layer.backward(w.tensor()).unwrap();
+        let dx = NdTensor::new(dx.clone(), x.dims()).unwrap();
+        assert_close(&dx.to_row_major(), &floats(&case["dx"]), 1e-6, name);
+    }
+}
