@@ -171,6 +171,34 @@ def pytorch_norm_times():
     return out
 
 
+def pytorch_conv_times():
+    """LeNet-5 on 28x28 images (benches/conv.rs): eval forward at batch 1
+    and 64, a training step at batch 64 (cross-entropy, SGD lr 0.01)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )
+    out = {}
+    net.eval()
+    with torch.inference_mode():
+        for b in [1, 64]:
+            x = torch.empty(b, 1, 28, 28).uniform_(-1, 1)
+            out[f"lenet_b{b}_fwd"] = median_time(lambda: net(x))
+    net.train()
+    x = torch.empty(64, 1, 28, 28).uniform_(-1, 1)
+    labels = torch.tensor([(i * 7) % 10 for i in range(64)])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(net(x), labels).backward()
+        opt.step()
+    out["lenet_b64_train"] = median_time(step)
+    return out
+
+
 UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -261,6 +289,7 @@ def main():
     ap.add_argument("--no-rust", action="store_true")
     ap.add_argument("--written", action="store_true", help="the written-forward (residual) workloads")
     ap.add_argument("--norm", action="store_true", help="LayerNorm and BatchNorm1d at 256 x 1024")
+    ap.add_argument("--conv", action="store_true", help="LeNet-5 on 28x28 images")
     ap.add_argument("--latency", action="store_true", help="batch 1-16 forwards, several processes")
     ap.add_argument("--latency-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--runs", type=int, default=3, help="processes per framework (--latency)")
@@ -273,8 +302,9 @@ def main():
     if args.latency:
         latency_main(args)
         return
-    bench = "written" if args.written else "norm" if args.norm else "workloads"
-    py = {"written": pytorch_written_times, "norm": pytorch_norm_times, "workloads": pytorch_times}[bench]()
+    bench = "written" if args.written else "norm" if args.norm else "conv" if args.conv else "workloads"
+    py = {"written": pytorch_written_times, "norm": pytorch_norm_times, "conv": pytorch_conv_times,
+          "workloads": pytorch_times}[bench]()
     rs = {} if args.no_rust else rust_times(args.threads, bench)
     flops = {"mlp_b256_fwd": 2 * 256 * (784 * 1024 + 1024 * 1024 + 1024 * 10)}
     flops["mlp_b256_train"] = 3 * flops["mlp_b256_fwd"]

@@ -289,3 +289,100 @@ pub fn hand_res_mlp(
         head: Linear::new(width, outputs),
     })
 }
+
+/// LeNet-5 for 28x28 grey images: `Conv2d(1, 6, 5) -> ReLU -> MaxPool2d(2)
+/// -> Conv2d(6, 16, 5) -> ReLU -> MaxPool2d(2) -> Flatten -> Linear(256,
+/// 120) -> ReLU -> Linear(120, 84) -> ReLU -> Linear(84, 10)`.
+#[derive(Module, Debug)]
+pub struct LeNet {
+    /// `Conv2d(1, 6, 5)`.
+    pub conv1: Conv2d,
+    /// `ReLU()`.
+    pub relu1: ReLU,
+    /// `MaxPool2d(2)`.
+    pub pool1: MaxPool2d,
+    /// `Conv2d(6, 16, 5)`.
+    pub conv2: Conv2d,
+    /// `ReLU()`.
+    pub relu2: ReLU,
+    /// `MaxPool2d(2)`.
+    pub pool2: MaxPool2d,
+    /// `Flatten()`.
+    pub flat: Flatten,
+    /// `Linear(256, 120)`.
+    pub fc1: Linear,
+    /// `ReLU()`.
+    pub relu3: ReLU,
+    /// `Linear(120, 84)`.
+    pub fc2: Linear,
+    /// `ReLU()`.
+    pub relu4: ReLU,
+    /// `Linear(84, 10)`.
+    pub fc3: Linear,
+}
+
+/// LeNet with the weights of `torch.manual_seed(seed)`.
+#[must_use]
+pub fn lenet(seed: u64) -> LeNet {
+    nncore::with_seed(seed, || LeNet {
+        conv1: Conv2d::new(1, 6, 5),
+        relu1: ReLU::new(),
+        pool1: MaxPool2d::new(2),
+        conv2: Conv2d::new(6, 16, 5),
+        relu2: ReLU::new(),
+        pool2: MaxPool2d::new(2),
+        flat: Flatten::new(),
+        fc1: Linear::new(256, 120),
+        relu3: ReLU::new(),
+        fc2: Linear::new(120, 84),
+        relu4: ReLU::new(),
+        fc3: Linear::new(84, 10),
+    })
+}
+
+/// A batch of `batch` images `1 x 28 x 28`, uniform in [-1, 1].
+#[must_use]
+pub fn images(batch: usize, seed: u64) -> NdTensor {
+    NdTensor::new(input(batch, 28 * 28, seed), Dims::image(1, 28, 28))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One LeNet training step: zero_grad, forward, cross-entropy on fixed
+/// labels, backward of the parameters, SGD (lr 0.01).
+#[derive(Debug)]
+pub struct CnnStep {
+    /// The model.
+    pub model: LeNet,
+    /// The optimizer.
+    pub opt: Sgd,
+    /// The input batch.
+    pub x: NdTensor,
+    /// The labels.
+    pub labels: Vec<usize>,
+}
+
+impl CnnStep {
+    /// A step on a batch of `batch` images.
+    #[must_use]
+    pub fn new(batch: usize) -> Self {
+        Self {
+            model: lenet(0),
+            opt: Sgd::new(0.01),
+            x: images(batch, 1),
+            labels: (0..batch).map(|i| (i * 7) % 10).collect(),
+        }
+    }
+
+    /// Runs one step and returns the loss.
+    ///
+    /// # Errors
+    /// Whatever the model, loss or optimizer reports.
+    pub fn step(&mut self) -> nncore::Result<f32> {
+        self.model.zero_grad();
+        let (out, _) = self.model.forward_train_nd(&self.x)?;
+        let (loss, grad) = cross_entropy(out, &self.labels)?;
+        self.model.backward_params(&grad)?;
+        self.opt.step(&mut self.model)?;
+        Ok(loss)
+    }
+}

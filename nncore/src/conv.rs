@@ -10,7 +10,9 @@
 //! product. The `P x OC` result *is* the `(N, OC*OH*OW)` output in `CHWN`
 //! order, so no copy follows. Unfolding copies runs of `N` values.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use crate::forward::{check_dims, Forward};
 use crate::module::Module;
@@ -236,31 +238,48 @@ pub struct Conv2d {
     record: Record,
 }
 
-/// What the training forward keeps for backward.
+/// What the training forward keeps for backward, and the buffers of the
+/// products (kept, so that a training step allocates nothing after the
+/// first).
 #[derive(Debug, Clone)]
 struct Record {
     geom: Option<Geom>,
-    // The unfolded input of each group (`P x K`).
+    // The unfolded input of each block of output rows, group by group
+    // (`Pb x K`).
     cols: Vec<Tensor>,
     output: Tensor,
-    // The gradient seen as `P x OC`, and the input gradient.
+    scratch: Tensor,
+    // The gradient seen as `P x OC`, one block of it, the unfolded input's
+    // gradient, one group's weight gradient, and the input gradient.
     grad_out: Tensor,
+    grad_block: Tensor,
+    dcol: Tensor,
+    dw_block: Tensor,
     grad_input: Tensor,
     recorded: bool,
 }
 
 impl Default for Record {
     fn default() -> Self {
+        let e = || Tensor::zeros(0, 0);
         Self {
             geom: None,
             cols: Vec::new(),
-            output: Tensor::zeros(0, 0),
-            grad_out: Tensor::zeros(0, 0),
-            grad_input: Tensor::zeros(0, 0),
+            output: e(),
+            scratch: e(),
+            grad_out: e(),
+            grad_block: e(),
+            dcol: e(),
+            dw_block: e(),
+            grad_input: e(),
             recorded: false,
         }
     }
 }
+
+/// How many values a block of unfolded input may hold (256 KiB: it stays
+/// in L2 between being written and being multiplied).
+const BLOCK_VALUES: usize = 1 << 16;
 
 /// The sizes of one call: input `N x C x H x W`, output `OH x OW`, the
 /// padding before the first row and column.
@@ -379,23 +398,40 @@ impl Conv2d {
         Dims::image(self.config.out_channels, g.oh, g.ow)
     }
 
-    /// Unfolds group `group` of `x` into `col` (`P x K`).
-    fn im2col(&self, x: &[f32], g: &Geom, group: usize, col: &mut Tensor) {
+    /// The output rows per block: a block's unfolded input (`N*OW` positions
+    /// per output row, `K` taps each) stays within [`BLOCK_VALUES`], so it
+    /// is still in cache when the product reads it.
+    fn rows_per_block(&self, g: &Geom) -> usize {
+        let per_row = (g.n * g.ow * self.taps()).max(1);
+        (BLOCK_VALUES / per_row).clamp(1, g.oh.max(1))
+    }
+
+    /// `K`: the taps of one output value (`in_channels / groups * kh * kw`).
+    fn taps(&self) -> usize {
+        let c = &self.config;
+        c.in_channels / c.groups * c.kernel_size.h * c.kernel_size.w
+    }
+
+    /// Unfolds output rows `rows` of group `group` of `x` into `col`
+    /// (`N*OW*rows.len() x K`).
+    fn im2col(&self, x: &[f32], g: &Geom, group: usize, rows: Range<usize>, col: &mut Tensor) {
         let cfg = &self.config;
         let cg = cfg.in_channels / cfg.groups;
         let (kh, kw) = (cfg.kernel_size.h, cfg.kernel_size.w);
-        let p = g.positions();
+        let n = g.n;
+        let row_len = g.ow * n;
+        let p = row_len * rows.len();
         ensure_shape(col, p, cg * kh * kw);
         let col = col.as_mut_slice();
-        let n = g.n;
+        let sw = cfg.stride.w;
         for ci in 0..cg {
             let chan = group * cg + ci;
             for i in 0..kh {
                 for j in 0..kw {
                     let k = (ci * kh + i) * kw + j;
                     let dst = &mut col[p * k..p * (k + 1)];
-                    self.for_each_run(g, i, j, |oh, ow_lo, ow_hi, ih, iw_lo| {
-                        let row = &mut dst[oh * g.ow * n..(oh + 1) * g.ow * n];
+                    self.for_each_run(g, i, j, rows.clone(), |r, ow_lo, ow_hi, ih, iw_lo| {
+                        let row = &mut dst[r * row_len..(r + 1) * row_len];
                         let Some(ih) = ih else {
                             row.fill(0.0);
                             return;
@@ -403,7 +439,6 @@ impl Conv2d {
                         row[..ow_lo * n].fill(0.0);
                         row[ow_hi * n..].fill(0.0);
                         let base = (chan * g.h + ih) * g.w;
-                        let sw = cfg.stride.w;
                         if sw == 1 {
                             let src = (base + iw_lo) * n;
                             row[ow_lo * n..ow_hi * n]
@@ -420,30 +455,42 @@ impl Conv2d {
         }
     }
 
-    /// Adds `col` (`P x K`, the gradient of group `group`'s unfolded
-    /// input) back onto the input gradient `dx`.
-    fn col2im(&self, col: &Tensor, g: &Geom, group: usize, dx: &mut [f32]) {
+    /// Adds `col` (the gradient of the unfolded output rows `rows` of
+    /// group `group`) back onto the input gradient `dx`.
+    fn col2im(&self, col: &Tensor, g: &Geom, group: usize, rows: Range<usize>, dx: &mut [f32]) {
         let cfg = &self.config;
         let cg = cfg.in_channels / cfg.groups;
         let (kh, kw) = (cfg.kernel_size.h, cfg.kernel_size.w);
-        let p = g.positions();
-        let col = col.as_slice();
         let n = g.n;
+        let row_len = g.ow * n;
+        let p = row_len * rows.len();
+        let col = col.as_slice();
+        let sw = cfg.stride.w;
         for ci in 0..cg {
             let chan = group * cg + ci;
             for i in 0..kh {
                 for j in 0..kw {
                     let k = (ci * kh + i) * kw + j;
                     let src = &col[p * k..p * (k + 1)];
-                    self.for_each_run(g, i, j, |oh, ow_lo, ow_hi, ih, iw_lo| {
+                    self.for_each_run(g, i, j, rows.clone(), |r, ow_lo, ow_hi, ih, iw_lo| {
                         let Some(ih) = ih else { return };
-                        let row = &src[oh * g.ow * n..(oh + 1) * g.ow * n];
+                        let row = &src[r * row_len..(r + 1) * row_len];
                         let base = (chan * g.h + ih) * g.w;
-                        let sw = cfg.stride.w;
-                        for (t, ow) in (ow_lo..ow_hi).enumerate() {
-                            let d = (base + iw_lo + t * sw) * n;
-                            for (a, b) in dx[d..d + n].iter_mut().zip(&row[ow * n..(ow + 1) * n]) {
+                        if sw == 1 {
+                            let d = (base + iw_lo) * n;
+                            let len = (ow_hi - ow_lo) * n;
+                            for (a, b) in dx[d..d + len].iter_mut().zip(&row[ow_lo * n..ow_hi * n])
+                            {
                                 *a += b;
+                            }
+                        } else {
+                            for (t, ow) in (ow_lo..ow_hi).enumerate() {
+                                let d = (base + iw_lo + t * sw) * n;
+                                for (a, b) in
+                                    dx[d..d + n].iter_mut().zip(&row[ow * n..(ow + 1) * n])
+                                {
+                                    *a += b;
+                                }
                             }
                         }
                     });
@@ -452,15 +499,16 @@ impl Conv2d {
         }
     }
 
-    /// For kernel tap `(i, j)` and every output row `oh`: the output
-    /// columns `ow_lo..ow_hi` whose input pixel is inside the image, the
-    /// input row (`None` when in the padding) and the input column of
-    /// `ow_lo`.
+    /// For kernel tap `(i, j)` and every output row `oh` in `rows`: its
+    /// index in the block, the output columns `ow_lo..ow_hi` whose input
+    /// pixel is inside the image, the input row (`None` when in the
+    /// padding) and the input column of `ow_lo`.
     fn for_each_run(
         &self,
         g: &Geom,
         i: usize,
         j: usize,
+        rows: Range<usize>,
         mut f: impl FnMut(usize, usize, usize, Option<usize>, usize),
     ) {
         let cfg = &self.config;
@@ -480,54 +528,84 @@ impl Conv2d {
         };
         let ow_lo = ow_lo.min(ow_hi);
         let iw_lo = (ow_lo * sw + off).saturating_sub(g.left);
-        for oh in 0..g.oh {
+        let first = rows.start;
+        for oh in rows {
             let ih = (oh * sh + i * dh).checked_sub(g.top).filter(|&ih| ih < g.h);
-            f(oh, ow_lo, ow_hi, ih, iw_lo);
+            f(oh - first, ow_lo, ow_hi, ih, iw_lo);
         }
     }
 
-    /// The convolution of `x` (samples of `g`) into `out`, unfolding into
-    /// `cols` (one buffer per group, kept for backward in training).
-    fn run(&self, x: &Tensor, g: &Geom, cols: &mut Vec<Tensor>, out: &mut Tensor) {
+    /// The weight rows of group `group` (`OC/groups x K`): the weight
+    /// itself for one group.
+    fn group_weight(&self, group: usize) -> Cow<'_, Tensor> {
+        let w = self.weight.value();
+        let groups = self.config.groups;
+        if groups == 1 {
+            Cow::Borrowed(w)
+        } else {
+            let ocg = self.config.out_channels / groups;
+            Cow::Owned(w.rows(group * ocg, ocg).into_owned())
+        }
+    }
+
+    /// The convolution of `x` (samples of `g`) into `out`, block of output
+    /// rows by block: unfold, multiply, place. With `keep`, every block's
+    /// unfolded input stays in `cols` (group by group) for backward;
+    /// without, `cols[0]` is the one scratch buffer.
+    fn run(
+        &self,
+        x: &Tensor,
+        g: &Geom,
+        cols: &mut Vec<Tensor>,
+        keep: bool,
+        scratch: &mut Tensor,
+        out: &mut Tensor,
+    ) {
         let cfg = &self.config;
         let groups = cfg.groups;
         let (p, oc) = (g.positions(), cfg.out_channels);
         let ocg = oc / groups;
-        cols.resize_with(groups, || Tensor::zeros(0, 0));
+        let rows = self.rows_per_block(g);
+        let blocks = g.oh.div_ceil(rows).max(1);
+        let count = if keep { groups * blocks } else { 1 };
+        cols.truncate(count);
+        cols.resize_with(count, || Tensor::zeros(0, 0));
         ensure_shape(out, p, oc);
-        let w = self.weight.value();
         let bias = self.bias.as_ref().map(|b| b.value().as_slice());
-        for (group, col) in cols.iter_mut().enumerate() {
-            self.im2col(x.as_slice(), g, group, col);
-            if groups == 1 {
-                match bias {
-                    Some(b) => matmul_bias(col, Trans::No, w, Trans::Yes, b, out),
-                    None => matmul(1.0, col, Trans::No, w, Trans::Yes, 0.0, out),
+        let direct = groups == 1 && blocks == 1;
+        for group in 0..groups {
+            let wg = self.group_weight(group);
+            let bg = bias.map(|b| &b[group * ocg..(group + 1) * ocg]);
+            for block in 0..blocks {
+                let oh = block * rows..((block + 1) * rows).min(g.oh);
+                let col = &mut cols[if keep { group * blocks + block } else { 0 }];
+                self.im2col(x.as_slice(), g, group, oh.clone(), col);
+                let target = if direct { &mut *out } else { &mut *scratch };
+                ensure_shape(target, col.nrows(), ocg);
+                match bg {
+                    Some(b) => matmul_bias(col, Trans::No, &wg, Trans::Yes, b, target),
+                    None => matmul(1.0, col, Trans::No, &wg, Trans::Yes, 0.0, target),
                 }
-            } else {
-                let wg = w.rows(group * ocg, ocg).into_owned();
-                let mut yg = Tensor::zeros(p, ocg);
-                match bias {
-                    Some(b) => matmul_bias(
-                        col,
-                        Trans::No,
-                        &wg,
-                        Trans::Yes,
-                        &b[group * ocg..(group + 1) * ocg],
-                        &mut yg,
-                    ),
-                    None => matmul(1.0, col, Trans::No, &wg, Trans::Yes, 0.0, &mut yg),
+                if !direct {
+                    // Column `o` of the block goes to rows p0.. of output
+                    // column `group * ocg + o`.
+                    let (pb, p0) = (col.nrows(), oh.start * g.ow * g.n);
+                    let o = out.as_mut_slice();
+                    for (k, src) in scratch.as_slice().chunks_exact(pb).enumerate() {
+                        let at = (group * ocg + k) * p + p0;
+                        o[at..at + pb].copy_from_slice(src);
+                    }
                 }
-                out.columns_mut(group * ocg, ocg).copy_from(&yg);
             }
         }
         // `P x OC` in memory is `(N, OC*OH*OW)` in `CHWN` order.
         crate::ops::reshape(out, g.n, oc * g.oh * g.ow);
     }
 
-    /// Weight and bias gradients from the recorded forward; leaves the
-    /// gradient as `P x OC` in `record.grad_out`.
-    fn param_grads(&mut self, grad: &Tensor) -> Result<Geom> {
+    /// The backward pass from the recorded forward: weight and bias
+    /// gradients, and with `input` the input gradient (into
+    /// `record.grad_input`).
+    fn back(&mut self, grad: &Tensor, input: bool) -> Result<()> {
         let Some(g) = self.record.geom else {
             return Err(Error::NoRecordedForward {
                 path: ModulePath::leaf("Conv2d"),
@@ -537,43 +615,95 @@ impl Conv2d {
         crate::module::begin_backward(&mut self.record.recorded, "Conv2d", expected, grad)?;
         let (p, oc, groups) = (g.positions(), self.config.out_channels, self.config.groups);
         let ocg = oc / groups;
-        let go = &mut self.record.grad_out;
-        ensure_shape(go, p, oc);
-        go.as_mut_slice().copy_from_slice(grad.as_slice());
-        let go = &self.record.grad_out;
-        if let Some((_, dw, acc)) = self.weight.grad_slot() {
-            let beta = if acc { 1.0 } else { 0.0 };
-            if groups == 1 {
-                matmul(
-                    1.0,
-                    go,
-                    Trans::Yes,
-                    &self.record.cols[0],
-                    Trans::No,
-                    beta,
-                    dw,
-                );
-            } else {
-                for (group, col) in self.record.cols.iter().enumerate() {
-                    let gg = go.columns(group * ocg, ocg).into_owned();
-                    let mut dwg = Tensor::zeros(ocg, col.ncols());
-                    matmul(1.0, &gg, Trans::Yes, col, Trans::No, 0.0, &mut dwg);
-                    let mut rows = dw.rows_mut(group * ocg, ocg);
-                    if acc {
-                        rows += &dwg;
+        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
+            // Output channel j is the j-th run of P values of the gradient.
+            for (d, run) in db
+                .as_mut_slice()
+                .iter_mut()
+                .zip(grad.as_slice().chunks_exact(p.max(1)))
+            {
+                let s = crate::kernels::sum(run);
+                *d = if acc { *d + s } else { s };
+            }
+        }
+        let rows = self.rows_per_block(&g);
+        let blocks = g.oh.div_ceil(rows).max(1);
+        let block_rows = |b: usize| b * rows..((b + 1) * rows).min(g.oh);
+        let mut rec = std::mem::take(&mut self.record);
+        // The gradient as `P x OC` (the same memory).
+        crate::ops::copy_into(grad, &mut rec.grad_out);
+        crate::ops::reshape(&mut rec.grad_out, p, oc);
+        let direct = groups == 1 && blocks == 1;
+        let Record {
+            cols,
+            grad_out,
+            grad_block,
+            dcol,
+            dw_block,
+            grad_input,
+            ..
+        } = &mut rec;
+        // This block's rows of this group's output channels.
+        let block_grad = |group: usize, oh: &Range<usize>, dst: &mut Tensor| {
+            let pb = oh.len() * g.ow * g.n;
+            let p0 = oh.start * g.ow * g.n;
+            ensure_shape(dst, pb, ocg);
+            let src = grad_out.as_slice();
+            for (k, d) in dst.as_mut_slice().chunks_exact_mut(pb.max(1)).enumerate() {
+                let at = (group * ocg + k) * p + p0;
+                d.copy_from_slice(&src[at..at + pb]);
+            }
+        };
+        if input {
+            ensure_shape(grad_input, g.n, g.c * g.h * g.w);
+            grad_input.fill(0.0);
+            for group in 0..groups {
+                let wg = self.group_weight(group);
+                for block in 0..blocks {
+                    let oh = block_rows(block);
+                    let col = &cols[group * blocks + block];
+                    let gb = if direct {
+                        &*grad_out
                     } else {
-                        rows.copy_from(&dwg);
+                        block_grad(group, &oh, grad_block);
+                        &*grad_block
+                    };
+                    ensure_shape(dcol, col.nrows(), col.ncols());
+                    matmul(1.0, gb, Trans::No, &wg, Trans::No, 0.0, dcol);
+                    self.col2im(dcol, &g, group, oh, grad_input.as_mut_slice());
+                }
+            }
+        }
+        if let Some((_, dw, acc)) = self.weight.grad_slot() {
+            for group in 0..groups {
+                for block in 0..blocks {
+                    let oh = block_rows(block);
+                    let col = &cols[group * blocks + block];
+                    let gb = if direct {
+                        &*grad_out
+                    } else {
+                        block_grad(group, &oh, grad_block);
+                        &*grad_block
+                    };
+                    let add = acc || block > 0;
+                    if groups == 1 {
+                        let beta = if add { 1.0 } else { 0.0 };
+                        matmul(1.0, gb, Trans::Yes, col, Trans::No, beta, dw);
+                    } else {
+                        ensure_shape(dw_block, ocg, col.ncols());
+                        matmul(1.0, gb, Trans::Yes, col, Trans::No, 0.0, dw_block);
+                        let mut target = dw.rows_mut(group * ocg, ocg);
+                        if add {
+                            target += &*dw_block;
+                        } else {
+                            target.copy_from(&*dw_block);
+                        }
                     }
                 }
             }
         }
-        if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
-            for (j, d) in db.as_mut_slice().iter_mut().enumerate() {
-                let s = crate::kernels::sum(&go.as_slice()[j * p..(j + 1) * p]);
-                *d = if acc { *d + s } else { s };
-            }
-        }
-        Ok(g)
+        self.record = rec;
+        Ok(())
     }
 }
 
@@ -646,9 +776,9 @@ impl Forward for Conv2d {
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         check_dims("Conv2d", x, dims)?;
         let g = self.geometry(dims, x.nrows())?;
-        let mut cols = Vec::new();
-        let mut out = Tensor::zeros(0, 0);
-        self.run(x, &g, &mut cols, &mut out);
+        let (mut cols, mut scratch, mut out) =
+            (Vec::new(), Tensor::zeros(0, 0), Tensor::zeros(0, 0));
+        self.run(x, &g, &mut cols, false, &mut scratch, &mut out);
         Ok((out, self.out_dims(&g)))
     }
 
@@ -662,7 +792,9 @@ impl Forward for Conv2d {
         check_dims("Conv2d", x, dims)?;
         let g = self.geometry(dims, x.nrows())?;
         let mut cols = ws.take_list();
-        self.run(x, &g, &mut cols, out);
+        let mut scratch = ws.take();
+        self.run(x, &g, &mut cols, false, &mut scratch, out);
+        ws.give(scratch);
         ws.give_list(cols);
         Ok(self.out_dims(&g))
     }
@@ -674,49 +806,183 @@ impl Forward for Conv2d {
     ) -> Result<(&'a Tensor, Dims)> {
         check_dims("Conv2d", x, dims)?;
         let g = self.geometry(dims, x.nrows())?;
-        let mut cols = std::mem::take(&mut self.record.cols);
-        let mut out = std::mem::replace(&mut self.record.output, Tensor::zeros(0, 0));
-        self.run(x, &g, &mut cols, &mut out);
-        self.record.cols = cols;
-        self.record.output = out;
-        self.record.geom = Some(g);
-        self.record.recorded = true;
+        let mut rec = std::mem::take(&mut self.record);
+        self.run(
+            x,
+            &g,
+            &mut rec.cols,
+            true,
+            &mut rec.scratch,
+            &mut rec.output,
+        );
+        rec.geom = Some(g);
+        rec.recorded = true;
+        self.record = rec;
         Ok((&self.record.output, self.out_dims(&g)))
     }
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        let g = self.param_grads(grad)?;
-        let (oc, groups) = (self.config.out_channels, self.config.groups);
-        let ocg = oc / groups;
-        let mut dx = std::mem::replace(&mut self.record.grad_input, Tensor::zeros(0, 0));
-        ensure_shape(&mut dx, g.n, g.c * g.h * g.w);
-        dx.fill(0.0);
-        let w = self.weight.value();
-        let go = &self.record.grad_out;
-        let mut dcol = Tensor::zeros(0, 0);
-        for group in 0..groups {
-            let k = self.record.cols[group].ncols();
-            ensure_shape(&mut dcol, g.positions(), k);
-            if groups == 1 {
-                matmul(1.0, go, Trans::No, w, Trans::No, 0.0, &mut dcol);
-            } else {
-                let gg = go.columns(group * ocg, ocg).into_owned();
-                let wg = w.rows(group * ocg, ocg).into_owned();
-                matmul(1.0, &gg, Trans::No, &wg, Trans::No, 0.0, &mut dcol);
-            }
-            self.col2im(&dcol, &g, group, dx.as_mut_slice());
-        }
-        self.record.grad_input = dx;
+        self.back(grad, true)?;
         Ok(&self.record.grad_input)
     }
 
     fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
-        self.param_grads(grad).map(|_| ())
+        self.back(grad, false)
     }
 }
 
 impl fmt::Display for Conv2d {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         crate::print::fmt_module(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ForwardExt, NdTensor};
+
+    /// Convolution by its definition on row-major `NCHW` data: output,
+    /// and for an upstream gradient `gy` the input, weight and bias
+    /// gradients.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        conv: &Conv2d,
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        gy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, (usize, usize)) {
+        let cfg = conv.config;
+        let g = conv.geometry(Dims::image(c, h, w), n).unwrap();
+        let (oc, groups) = (cfg.out_channels, cfg.groups);
+        let (cg, ocg) = (c / groups, oc / groups);
+        let (kh, kw) = (cfg.kernel_size.h, cfg.kernel_size.w);
+        let wt = conv.weight.to_row_major();
+        let b = conv.bias.as_ref().map(Param::to_row_major);
+        let (oh, ow) = (g.oh, g.ow);
+        let mut y = vec![0.0f32; n * oc * oh * ow];
+        let mut dx = vec![0.0f32; x.len()];
+        let mut dw = vec![0.0f32; wt.len()];
+        let mut db = vec![0.0f32; oc];
+        for s in 0..n {
+            for o in 0..oc {
+                let grp = o / ocg;
+                for r in 0..oh {
+                    for q in 0..ow {
+                        let yi = ((s * oc + o) * oh + r) * ow + q;
+                        let mut acc = b.as_ref().map_or(0.0, |b| b[o]);
+                        db[o] += gy[yi];
+                        for ci in 0..cg {
+                            let ch = grp * cg + ci;
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let ih = (r * cfg.stride.h + i * cfg.dilation.h) as isize
+                                        - g.top as isize;
+                                    let iw = (q * cfg.stride.w + j * cfg.dilation.w) as isize
+                                        - g.left as isize;
+                                    if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((s * c + ch) * h + ih as usize) * w + iw as usize;
+                                    let wi = ((o * cg + ci) * kh + i) * kw + j;
+                                    acc += wt[wi] * x[xi];
+                                    dx[xi] += wt[wi] * gy[yi];
+                                    dw[wi] += x[xi] * gy[yi];
+                                }
+                            }
+                        }
+                        y[yi] = acc;
+                    }
+                }
+            }
+        }
+        (y, dx, dw, db, (oh, ow))
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Inputs large enough that the unfolded input is cut into several
+    /// blocks of output rows, with groups, strides, dilation, padding and
+    /// no bias: forward, `forward_into`, training forward and every
+    /// gradient against the definition, twice (the second step reuses the
+    /// buffers and accumulates the parameter gradients).
+    #[test]
+    fn blocked_convolution_matches_the_definition() {
+        let cases = [
+            (
+                Conv2dConfig::new(4, 6, 3).padding(1).groups(2),
+                (4, 4, 42, 34),
+            ),
+            (
+                Conv2dConfig::new(3, 4, (3, 2))
+                    .stride((2, 3))
+                    .padding((2, 1))
+                    .dilation((2, 1))
+                    .bias(false),
+                (10, 3, 61, 47),
+            ),
+            (
+                Conv2dConfig::new(2, 3, 5).padding(Padding::Same),
+                (1, 2, 9, 7),
+            ),
+        ];
+        for (case, (cfg, (n, c, h, w))) in cases.into_iter().enumerate() {
+            let mut conv = crate::with_seed(3, || cfg.build().unwrap());
+            let mut gen = crate::Generator::new(9);
+            let mut x = vec![0.0; n * c * h * w];
+            gen.fill_uniform(&mut x, -1.0, 1.0);
+            let xt = NdTensor::from_row_major(&[n, c, h, w], &x).unwrap();
+            let g = conv.geometry(xt.dims(), n).unwrap();
+            let mut gy = vec![0.0; n * cfg.out_channels * g.oh * g.ow];
+            gen.fill_uniform(&mut gy, -1.0, 1.0);
+            let (y, dx, dw, db, (oh, ow)) = reference(&conv, &x, (n, c, h, w), &gy);
+            let what = format!("{cfg:?} on {:?}", [n, c, h, w]);
+            let blocks = g.oh.div_ceil(conv.rows_per_block(&g));
+            assert!(case == 2 || blocks > 1, "{what}: one block");
+            let ys = conv.forward_nd(&xt).unwrap();
+            assert_eq!(ys.shape(), vec![n, cfg.out_channels, oh, ow]);
+            close(
+                &ys.to_row_major(),
+                &y,
+                &format!("{what}: forward ({blocks} blocks)"),
+            );
+            let (mut out, mut ws) = (Tensor::zeros(0, 0), crate::Workspace::new());
+            conv.forward_into_dims(xt.tensor(), xt.dims(), &mut out, &mut ws)
+                .unwrap();
+            assert_eq!(&out, ys.tensor(), "{what}");
+            let gyt = NdTensor::from_row_major(&ys.shape(), &gy).unwrap();
+            for step in 1..=2 {
+                let (yt, _) = conv.forward_train_nd(&xt).unwrap();
+                assert_eq!(yt, ys.tensor(), "{what}");
+                let dxt = conv.backward(gyt.tensor()).unwrap().clone();
+                let dxt = NdTensor::new(dxt, xt.dims()).unwrap();
+                close(&dxt.to_row_major(), &dx, &format!("{what}: dx"));
+                let scale = |v: &[f32]| v.iter().map(|v| v * step as f32).collect::<Vec<_>>();
+                let gw = Param::nd(
+                    conv.weight.grad().unwrap().clone(),
+                    conv.weight.shape().to_vec(),
+                );
+                close(
+                    &gw.to_row_major(),
+                    &scale(&dw),
+                    &format!("{what}: dw, step {step}"),
+                );
+                if let Some(b) = &conv.bias {
+                    close(
+                        b.grad().unwrap().as_slice(),
+                        &scale(&db),
+                        &format!("{what}: db"),
+                    );
+                }
+            }
+        }
     }
 }

@@ -214,42 +214,59 @@ impl MaxPool2d {
             a.clear();
             a.resize(o.len(), 0);
         }
-        let mut idx = vec![0u32; n];
-        for c in 0..g.c {
+        let plane = g.h * g.w;
+        // The window's taps inside the image, for one output pixel.
+        let taps = |oh: usize, ow: usize| {
+            let (h0, w0) = (Window::taps(oh, s.h, p.h), Window::taps(ow, s.w, p.w));
+            (0..k.h)
+                .map(move |i| h0 + (i * d.h) as isize)
+                .filter(|&ih| ih >= 0 && ih < g.h as isize)
+                .flat_map(move |ih| {
+                    (0..k.w)
+                        .map(move |j| w0 + (j * d.w) as isize)
+                        .filter(|&iw| iw >= 0 && iw < g.w as isize)
+                        .map(move |iw| ih as usize * g.w + iw as usize)
+                })
+        };
+        // A NaN wins (and stays), and of equal values the first: PyTorch's
+        // `val > max || isnan(val)`. Written as selects over the batch,
+        // which vectorize.
+        for (c, (src, dst)) in x
+            .chunks_exact(plane * n)
+            .zip(o.chunks_exact_mut(g.oh * g.ow * n))
+            .enumerate()
+        {
             for oh in 0..g.oh {
-                let h0 = Window::taps(oh, s.h, p.h);
                 for ow in 0..g.ow {
-                    let w0 = Window::taps(ow, s.w, p.w);
-                    let at = ((c * g.oh + oh) * g.ow + ow) * n;
-                    let m = &mut o[at..at + n];
+                    let at = (oh * g.ow + ow) * n;
+                    let m = &mut dst[at..at + n];
                     m.fill(f32::NEG_INFINITY);
-                    let mut first = true;
-                    for i in 0..k.h {
-                        let ih = h0 + (i * d.h) as isize;
-                        if ih < 0 || ih >= g.h as isize {
-                            continue;
-                        }
-                        for j in 0..k.w {
-                            let iw = w0 + (j * d.w) as isize;
-                            if iw < 0 || iw >= g.w as isize {
-                                continue;
-                            }
-                            let pos = ih as usize * g.w + iw as usize;
-                            if first {
-                                idx.fill(pos as u32);
-                                first = false;
-                            }
-                            let src = &x[(c * g.h * g.w + pos) * n..][..n];
-                            for ((m, v), ix) in m.iter_mut().zip(src).zip(idx.iter_mut()) {
-                                if *v > *m || v.is_nan() {
-                                    *m = *v;
-                                    *ix = pos as u32;
+                    match arg.as_deref_mut() {
+                        None => {
+                            for pos in taps(oh, ow) {
+                                let v = &src[pos * n..pos * n + n];
+                                for (m, &v) in m.iter_mut().zip(v) {
+                                    *m = if v > *m || v.is_nan() { v } else { *m };
                                 }
                             }
                         }
-                    }
-                    if let Some(a) = arg.as_deref_mut() {
-                        a[at..at + n].copy_from_slice(&idx);
+                        Some(a) => {
+                            let base = c * g.oh * g.ow * n + at;
+                            let ix = &mut a[base..base + n];
+                            let mut first = true;
+                            for pos in taps(oh, ow) {
+                                if first {
+                                    ix.fill(pos as u32);
+                                    first = false;
+                                }
+                                let v = &src[pos * n..pos * n + n];
+                                for ((m, &v), ix) in m.iter_mut().zip(v).zip(ix.iter_mut()) {
+                                    let take = v > *m || v.is_nan();
+                                    *m = if take { v } else { *m };
+                                    *ix = if take { pos as u32 } else { *ix };
+                                }
+                            }
+                        }
                     }
                 }
             }
