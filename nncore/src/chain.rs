@@ -317,7 +317,9 @@ pub fn backward_params<C: Chain + ?Sized>(m: &mut C, grad: &Tensor) -> Result<()
 // in-place `forward_owned` step.
 
 struct InferDims<'x> {
-    x: &'x Tensor,
+    // The caller's input until a child has run (`None` when the chain was
+    // given it by value: it is then in `cur`).
+    x: Option<&'x Tensor>,
     cur: Option<Tensor>,
     dims: Dims,
     owner: &'static str,
@@ -325,10 +327,12 @@ struct InferDims<'x> {
 
 impl<'a> Visitor<'a> for InferDims<'_> {
     fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
-        let x = self.cur.as_ref().unwrap_or(self.x);
-        let (y, d) = m
-            .forward_dims(x, self.dims)
-            .map_err(|e| name.wrap(e, self.owner))?;
+        let r = match (self.cur.take(), self.x) {
+            (Some(x), _) => m.forward_owned_dims(x, self.dims),
+            (None, Some(x)) => m.forward_dims(x, self.dims),
+            (None, None) => unreachable!("the chain's input is in `x` or `cur`"),
+        };
+        let (y, d) = r.map_err(|e| name.wrap(e, self.owner))?;
         self.cur = Some(y);
         self.dims = d;
         Ok(())
@@ -341,13 +345,35 @@ impl<'a> Visitor<'a> for InferDims<'_> {
 /// As [`forward`].
 pub fn forward_dims<C: Chain + ?Sized>(m: &C, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
     let mut v = InferDims {
-        x,
+        x: Some(x),
         cur: None,
         dims,
         owner: C::NAME,
     };
     m.visit(&mut v)?;
     let y = v.cur.unwrap_or_else(|| x.clone());
+    Ok((y, v.dims))
+}
+
+/// `Forward::forward_owned_dims` of a chain.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_owned_dims<C: Chain + ?Sized>(
+    m: &C,
+    x: Tensor,
+    dims: Dims,
+) -> Result<(Tensor, Dims)> {
+    let mut v = InferDims {
+        x: None,
+        cur: Some(x),
+        dims,
+        owner: C::NAME,
+    };
+    m.visit(&mut v)?;
+    let y = v
+        .cur
+        .unwrap_or_else(|| crate::ops::from_vec(0, 0, Vec::new()));
     Ok((y, v.dims))
 }
 

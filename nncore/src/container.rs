@@ -123,6 +123,15 @@ macro_rules! __chain_forward_methods {
         }
 
         #[inline]
+        fn forward_owned_dims(
+            &self,
+            x: $crate::Tensor,
+            dims: $crate::Dims,
+        ) -> $crate::Result<($crate::Tensor, $crate::Dims)> {
+            $crate::chain::forward_owned_dims(self, x, dims)
+        }
+
+        #[inline]
         fn forward_into_dims(
             &self,
             x: &$crate::Tensor,
@@ -289,6 +298,9 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     }
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         (**self).forward_dims(x, dims)
+    }
+    fn forward_owned_dims(&self, x: Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+        (**self).forward_owned_dims(x, dims)
     }
     fn forward_into_dims(
         &self,

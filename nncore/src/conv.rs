@@ -479,18 +479,17 @@ impl Conv2d {
                         if sw == 1 {
                             let d = (base + iw_lo) * n;
                             let len = (ow_hi - ow_lo) * n;
-                            for (a, b) in dx[d..d + len].iter_mut().zip(&row[ow_lo * n..ow_hi * n])
-                            {
-                                *a += b;
-                            }
+                            crate::kernels::add_assign(
+                                &mut dx[d..d + len],
+                                &row[ow_lo * n..ow_hi * n],
+                            );
                         } else {
                             for (t, ow) in (ow_lo..ow_hi).enumerate() {
                                 let d = (base + iw_lo + t * sw) * n;
-                                for (a, b) in
-                                    dx[d..d + n].iter_mut().zip(&row[ow * n..(ow + 1) * n])
-                                {
-                                    *a += b;
-                                }
+                                crate::kernels::add_assign(
+                                    &mut dx[d..d + n],
+                                    &row[ow * n..(ow + 1) * n],
+                                );
                             }
                         }
                     });

@@ -192,6 +192,20 @@ pub trait Forward: Module {
         Ok((y, d))
     }
 
+    /// [`Forward::forward_dims`] taking its input by value (as
+    /// [`Forward::forward_owned`]): element-wise layers work in place, and
+    /// `Flatten` hands the buffer on. The shape-aware chain calls it.
+    ///
+    /// # Errors
+    /// As [`Forward::forward_dims`].
+    fn forward_owned_dims(&self, x: Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+        if dims.rank() > 1 && self.is_elementwise() {
+            check_dims(self.name(), &x, dims)?;
+            return Ok((self.forward_owned(x)?, dims));
+        }
+        self.forward_dims(&x, dims)
+    }
+
     /// [`Forward::forward_into`] for samples of shape `dims`; returns the
     /// output's sample shape.
     ///

@@ -6,7 +6,9 @@
 //!   [`rows_axpy`]): faer's GEMM took 0.44 us for SimpleNet's 1x100 by
 //!   100x50 product, these about 0.1 us (`benches/gemm.rs`, `latency.rs`);
 //! - reductions and updates ([`sum`], [`dot`], [`all_finite`],
-//!   [`sgd_update`], [`squared_error`]);
+//!   [`sgd_update`], [`squared_error`], [`add_assign`]);
+//! - max pooling's updates over a batch of pixels ([`max_update`],
+//!   [`max_arg_update`]);
 //! - the normalization layers' passes ([`row_moments`], [`normalize_rows`],
 //!   [`layer_norm_dx`] for LayerNorm; [`column_moments`],
 //!   [`normalize_columns`], [`batch_norm_dx`] for BatchNorm1d);
@@ -872,6 +874,40 @@ multiversion! {
 }
 
 multiversion! {
+    /// `m = max(m, v)` element-wise, where a NaN in `v` wins and stays
+    /// (PyTorch's max pooling: `v > m || isnan(v)`).
+    pub fn max_update / max_update_with(m: &mut [f32], v: &[f32]) {
+        for (m, &v) in m.iter_mut().zip(v) {
+            *m = if (v > *m) | v.is_nan() { v } else { *m };
+        }
+    }
+}
+
+multiversion! {
+    /// [`max_update`] that also records `pos` in `ix` wherever `v` took
+    /// over (so `ix` ends at the first maximum: equal values do not take
+    /// over).
+    pub fn max_arg_update / max_arg_update_with(m: &mut [f32], ix: &mut [u32], v: &[f32], pos: u32) {
+        let n = m.len().min(ix.len()).min(v.len());
+        let (m, ix, v) = (&mut m[..n], &mut ix[..n], &v[..n]);
+        for i in 0..n {
+            let take = (v[i] > m[i]) | v[i].is_nan();
+            m[i] = if take { v[i] } else { m[i] };
+            ix[i] = if take { pos } else { ix[i] };
+        }
+    }
+}
+
+multiversion! {
+    /// `d += s` element-wise.
+    pub fn add_assign / add_assign_with(d: &mut [f32], s: &[f32]) {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d += s;
+        }
+    }
+}
+
+multiversion! {
     /// Whether every element of `x` is finite (no NaN, no infinity): the
     /// largest exponent-and-mantissa bit pattern, an integer maximum that
     /// vectorizes, is below the infinities'.
@@ -1523,6 +1559,49 @@ mod elementwise_tests {
             let s = squared_error_with(v, &x, &t, &mut grad, 0.5);
             assert!((s - sq).abs() < 1e-3 * sq, "{v:?}: {s} vs {sq}");
             assert!((grad[5] - (x[5] - t[5])).abs() < 1e-6);
+        }
+    }
+
+    /// The pooling updates: NaN wins and stays, ties keep the first index.
+    #[test]
+    fn every_variant_takes_maxima_as_pytorch_pools() {
+        let n = 37;
+        let a: Vec<f32> = (0..n).map(|i| ((i * 7) % 5) as f32).collect();
+        let mut b: Vec<f32> = (0..n).map(|i| ((i * 3) % 5) as f32).collect();
+        b[4] = f32::NAN;
+        let mut c: Vec<f32> = (0..n).map(|i| ((i * 2) % 5) as f32).collect();
+        c[9] = f32::NAN;
+        for v in available_variants() {
+            let (mut m, mut ix) = (vec![f32::NEG_INFINITY; n], vec![0u32; n]);
+            let mut plain = vec![f32::NEG_INFINITY; n];
+            for (pos, src) in [&a, &b, &c].into_iter().enumerate() {
+                max_arg_update_with(v, &mut m, &mut ix, src, pos as u32);
+                max_update_with(v, &mut plain, src);
+            }
+            for i in 0..n {
+                let vals = [a[i], b[i], c[i]];
+                let first_nan = vals.iter().position(|x| x.is_nan());
+                let (want, at) = match first_nan {
+                    // A later NaN takes over again (`isnan(val)`).
+                    Some(_) => (f32::NAN, vals.iter().rposition(|x| x.is_nan()).unwrap()),
+                    None => {
+                        let max = vals.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        (max, vals.iter().position(|&x| x == max).unwrap())
+                    }
+                };
+                assert!(
+                    m[i] == want || (m[i].is_nan() && want.is_nan()),
+                    "{v:?} {i}"
+                );
+                assert!(plain[i].to_bits() == m[i].to_bits(), "{v:?} {i}");
+                assert_eq!(ix[i], at as u32, "{v:?} {i}");
+            }
+            let mut d = a.clone();
+            add_assign_with(v, &mut d, &c);
+            assert!(d
+                .iter()
+                .zip(a.iter().zip(&c))
+                .all(|(d, (a, c))| d.to_bits() == (a + c).to_bits()));
         }
     }
 }

@@ -130,7 +130,7 @@ impl Record {
         };
         crate::module::begin_backward(&mut self.recorded, name, self.output.shape(), grad)?;
         ensure_shape(&mut self.grad_input, g.n, g.c * g.h * g.w);
-        self.grad_input.fill(0.0);
+        self.grad_input.as_mut_slice().fill(0.0);
         Ok(g)
     }
 }
@@ -244,10 +244,7 @@ impl MaxPool2d {
                     match arg.as_deref_mut() {
                         None => {
                             for pos in taps(oh, ow) {
-                                let v = &src[pos * n..pos * n + n];
-                                for (m, &v) in m.iter_mut().zip(v) {
-                                    *m = if v > *m || v.is_nan() { v } else { *m };
-                                }
+                                crate::kernels::max_update(m, &src[pos * n..pos * n + n]);
                             }
                         }
                         Some(a) => {
@@ -260,11 +257,7 @@ impl MaxPool2d {
                                     first = false;
                                 }
                                 let v = &src[pos * n..pos * n + n];
-                                for ((m, &v), ix) in m.iter_mut().zip(v).zip(ix.iter_mut()) {
-                                    let take = v > *m || v.is_nan();
-                                    *m = if take { v } else { *m };
-                                    *ix = if take { pos as u32 } else { *ix };
-                                }
+                                crate::kernels::max_arg_update(m, ix, v, pos as u32);
                             }
                         }
                     }
@@ -860,6 +853,12 @@ impl Forward for Flatten {
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         check_dims("Flatten", x, dims)?;
         Ok((x.clone(), self.out_dims(dims, x.nrows())?))
+    }
+
+    fn forward_owned_dims(&self, x: Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+        check_dims("Flatten", &x, dims)?;
+        let d = self.out_dims(dims, x.nrows())?;
+        Ok((x, d))
     }
 
     fn forward_into_dims(
