@@ -4,7 +4,7 @@
 use crate::forward::Forward;
 use crate::module::Module;
 use crate::module::ModuleExt;
-use crate::{Error, Generator, Result, Tensor};
+use crate::{Dims, Error, Generator, NdTensor, Result, Tensor};
 
 /// The settings of a gradient check: compares a module's backward pass with
 /// central finite differences of its forward, for every parameter element
@@ -133,13 +133,51 @@ impl GradCheck {
     /// many mismatch in all); whatever the forward or backward report; an
     /// invalid setting ([`Error::InvalidArgument`]).
     pub fn run<M: Forward + ?Sized>(&self, model: &mut M, x: &Tensor) -> Result<GradCheckReport> {
+        self.run_dims(model, x, Dims::flat(x.ncols()))
+    }
+
+    /// [`GradCheck::run`] on a batch of shaped samples (images
+    /// `(N, C, H, W)`), through the shape-aware forwards.
+    ///
+    /// # Errors
+    /// As [`GradCheck::run`].
+    ///
+    /// # Example
+    /// ```
+    /// use nncore::prelude::*;
+    /// use nncore::GradCheck;
+    /// let mut conv = nncore::with_seed(0, || Conv2d::new(2, 3, 2));
+    /// let x = NdTensor::new(nncore::Generator::new(1).uniform_tensor(2, 2 * 3 * 3, -1.0, 1.0), Dims::image(2, 3, 3))?;
+    /// let report = GradCheck::new().run_nd(&mut conv, &x)?;
+    /// assert_eq!(report.checked, 3 * 2 * 2 * 2 + 3 + 2 * 2 * 3 * 3);
+    /// # Ok::<(), nncore::Error>(())
+    /// ```
+    pub fn run_nd<M: Forward + ?Sized>(
+        &self,
+        model: &mut M,
+        x: &NdTensor,
+    ) -> Result<GradCheckReport> {
+        self.run_dims(model, x.tensor(), x.dims())
+    }
+
+    fn run_dims<M: Forward + ?Sized>(
+        &self,
+        model: &mut M,
+        x: &Tensor,
+        dims: Dims,
+    ) -> Result<GradCheckReport> {
         let saved = crate::module::save_buffers(model);
-        let result = self.check(model, x);
+        let result = self.check(model, x, dims);
         crate::module::restore_buffers(model, saved);
         result
     }
 
-    fn check<M: Forward + ?Sized>(&self, model: &mut M, x: &Tensor) -> Result<GradCheckReport> {
+    fn check<M: Forward + ?Sized>(
+        &self,
+        model: &mut M,
+        x: &Tensor,
+        dims: Dims,
+    ) -> Result<GradCheckReport> {
         if !(self.eps.is_finite() && self.eps > 0.0 && self.atol >= 0.0 && self.rtol >= 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "gradcheck: eps must be positive and tolerances non-negative, got eps={}, atol={}, rtol={}",
@@ -147,7 +185,7 @@ impl GradCheck {
             )));
         }
         model.zero_grad();
-        let out = model.forward_train(x)?.clone();
+        let out = model.forward_train_dims(x, dims)?.0.clone();
         let w = Generator::new(self.seed).uniform_tensor(out.nrows(), out.ncols(), -1.0, 1.0);
         let dx = model.backward(&w)?.clone();
         let training = self.training;
@@ -158,9 +196,9 @@ impl GradCheck {
         let loss = |m: &mut M, x: &Tensor| -> Result<f64> {
             let inference;
             let y = if training {
-                m.forward_train(x)?
+                m.forward_train_dims(x, dims)?.0
             } else {
-                inference = m.forward(x)?;
+                inference = m.forward_dims(x, dims)?.0;
                 &inference
             };
             Ok(y.iter()
@@ -222,8 +260,7 @@ impl GradCheck {
             let mut xm = x.clone();
             xm[e] -= eps;
             let numeric = (loss(model, &xp)? - loss(model, &xm)?) / (2.0 * f64::from(eps));
-            let (r, c) = (e % x.nrows(), e / x.nrows());
-            compare(format!("input[{r}, {c}]"), dx[e], numeric, &mut report);
+            compare(input_label(e, x.nrows(), dims), dx[e], numeric, &mut report);
         }
         model.zero_grad();
         let Some(first) = mismatches.first() else {
@@ -231,7 +268,7 @@ impl GradCheck {
         };
         let mut hint = String::new();
         if !training {
-            let y = model.forward(x)?;
+            let y = model.forward_dims(x, dims)?.0;
             let diff = y
                 .iter()
                 .zip(out.iter())
@@ -252,6 +289,20 @@ impl GradCheck {
             self.eps
         )))
     }
+}
+
+/// PyTorch's index of element `e` (column-major) of an input of `n`
+/// samples of shape `dims`: `input[r, c]`, or `input[n, c, h, w]`.
+fn input_label(e: usize, n: usize, dims: Dims) -> String {
+    let (r, mut f) = (e % n.max(1), e / n.max(1));
+    let d = dims.as_slice();
+    let mut idx = vec![0; d.len()];
+    for (i, size) in d.iter().enumerate().rev() {
+        idx[i] = f % size.max(&1);
+        f /= size.max(&1);
+    }
+    let rest: Vec<String> = idx.iter().map(ToString::to_string).collect();
+    format!("input[{r}, {}]", rest.join(", "))
 }
 
 /// The storage shape of parameter `index` (column-major, as its value).
