@@ -142,7 +142,7 @@ proptest! {
             .with(Tanh::new())
             .with(AvgPool2d::new(2))
             .with(Flatten::new())
-            .with(Linear::with_generator(2 * ((hw.0 + 1) / 2) * ((hw.1 + 1) / 2), 3, true, &mut g));
+            .with(Linear::with_generator(2 * hw.0.div_ceil(2) * hw.1.div_ceil(2), 3, true, &mut g));
         check(&mut net, &x)?;
     }
 }
