@@ -5,8 +5,9 @@ Writes tests/fixtures/summary.json: for models of the other fixtures
 (SimpleNet, Net, the composition models with Sequential and ModuleList,
 containers nested three levels, LayerNorm and BatchNorm1d models, a frozen
 head, the large MLP at a batch that reaches giga-mult-adds, the residual
-model of the written-forward workloads), the text of
-`str(torchinfo.summary(model, input_size=(batch, features), verbose=0))`
+model of the written-forward workloads, the two CNNs of the image fixtures
+and LeNet-5 at batch 512), the text of
+`str(torchinfo.summary(model, input_size=shape, verbose=0))`
 with torchinfo's defaults (depth 3, columns output size and parameter
 count, rows with depth-idx).
 
@@ -30,6 +31,7 @@ from gen_composition_fixtures import Blocks, Deep, Stack, WithSeq
 from gen_norm_fixtures import LnNet
 from gen_batchnorm_fixtures import BnNet
 from bench_pytorch import ResMlp
+from gen_conv_fixtures import Cnn, Same
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "summary.json")
 
@@ -45,6 +47,30 @@ class Mlp(nn.Module):
 
     def forward(self, x):
         return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
+
+
+class LeNet(nn.Module):
+    """LeNet-5 for 28x28 images (src/workloads.rs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flat = nn.Flatten()
+        self.fc1 = nn.Linear(256, 120)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(120, 84)
+        self.relu4 = nn.ReLU()
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.flat(self.pool2(self.relu2(self.conv2(x))))
+        return self.fc3(self.relu4(self.fc2(self.relu3(self.fc1(x)))))
 
 
 def frozen_head():
@@ -66,6 +92,9 @@ CASES = [
     ("bn_net", BnNet, (5, 6)),
     ("mlp_b4096", Mlp, (4096, 784)),
     ("res_mlp", lambda: ResMlp(100, 64, 2, 10), (1, 100)),
+    ("cnn", Cnn, (3, 2, 9, 8)),
+    ("same", Same, (2, 1, 7, 9)),
+    ("lenet_b512", lambda: LeNet(), (512, 1, 28, 28)),
 ]
 
 

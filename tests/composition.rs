@@ -372,7 +372,7 @@ fn summary_lists_layers_shapes_and_counts() {
             (
                 r.path.as_str(),
                 r.type_name.as_str(),
-                r.output_shape,
+                r.output_shape.as_ref().map(|s| (s[0], s[1])),
                 r.params,
             )
         })

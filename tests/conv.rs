@@ -373,3 +373,10 @@ fn pooling_on_ties_sends_gradients_where_pytorch_does() {
         assert_close(&dx.to_row_major(), &floats(&case["dx"]), 1e-6, name);
     }
 }
+
+#[test]
+fn summaries_of_image_models_are_torchinfo_s() {
+    check_summary("cnn", &cnn());
+    check_summary("same", &same());
+    check_summary("lenet_b512", &nnrs::workloads::lenet(0));
+}

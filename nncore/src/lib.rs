@@ -175,7 +175,7 @@ pub use serialize::{
 };
 pub use shape::{Dims, NdTensor, Size2d, MAX_DIMS};
 pub use summary::Trace;
-pub use summary::{human_count, summary, Summary, SummaryRow};
+pub use summary::{human_count, summary, summary_nd, Summary, SummaryRow};
 pub use written::{Tape, Var};
 
 /// `#[derive(Module)]`: see the [`Module`] trait and the crate's README.

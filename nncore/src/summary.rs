@@ -16,9 +16,10 @@ pub struct SummaryRow {
     pub type_name: String,
     /// Nesting depth: 0 for the model.
     pub depth: usize,
-    /// `(batch, features)` of the module's output for the summary's input,
-    /// `None` when its forward was not traced (inside a custom forward).
-    pub output_shape: Option<(usize, usize)>,
+    /// The module's output shape for the summary's input, as PyTorch
+    /// gives it (`[batch, features]`, `[N, C, H, W]` for images); `None`
+    /// when its forward was not traced (inside a custom forward).
+    pub output_shape: Option<Vec<usize>>,
     /// Parameter elements of the module and its submodules.
     pub params: usize,
     /// Of those, the elements of parameters that train.
@@ -51,10 +52,11 @@ pub struct Summary {
     pub frozen_params: usize,
     /// Bytes the parameters take (`f32`).
     pub param_bytes: usize,
-    /// The input shape the summary was made for.
-    pub input_shape: (usize, usize),
+    /// The input shape the summary was made for (batch first).
+    pub input_shape: Vec<usize>,
     /// torchinfo's mult-adds: for each leaf layer, its parameter count
-    /// times the batch.
+    /// times the batch (for a convolution, times the batch and the output
+    /// pixels).
     pub mult_adds: u64,
     /// torchinfo's forward/backward pass size: twice the output bytes of
     /// every leaf layer that has parameters.
@@ -126,20 +128,58 @@ fn is_leaf<M: Module + ?Sized>(m: &M) -> bool {
 /// let model = SimpleNet { fc1: Linear::new(100, 50), relu: ReLU::new(), fc2: Linear::new(50, 10) };
 /// let s = nncore::summary(&model, (64, 100))?;
 /// assert_eq!(s.rows[1].path, "fc1");
-/// assert_eq!(s.rows[1].output_shape, Some((64, 50)));
+/// assert_eq!(s.rows[1].output_shape, Some(vec![64, 50]));
 /// assert_eq!(s.total_params, 5560);
 /// println!("{s}");
 /// # Ok::<(), nncore::Error>(())
 /// ```
 pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> Result<Summary> {
+    summary_nd(model, &[input_shape.0, input_shape.1])
+}
+
+/// [`summary`] for an input of any shape (batch first), such as images:
+/// `torchinfo.summary(model, input_size=(N, C, H, W))`.
+///
+/// # Errors
+/// As [`summary`]; an input shape without a batch dimension.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+///
+/// #[derive(Module)]
+/// struct Cnn { conv: Conv2d, relu: ReLU, pool: MaxPool2d, flat: Flatten, fc: Linear }
+///
+/// let cnn = Cnn {
+///     conv: Conv2d::new(1, 16, 3),
+///     relu: ReLU::new(),
+///     pool: MaxPool2d::new(2),
+///     flat: Flatten::new(),
+///     fc: Linear::new(16 * 3 * 3, 10),
+/// };
+/// let s = nncore::summary_nd(&cnn, &[32, 1, 8, 8])?;
+/// assert_eq!(s.rows[1].output_shape, Some(vec![32, 16, 6, 6]));
+/// assert_eq!(s.rows[3].output_shape, Some(vec![32, 16, 3, 3]));
+/// // torchinfo's mult-adds: a convolution's parameters times the output
+/// // pixels of the batch, a Linear's times the batch.
+/// assert_eq!(s.mult_adds, 160 * 32 * 36 + 1450 * 32);
+/// # Ok::<(), nncore::Error>(())
+/// ```
+pub fn summary_nd<M: Forward + ?Sized>(model: &M, input_shape: &[usize]) -> Result<Summary> {
     // The forward is traced on at most TRACE_BATCH rows: a summary for a
     // batch of a million must not allocate it. Outputs with as many rows
     // as the traced input are reported with the requested batch.
-    let (batch, features) = input_shape;
+    let Some((&batch, sample)) = input_shape.split_first() else {
+        return Err(crate::Error::InvalidArgument(
+            "summary: the input shape needs a batch dimension first, got []".into(),
+        ));
+    };
+    let dims = crate::Dims::new(sample)?;
+    let features = dims.numel();
     let traced = batch.min(TRACE_BATCH);
     let too_large = || {
         crate::Error::InvalidArgument(format!(
-            "summary: an input of shape [{batch}, {features}] is too large to trace"
+            "summary: an input of shape {input_shape:?} is too large to trace"
         ))
     };
     let n = traced
@@ -150,16 +190,22 @@ pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> R
     data.try_reserve_exact(n).map_err(|_| too_large())?;
     data.resize(n, 0.0);
     let mut trace = Trace::new();
-    model.forward_traced(&Tensor::from_vec(traced, features, data), &mut trace)?;
-    let scale = |shape: Option<(usize, usize)>| {
-        shape.map(|(r, c)| (if r == traced { batch } else { r }, c))
+    model.forward_traced_dims(&Tensor::from_vec(traced, features, data), dims, &mut trace)?;
+    let scale = |shape: Option<&[usize]>| {
+        shape.map(|s| {
+            let mut s = s.to_vec();
+            if s.first() == Some(&traced) {
+                s[0] = batch;
+            }
+            s
+        })
     };
     let (params, trainable_params) = count(model);
     let mut rows = vec![SummaryRow {
         path: String::new(),
         type_name: model.name().to_owned(),
         depth: 0,
-        output_shape: scale(trace.shape_of("")),
+        output_shape: scale(trace.full_shape_of("")),
         params,
         trainable_params,
         is_leaf: is_leaf(model),
@@ -168,7 +214,7 @@ pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> R
         m: &N,
         prefix: &str,
         depth: usize,
-        trace: &dyn Fn(&str) -> Option<(usize, usize)>,
+        trace: &dyn Fn(&str) -> Option<Vec<usize>>,
         rows: &mut Vec<SummaryRow>,
     ) {
         m.visit_children(&mut |name, child| {
@@ -197,7 +243,13 @@ pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> R
             walk(child, &path, depth + 1, trace, rows);
         });
     }
-    walk(model, "", 1, &|path| scale(trace.shape_of(path)), &mut rows);
+    walk(
+        model,
+        "",
+        1,
+        &|path| scale(trace.full_shape_of(path)),
+        &mut rows,
+    );
     let mut total = 0;
     let mut trainable = 0;
     for p in model.parameters() {
@@ -207,23 +259,44 @@ pub fn summary<M: Forward + ?Sized>(model: &M, input_shape: (usize, usize)) -> R
         }
     }
     let leaves = || rows.iter().filter(|r| r.is_leaf && r.depth > 0);
+    // torchinfo: a convolution's parameters count once per output pixel
+    // of the batch, any other layer's once per sample.
     let mult_adds = leaves()
-        .map(|r| r.output_shape.map_or(0, |(b, _)| b as u64) * r.params as u64)
+        .map(|r| {
+            let per_param = r.output_shape.as_ref().map_or(0, |s| {
+                if r.type_name.contains("Conv") {
+                    s[0] as u64 * s.iter().skip(2).map(|&d| d as u64).product::<u64>()
+                } else {
+                    s[0] as u64
+                }
+            });
+            per_param * r.params as u64
+        })
         .sum();
     let pass_bytes = leaves()
         .filter(|r| r.params > 0)
-        .map(|r| r.output_shape.map_or(0, |(b, f)| 2 * 4 * (b * f) as u64))
+        .map(|r| {
+            r.output_shape
+                .as_ref()
+                .map_or(0, |s| 2 * 4 * s.iter().map(|&d| d as u64).product::<u64>())
+        })
         .sum();
     Ok(Summary {
         total_params: total,
         trainable_params: trainable,
         frozen_params: total - trainable,
         param_bytes: total * std::mem::size_of::<f32>(),
-        input_shape,
+        input_shape: input_shape.to_vec(),
         mult_adds,
         pass_bytes,
         rows,
     })
+}
+
+/// `[3, 6, 9, 8]`, as PyTorch prints a shape's list.
+fn shape_text(s: &[usize]) -> String {
+    let parts: Vec<String> = s.iter().map(ToString::to_string).collect();
+    format!("[{}]", parts.join(", "))
 }
 
 /// torchinfo's number with its unit: `: 5,560`, ` (Units.MEGABYTES):
@@ -317,7 +390,8 @@ impl Summary {
             };
             let out = r
                 .output_shape
-                .map_or_else(|| "--".to_owned(), |(b, n)| format!("[{b}, {n}]"));
+                .as_deref()
+                .map_or_else(|| "--".to_owned(), shape_text);
             let params = if r.params == 0 {
                 "--".to_owned()
             } else if r.is_leaf || r.depth == MAX_DEPTH {
@@ -335,7 +409,7 @@ impl Summary {
             };
             writeln!(f, "{}", row(&format!("{start}{title}"), &out, &params))?;
         }
-        let input_bytes = (self.input_shape.0 as u64) * (self.input_shape.1 as u64) * 4;
+        let input_bytes = self.input_shape.iter().map(|&d| d as u64).product::<u64>() * 4;
         let leaf_param_bytes: u64 = self
             .rows
             .iter()
@@ -386,9 +460,10 @@ impl Summary {
                 format!("{indent}{} ({})", r.path, r.type_name)
             }
         };
-        let shape = |r: &SummaryRow| match r.output_shape {
-            Some((b, n)) => format!("[{b}, {n}]"),
-            None => "--".to_owned(),
+        let shape = |r: &SummaryRow| {
+            r.output_shape
+                .as_deref()
+                .map_or_else(|| "--".to_owned(), shape_text)
         };
         let params = |r: &SummaryRow| {
             if r.params == 0 {
@@ -448,11 +523,7 @@ impl Summary {
             "Non-trainable params: {}",
             with_commas(self.frozen_params)
         )?;
-        writeln!(
-            f,
-            "Input shape: [{}, {}]",
-            self.input_shape.0, self.input_shape.1
-        )?;
+        writeln!(f, "Input shape: {}", shape_text(&self.input_shape))?;
         writeln!(f, "Params size (MB): {:.2}", self.param_bytes as f64 / 1e6)?;
         write!(f, "{rule}")
     }

@@ -86,7 +86,7 @@ pub fn check_summary<M: nncore::Forward + ?Sized>(name: &str, model: &M) {
     let fx = fixture("summary.json");
     let c = case(&fx, name);
     let shape = usizes(&c["input"]);
-    let s = nncore::summary(model, (shape[0], shape[1])).unwrap();
+    let s = nncore::summary_nd(model, &shape).unwrap();
     let expected = c["text"].as_str().unwrap();
     assert_eq!(
         s.to_string(),
