@@ -5,7 +5,7 @@
 
 use nncore::prelude::*;
 use nncore::Workspace;
-use nnrs::workloads::{input, mlp, norm_mlp, res_mlp, simple_net, TrainStep};
+use nnrs::workloads::{images, input, lenet, mlp, norm_mlp, res_mlp, simple_net, TrainStep};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -33,6 +33,54 @@ unsafe impl GlobalAlloc for Counting {
         }
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Every image layer, with groups, strides, padding and several blocks of
+/// unfolded input in the first convolution (input 4x32x32, batch 32).
+#[derive(Module)]
+struct ImageNet {
+    conv1: Conv2d,
+    bn: BatchNorm2d,
+    relu: ReLU,
+    max: MaxPool2d,
+    conv2: Conv2d,
+    avg: AvgPool2d,
+    adapt: AdaptiveAvgPool2d,
+    flat: Flatten,
+    fc: Linear,
+}
+
+fn image_net() -> ImageNet {
+    nncore::with_seed(0, || ImageNet {
+        conv1: nncore::Conv2dConfig::new(4, 8, 3)
+            .padding(1)
+            .groups(2)
+            .build()
+            .unwrap(),
+        bn: BatchNorm2d::new(8),
+        relu: ReLU::new(),
+        max: MaxPool2d::with_options(3, 2, 1, 1, false).unwrap(),
+        conv2: nncore::Conv2dConfig::new(8, 6, 3)
+            .stride(2)
+            .bias(false)
+            .build()
+            .unwrap(),
+        avg: AvgPool2d::with_options(2, 1, 1).unwrap(),
+        adapt: AdaptiveAvgPool2d::new((2, 3)),
+        flat: Flatten::new(),
+        fc: Linear::new(36, 10),
+    })
+}
+
+/// Model-side training steps on images: zero_grad, the recording forward,
+/// backward of the parameters for a fixed output gradient, SGD.
+fn image_steps<M: Forward>(m: &mut M, x: &NdTensor, grad: &Tensor, opt: &mut Sgd, steps: usize) {
+    for _ in 0..steps {
+        m.zero_grad();
+        m.forward_train_nd(x).unwrap();
+        m.backward_params(grad).unwrap();
+        opt.step(m).unwrap();
     }
 }
 
@@ -142,6 +190,44 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
                 }
             },
         );
+    }
+
+    // Images: every layer keeps its unfolded inputs, indices and
+    // statistics between steps; inference takes its scratch from the
+    // workspace.
+    let mut opt = Sgd::new(0.01).momentum(0.9);
+    let x = images(64, 1);
+    let mut net = lenet(0);
+    let grad = input(64, 10, 2);
+    image_steps(&mut net, &x, &grad, &mut opt, 2);
+    assert_allocates_nothing("LeNet training step (model and optimizer)", || {
+        image_steps(&mut net, &x, &grad, &mut opt, 2);
+    });
+    let mut inet = image_net();
+    let xi = NdTensor::new(input(32, 4 * 32 * 32, 4), Dims::image(4, 32, 32)).unwrap();
+    let gi = input(32, 10, 5);
+    let mut opt = Sgd::new(0.01);
+    image_steps(&mut inet, &xi, &gi, &mut opt, 2);
+    assert_allocates_nothing("grouped CNN training step", || {
+        image_steps(&mut inet, &xi, &gi, &mut opt, 2);
+    });
+    net.eval();
+    inet.eval();
+    for (m, x, what) in [
+        (&net as &dyn Forward, images(1, 3), "LeNet, batch 1"),
+        (&net, images(64, 3), "LeNet, batch 64"),
+        (&inet, xi.clone(), "grouped CNN, batch 32"),
+    ] {
+        let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+        m.forward_into_dims(x.tensor(), x.dims(), &mut out, &mut ws)
+            .unwrap();
+        m.forward_into_dims(x.tensor(), x.dims(), &mut out, &mut ws)
+            .unwrap();
+        assert_eq!(&out, m.forward_nd(&x).unwrap().tensor(), "{what}");
+        assert_allocates_nothing(&format!("{what} forward_into_dims"), || {
+            m.forward_into_dims(x.tensor(), x.dims(), &mut out, &mut ws)
+                .unwrap();
+        });
     }
 
     // Two threads: large products and the optimizer's update are split

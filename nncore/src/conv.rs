@@ -10,7 +10,6 @@
 //! product. The `P x OC` result *is* the `(N, OC*OH*OW)` output in `CHWN`
 //! order, so no copy follows. Unfolding copies runs of `N` values.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -256,6 +255,8 @@ struct Record {
     dcol: Tensor,
     dw_block: Tensor,
     grad_input: Tensor,
+    // One group's weight rows (with groups).
+    wbuf: Tensor,
     recorded: bool,
 }
 
@@ -272,6 +273,7 @@ impl Default for Record {
             dcol: e(),
             dw_block: e(),
             grad_input: e(),
+            wbuf: e(),
             recorded: false,
         }
     }
@@ -535,22 +537,24 @@ impl Conv2d {
     }
 
     /// The weight rows of group `group` (`OC/groups x K`): the weight
-    /// itself for one group.
-    fn group_weight(&self, group: usize) -> Cow<'_, Tensor> {
+    /// itself for one group, else a copy in `buf`.
+    fn group_weight<'a>(&'a self, group: usize, buf: &'a mut Tensor) -> &'a Tensor {
         let w = self.weight.value();
         let groups = self.config.groups;
         if groups == 1 {
-            Cow::Borrowed(w)
-        } else {
-            let ocg = self.config.out_channels / groups;
-            Cow::Owned(w.rows(group * ocg, ocg).into_owned())
+            return w;
         }
+        let ocg = self.config.out_channels / groups;
+        ensure_shape(buf, ocg, w.ncols());
+        buf.copy_from(&w.rows(group * ocg, ocg));
+        buf
     }
 
     /// The convolution of `x` (samples of `g`) into `out`, block of output
     /// rows by block: unfold, multiply, place. With `keep`, every block's
     /// unfolded input stays in `cols` (group by group) for backward;
     /// without, `cols[0]` is the one scratch buffer.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         x: &Tensor,
@@ -558,6 +562,7 @@ impl Conv2d {
         cols: &mut Vec<Tensor>,
         keep: bool,
         scratch: &mut Tensor,
+        wbuf: &mut Tensor,
         out: &mut Tensor,
     ) {
         let cfg = &self.config;
@@ -573,7 +578,7 @@ impl Conv2d {
         let bias = self.bias.as_ref().map(|b| b.value().as_slice());
         let direct = groups == 1 && blocks == 1;
         for group in 0..groups {
-            let wg = self.group_weight(group);
+            let wg = self.group_weight(group, wbuf);
             let bg = bias.map(|b| &b[group * ocg..(group + 1) * ocg]);
             for block in 0..blocks {
                 let oh = block * rows..((block + 1) * rows).min(g.oh);
@@ -582,8 +587,8 @@ impl Conv2d {
                 let target = if direct { &mut *out } else { &mut *scratch };
                 ensure_shape(target, col.nrows(), ocg);
                 match bg {
-                    Some(b) => matmul_bias(col, Trans::No, &wg, Trans::Yes, b, target),
-                    None => matmul(1.0, col, Trans::No, &wg, Trans::Yes, 0.0, target),
+                    Some(b) => matmul_bias(col, Trans::No, wg, Trans::Yes, b, target),
+                    None => matmul(1.0, col, Trans::No, wg, Trans::Yes, 0.0, target),
                 }
                 if !direct {
                     // Column `o` of the block goes to rows p0.. of output
@@ -640,6 +645,7 @@ impl Conv2d {
             dcol,
             dw_block,
             grad_input,
+            wbuf,
             ..
         } = &mut rec;
         // This block's rows of this group's output channels.
@@ -657,7 +663,7 @@ impl Conv2d {
             ensure_shape(grad_input, g.n, g.c * g.h * g.w);
             grad_input.fill(0.0);
             for group in 0..groups {
-                let wg = self.group_weight(group);
+                let wg = self.group_weight(group, wbuf);
                 for block in 0..blocks {
                     let oh = block_rows(block);
                     let col = &cols[group * blocks + block];
@@ -668,7 +674,7 @@ impl Conv2d {
                         &*grad_block
                     };
                     ensure_shape(dcol, col.nrows(), col.ncols());
-                    matmul(1.0, gb, Trans::No, &wg, Trans::No, 0.0, dcol);
+                    matmul(1.0, gb, Trans::No, wg, Trans::No, 0.0, dcol);
                     self.col2im(dcol, &g, group, oh, grad_input.as_mut_slice());
                 }
             }
@@ -775,9 +781,13 @@ impl Forward for Conv2d {
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         check_dims("Conv2d", x, dims)?;
         let g = self.geometry(dims, x.nrows())?;
-        let (mut cols, mut scratch, mut out) =
-            (Vec::new(), Tensor::zeros(0, 0), Tensor::zeros(0, 0));
-        self.run(x, &g, &mut cols, false, &mut scratch, &mut out);
+        let mut cols = Vec::new();
+        let (mut scratch, mut wbuf, mut out) = (
+            Tensor::zeros(0, 0),
+            Tensor::zeros(0, 0),
+            Tensor::zeros(0, 0),
+        );
+        self.run(x, &g, &mut cols, false, &mut scratch, &mut wbuf, &mut out);
         Ok((out, self.out_dims(&g)))
     }
 
@@ -791,8 +801,9 @@ impl Forward for Conv2d {
         check_dims("Conv2d", x, dims)?;
         let g = self.geometry(dims, x.nrows())?;
         let mut cols = ws.take_list();
-        let mut scratch = ws.take();
-        self.run(x, &g, &mut cols, false, &mut scratch, out);
+        let (mut scratch, mut wbuf) = (ws.take(), ws.take());
+        self.run(x, &g, &mut cols, false, &mut scratch, &mut wbuf, out);
+        ws.give(wbuf);
         ws.give(scratch);
         ws.give_list(cols);
         Ok(self.out_dims(&g))
@@ -812,6 +823,7 @@ impl Forward for Conv2d {
             &mut rec.cols,
             true,
             &mut rec.scratch,
+            &mut rec.wbuf,
             &mut rec.output,
         );
         rec.geom = Some(g);

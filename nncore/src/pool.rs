@@ -788,10 +788,13 @@ impl Flatten {
         }
         let d = dims.as_slice();
         let (s, e) = (s as usize - 1, e as usize - 1);
-        let mut out: Vec<usize> = d[..s].to_vec();
-        out.push(d[s..=e].iter().product());
-        out.extend_from_slice(&d[e + 1..]);
-        Dims::new(&out)
+        // At most MAX_DIMS sizes: on the stack, no allocation per call.
+        let mut out = [0usize; crate::MAX_DIMS];
+        out[..s].copy_from_slice(&d[..s]);
+        out[s] = d[s..=e].iter().product();
+        let rest = &d[e + 1..];
+        out[s + 1..s + 1 + rest.len()].copy_from_slice(rest);
+        Dims::new(&out[..s + 1 + rest.len()])
     }
 }
 
