@@ -78,7 +78,16 @@
 //! README for what a forward may contain). [`gradcheck`] checks any
 //! module's backward against finite differences.
 //!
-//! ## 5. Weights, buffers and checkpoints
+//! ## 5. Images
+//! A batch of images is an [`NdTensor`] `(N, C, H, W)`; models take it
+//! through [`ForwardExt::forward_nd`] and [`ForwardExt::forward_train_nd`].
+//! Layers: [`Conv2d`] ([`Conv2dConfig`] for stride, [`Padding`],
+//! dilation, groups), [`MaxPool2d`], [`AvgPool2d`], [`AdaptiveAvgPool2d`],
+//! [`Flatten`], [`BatchNorm2d`]; [`summary_nd`] prints their shapes and
+//! [`GradCheck::run_nd`] checks their gradients. See [`shape`] for how
+//! images are stored.
+//!
+//! ## 6. Weights, buffers and checkpoints
 //! [`ModuleExt::save_safetensors`] / [`ModuleExt::load_safetensors`] exchange
 //! files with PyTorch's `safetensors.torch` under the same names, shapes
 //! and order, buffers ([`Buffer`], BatchNorm's running statistics)
@@ -86,11 +95,11 @@
 //! ([`LoadError`]). [`save_checkpoint`] / [`load_checkpoint`] add the
 //! optimizer's and schedule's state, for bit-exact resumption.
 //!
-//! ## 6. Inspect
+//! ## 7. Inspect
 //! [`summary()`](fn@summary) prints torchinfo's table; [`ModuleExt::named_parameters`],
 //! [`ModuleExt::named_buffers`], [`ModuleExt::state_dict`] list what a model holds.
 //!
-//! ## 7. Speed
+//! ## 8. Speed
 //! [`Forward::forward_into`] writes into a caller's output with buffers
 //! from a [`Workspace`]: after the first call of a shape it allocates
 //! nothing, and training steps after the first allocate nothing either.
@@ -100,7 +109,8 @@
 //!
 //! ## Tensors
 //! A [`Tensor`] is nalgebra's `DMatrix<f32>` of shape `(batch, features)`,
-//! one row per sample, like PyTorch's 2-D inputs. nalgebra stores matrices
+//! one row per sample, like PyTorch's 2-D inputs (an [`NdTensor`] adds the
+//! shape of each sample to one). nalgebra stores matrices
 //! **column-major**; PyTorch stores row-major. Conversions to and from
 //! PyTorch's layout go through [`Param::to_row_major`] and
 //! [`Param::copy_from_row_major`].
@@ -133,7 +143,7 @@ mod pool;
 mod print;
 mod rng;
 mod serialize;
-mod shape;
+pub mod shape;
 mod summary;
 mod threads;
 mod written;
