@@ -329,6 +329,12 @@ fn weights_pytorch_saved_load_and_ours_save_the_same_file() {
     let dir = tempdir("conv");
     let path = dir.join("cnn.safetensors");
     m.save_safetensors(&path).unwrap();
+    // Byte for byte the file safetensors.torch.save_file wrote for the
+    // same state_dict, so PyTorch loads ours (strictly) as it loads its own.
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(fixture_path("cnn_trained.safetensors")).unwrap()
+    );
     let mut back = cnn();
     back.load_safetensors(&path).unwrap();
     assert_eq!(back.state_dict(), m.state_dict());
