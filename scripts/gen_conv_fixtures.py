@@ -149,6 +149,7 @@ def main():
         nn.Flatten(2, 3),
         nn.BatchNorm2d(4),
         nn.BatchNorm2d(4, eps=1e-3, momentum=None, affine=False),
+        nn.Dropout2d(0.25),
     ]]
     # Single pooling layers on inputs full of ties (small integers): the
     # gradient goes to the first maximum of each window.

@@ -242,6 +242,7 @@ fn image_layers_print_as_pytorch() {
                 .with_momentum(None)
                 .with_affine(false),
         ),
+        Box::new(nncore::Dropout2d::new(0.25).unwrap()),
     ];
     let expected = strings(&fx["reprs"]);
     assert_eq!(ours.len(), expected.len());
@@ -385,4 +386,50 @@ fn summaries_of_image_models_are_torchinfo_s() {
     check_summary("cnn", &cnn());
     check_summary("same", &same());
     check_summary("lenet_b512", &nnrs::workloads::lenet(0));
+}
+
+#[test]
+fn dropout_2d_drops_whole_channels_and_its_backward_follows_the_mask() {
+    let mut d = nncore::Dropout2d::with_generator(0.3, nncore::Generator::new(4)).unwrap();
+    let (n, c, h, w) = (40, 25, 3, 2);
+    let mut g = nncore::Generator::new(5);
+    let x = NdTensor::new(
+        g.uniform_tensor(n, c * h * w, 0.5, 1.5),
+        Dims::image(c, h, w),
+    )
+    .unwrap();
+    let (y, dims) = d.forward_train_nd(&x).unwrap();
+    assert_eq!(dims, x.dims());
+    let y = NdTensor::new(y.clone(), dims).unwrap();
+    let mut dropped = 0;
+    for i in 0..n {
+        for ch in 0..c {
+            let ratios: Vec<f32> = (0..h)
+                .flat_map(|r| (0..w).map(move |q| (r, q)))
+                .map(|(r, q)| y.get(&[i, ch, r, q]).unwrap() / x.get(&[i, ch, r, q]).unwrap())
+                .collect();
+            // The whole channel is scaled by one factor: 0 or 1/(1-p).
+            let f = ratios[0];
+            assert!(f == 0.0 || (f - 1.0 / 0.7).abs() < 1e-5, "{f}");
+            assert!(ratios.iter().all(|r| (r - f).abs() < 1e-5));
+            dropped += usize::from(f == 0.0);
+        }
+    }
+    // 1000 channels at p = 0.3: 300 expected, 14.5 standard deviation.
+    assert!((230..370).contains(&dropped), "{dropped}");
+    // The gradient goes through the same mask.
+    let gy = Tensor::from_element(n, c * h * w, 1.0);
+    let dx = NdTensor::new(d.backward(&gy).unwrap().clone(), dims).unwrap();
+    for i in 0..n {
+        for ch in 0..c {
+            let kept = y.get(&[i, ch, 0, 0]).unwrap() != 0.0;
+            let expected = if kept { 1.0 / 0.7 } else { 0.0 };
+            assert!((dx.get(&[i, ch, 1, 1]).unwrap() - expected).abs() < 1e-5);
+        }
+    }
+    // Eval mode and inference are the identity; plain matrices are refused.
+    d.eval();
+    assert_eq!(d.forward_train_nd(&x).unwrap().0, x.tensor());
+    assert_eq!(&d.forward_nd(&x).unwrap(), &x);
+    assert!(d.forward(x.tensor()).is_err());
 }

@@ -199,3 +199,236 @@ impl fmt::Display for Dropout {
         self.fmt_repr(f)
     }
 }
+
+/// PyTorch's `nn.Dropout2d(p)`: in training, each channel of each image
+/// of an `(N, C, H, W)` batch is zeroed as a whole with probability `p`,
+/// and the surviving channels are scaled by `1 / (1 - p)`.
+///
+/// As [`Dropout`]: it acts only in the training forward in training mode,
+/// the masks (one value per image and channel, drawn in that order) come
+/// from the default generator or the layer's own (not PyTorch's masks bit
+/// for bit), and inference is the identity. Images only (`forward_nd`,
+/// `forward_train_nd`).
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// use nncore::Dropout2d;
+/// let mut d = Dropout2d::new(0.5)?;
+/// assert_eq!(d.to_string(), "Dropout2d(p=0.5, inplace=False)");
+/// let x = NdTensor::from_row_major(&[2, 3, 2, 2], &[1.0; 24])?;
+/// let (y, _) = d.forward_train_nd(&x)?;
+/// let y = NdTensor::new(y.clone(), x.dims())?;
+/// // Each channel of each image is all 0 or all 2.
+/// for n in 0..2 {
+///     for c in 0..3 {
+///         let v = y.get(&[n, c, 0, 0]).unwrap();
+///         assert!(v == 0.0 || v == 2.0);
+///         assert!((0..2).all(|h| (0..2).all(|w| y.get(&[n, c, h, w]) == Some(v))));
+///     }
+/// }
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Dropout2d {
+    p: f64,
+    training: bool,
+    generator: Option<Generator>,
+    // One factor per (image, channel), image fastest, and the shape of the
+    // last training forward's input (N, C, H*W).
+    mask: Vec<f32>,
+    output: Tensor,
+    grad_input: Tensor,
+    recorded: Option<bool>,
+    shape: (usize, usize, usize),
+}
+
+impl Dropout2d {
+    /// `nn.Dropout2d(p)`, drawing its masks from the default generator.
+    ///
+    /// # Errors
+    /// `p` outside `[0, 1]` (PyTorch's message).
+    pub fn new(p: f64) -> Result<Self> {
+        Self::build(p, None)
+    }
+
+    /// `nn.Dropout2d(p)` drawing its masks from its own `generator`.
+    ///
+    /// # Errors
+    /// `p` outside `[0, 1]`.
+    pub fn with_generator(p: f64, generator: Generator) -> Result<Self> {
+        Self::build(p, Some(generator))
+    }
+
+    fn build(p: f64, generator: Option<Generator>) -> Result<Self> {
+        Dropout::build(p, None)?;
+        Ok(Self {
+            p,
+            training: true,
+            generator,
+            mask: Vec::new(),
+            output: Tensor::zeros(0, 0),
+            grad_input: Tensor::zeros(0, 0),
+            recorded: None,
+            shape: (0, 0, 0),
+        })
+    }
+
+    /// The drop probability.
+    #[must_use]
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    /// `out = x * mask`, one factor per (image, channel): in `CHWN` order
+    /// channel `c` of the batch is a run of `H*W` blocks of `N` values.
+    fn apply(mask: &[f32], x: &[f32], (n, c, hw): (usize, usize, usize), out: &mut [f32]) {
+        for ch in 0..c {
+            let m = &mask[ch * n..(ch + 1) * n];
+            let at = ch * hw * n;
+            for (o, v) in out[at..at + hw * n]
+                .chunks_exact_mut(n.max(1))
+                .zip(x[at..at + hw * n].chunks_exact(n.max(1)))
+            {
+                for ((o, v), m) in o.iter_mut().zip(v).zip(m) {
+                    *o = v * m;
+                }
+            }
+        }
+    }
+}
+
+impl Module for Dropout2d {
+    fn name(&self) -> &str {
+        "Dropout2d"
+    }
+
+    fn extra_repr(&self) -> String {
+        format!("p={}, inplace=False", py_float(self.p))
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+impl Forward for Dropout2d {
+    /// A plain matrix has no channels: use
+    /// [`ForwardExt::forward_nd`](crate::ForwardExt::forward_nd).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Err(crate::shape::needs_image("Dropout2d", x))
+    }
+
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        Err(crate::shape::needs_image("Dropout2d", x))
+    }
+
+    fn forward_dims(&self, x: &Tensor, dims: crate::Dims) -> Result<(Tensor, crate::Dims)> {
+        crate::forward::check_dims("Dropout2d", x, dims)?;
+        dims.chw("Dropout2d", x.nrows())?;
+        Ok((x.clone(), dims))
+    }
+
+    fn forward_owned_dims(&self, x: Tensor, dims: crate::Dims) -> Result<(Tensor, crate::Dims)> {
+        crate::forward::check_dims("Dropout2d", &x, dims)?;
+        dims.chw("Dropout2d", x.nrows())?;
+        Ok((x, dims))
+    }
+
+    fn forward_into_dims(
+        &self,
+        x: &Tensor,
+        dims: crate::Dims,
+        out: &mut Tensor,
+        _ws: &mut crate::Workspace,
+    ) -> Result<crate::Dims> {
+        crate::forward::check_dims("Dropout2d", x, dims)?;
+        dims.chw("Dropout2d", x.nrows())?;
+        crate::ops::copy_into(x, out);
+        Ok(dims)
+    }
+
+    fn forward_train_dims<'a>(
+        &'a mut self,
+        x: &'a Tensor,
+        dims: crate::Dims,
+    ) -> Result<(&'a Tensor, crate::Dims)> {
+        crate::forward::check_dims("Dropout2d", x, dims)?;
+        let (c, h, w) = dims.chw("Dropout2d", x.nrows())?;
+        let n = x.nrows();
+        self.shape = (n, c, h * w);
+        if !self.training || self.p == 0.0 {
+            self.recorded = Some(false);
+            return Ok((x, dims));
+        }
+        let p = self.p as f32;
+        let scale = if self.p >= 1.0 {
+            0.0
+        } else {
+            (1.0 / (1.0 - self.p)) as f32
+        };
+        // Drawn image by image, channel by channel; stored channel-major
+        // for `apply`.
+        self.mask.clear();
+        self.mask.resize(n * c, 0.0);
+        let mask = &mut self.mask;
+        let mut fill = |g: &mut Generator| {
+            for img in 0..n {
+                for ch in 0..c {
+                    mask[ch * n + img] = if g.uniform(0.0, 1.0) < p { 0.0 } else { scale };
+                }
+            }
+        };
+        match &mut self.generator {
+            Some(g) => fill(g),
+            None => with_default_generator(fill),
+        }
+        ensure_shape(&mut self.output, n, x.ncols());
+        Self::apply(
+            &self.mask,
+            x.as_slice(),
+            self.shape,
+            self.output.as_mut_slice(),
+        );
+        self.recorded = Some(true);
+        Ok((&self.output, dims))
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        let recorded = self.recorded.take();
+        let (n, c, hw) = self.shape;
+        if recorded.is_some() && grad.shape() != (n, c * hw) {
+            return Err(Error::gradient_shape(
+                "Dropout2d",
+                (n, c * hw),
+                grad.shape(),
+            ));
+        }
+        match recorded {
+            None => Err(Error::NoRecordedForward {
+                path: ModulePath::leaf("Dropout2d"),
+            }),
+            Some(false) => Ok(grad),
+            Some(true) => {
+                ensure_shape(&mut self.grad_input, n, c * hw);
+                Self::apply(
+                    &self.mask,
+                    grad.as_slice(),
+                    self.shape,
+                    self.grad_input.as_mut_slice(),
+                );
+                Ok(&self.grad_input)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Dropout2d {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_repr(f)
+    }
+}

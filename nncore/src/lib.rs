@@ -83,7 +83,7 @@
 //! through [`ForwardExt::forward_nd`] and [`ForwardExt::forward_train_nd`].
 //! Layers: [`Conv2d`] ([`Conv2dConfig`] for stride, [`Padding`],
 //! dilation, groups), [`MaxPool2d`], [`AvgPool2d`], [`AdaptiveAvgPool2d`],
-//! [`Flatten`], [`BatchNorm2d`]; [`summary_nd`] prints their shapes and
+//! [`Flatten`], [`BatchNorm2d`], [`Dropout2d`]; [`summary_nd`] prints their shapes and
 //! [`GradCheck::run_nd`] checks their gradients. See [`shape`] for how
 //! images are stored.
 //!
@@ -154,7 +154,7 @@ pub use checkpoint::{load_checkpoint, save_checkpoint, OptimizerState, Scheduler
 pub use clip::{clip_grad_norm_, clip_grad_norm_with, clip_grad_value_};
 pub use container::{Layer, Sequential};
 pub use conv::{Conv2d, Conv2dConfig, Padding};
-pub use dropout::Dropout;
+pub use dropout::{Dropout, Dropout2d};
 pub use error::{Error, ModulePath, Result};
 /// Internals of printing and of the chain engine; not public API.
 #[doc(hidden)]
