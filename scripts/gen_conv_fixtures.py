@@ -2,11 +2,13 @@
 """Reference values for the image layers, computed by real PyTorch.
 
 Writes tests/fixtures/conv.json and tests/fixtures/cnn_trained.safetensors:
-- "models": two CNNs built right after torch.manual_seed(0) (so the
+- "models": three CNNs built right after torch.manual_seed(0) (so the
   convolution and Linear weights are PyTorch's initial ones), mixing stride,
   padding (numbers, "same"), dilation, groups, no bias, MaxPool2d (with
   padding and ceil_mode), AvgPool2d (with padding), AdaptiveAvgPool2d,
-  BatchNorm2d and Flatten. For each: print text, parameter and buffer
+  BatchNorm2d and Flatten; the third a ResNet written with its own
+  forwards (skip connections, a ReLU used twice, channels concatenated,
+  chunked, narrowed, scaled and gated). For each: print text, parameter and buffer
   names, state_dict shapes, the initial state; in training mode the output
   for an input, the gradient of every parameter and of the input for
   L = sum(out * w), the buffers after; then 3 steps of SGD(lr=0.1,
@@ -69,6 +71,57 @@ class Same(nn.Module):
         return self.fc(self.flat(self.adapt(self.conv2(x))))
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: one ReLU used twice, a skip connection."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + x)
+
+
+class Mix(nn.Module):
+    """Channels concatenated, chunked, narrowed, scaled and gated."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 2, 1)
+        self.b = nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], dim=1)
+        p, q = y.chunk(2, dim=1)
+        return torch.cat([q * 2.0, torch.sigmoid(p).narrow(1, 0, 2)], 1)
+
+
+class ResNet(nn.Module):
+    """Input (N, 1, 6, 5): a stem, two basic blocks in a loop, the mix, pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.blocks = nn.ModuleList([BasicBlock(4), BasicBlock(4)])
+        self.mix = Mix()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for block in self.blocks:
+            x = block(x)
+        x = self.mix(x)
+        return self.fc(self.flat(self.pool(x)))
+
+
 def state(model):
     out = {}
     for n, t in model.state_dict().items():
@@ -129,6 +182,7 @@ def error(f):
 def main():
     cnn, cnn_case = run(Cnn, (3, 2, 9, 8), 5)
     _, same_case = run(Same, (2, 1, 7, 9), 6)
+    _, resnet_case = run(ResNet, (3, 1, 6, 5), 8)
     sd = {k: v.contiguous() for k, v in cnn.state_dict().items()}
     save_file(sd, os.path.join(FIXTURES, "cnn_trained.safetensors"), metadata={"format": "pt"})
 
@@ -182,7 +236,7 @@ def main():
     }
     out_path = os.path.join(FIXTURES, "conv.json")
     with open(out_path, "w") as f:
-        json.dump({"torch": torch.__version__, "models": {"cnn": cnn_case, "same": same_case},
+        json.dump({"torch": torch.__version__, "models": {"cnn": cnn_case, "same": same_case, "resnet": resnet_case},
                    "pools": pools, "reprs": reprs, "errors": errors}, f, indent=1)
         f.write("\n")
     print(f"wrote {out_path}")

@@ -433,3 +433,182 @@ fn dropout_2d_drops_whole_channels_and_its_backward_follows_the_mask() {
     assert_eq!(&d.forward_nd(&x).unwrap(), &x);
     assert!(d.forward(x.tensor()).is_err());
 }
+
+/// ResNet's basic block written as in PyTorch: one `ReLU` used twice, a
+/// skip connection.
+#[derive(Module)]
+struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    relu: ReLU,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl BasicBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.relu(self.bn1(self.conv1(x)?)?)?;
+        let out = self.bn2(self.conv2(out)?)?;
+        self.relu(out + x)
+    }
+}
+
+/// Channels concatenated, chunked, narrowed, scaled and gated.
+#[derive(Module)]
+struct Mix {
+    a: Conv2d,
+    b: Conv2d,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl Mix {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = cat(&[self.a(x)?, self.b(x)?], 1);
+        let [p, q] = y.chunk(2, 1);
+        Ok(cat(&[q * 2.0, sigmoid(p).narrow(1, 0, 2)], 1))
+    }
+}
+
+#[derive(Module)]
+struct ResNet {
+    stem: Conv2d,
+    blocks: Vec<BasicBlock>,
+    mix: Mix,
+    pool: AdaptiveAvgPool2d,
+    flat: Flatten,
+    fc: Linear,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl ResNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = relu(self.stem(x)?);
+        for block in &self.blocks {
+            x = block(x)?;
+        }
+        let x = self.mix(x)?;
+        self.fc(self.flat(self.pool(x)?)?)
+    }
+}
+
+fn resnet() -> ResNet {
+    let conv3 = |c| {
+        Conv2dConfig::new(c, c, 3)
+            .padding(1)
+            .bias(false)
+            .build()
+            .unwrap()
+    };
+    nncore::with_seed(0, || ResNet {
+        stem: Conv2dConfig::new(1, 4, 3).padding(1).build().unwrap(),
+        blocks: (0..2)
+            .map(|_| BasicBlock {
+                conv1: conv3(4),
+                bn1: BatchNorm2d::new(4),
+                relu: ReLU::new(),
+                conv2: conv3(4),
+                bn2: BatchNorm2d::new(4),
+                tape: Tape::default(),
+            })
+            .collect(),
+        mix: Mix {
+            a: Conv2d::new(4, 2, 1),
+            b: Conv2dConfig::new(4, 3, 3).padding(1).build().unwrap(),
+            tape: Tape::default(),
+        },
+        pool: AdaptiveAvgPool2d::new(1),
+        flat: Flatten::new(),
+        fc: Linear::new(4, 3),
+        tape: Tape::default(),
+    })
+}
+
+#[test]
+fn a_resnet_with_written_forwards_on_images_matches_pytorch() {
+    let fx = fixture("conv.json");
+    check_model(resnet(), &fx["models"]["resnet"]);
+}
+
+#[test]
+fn written_forwards_report_image_shape_errors() {
+    let mut m = resnet();
+    // A block's skip connection with another shape, through the engine.
+    let x = NdTensor::zeros(&[2, 1, 6, 5]).unwrap();
+    assert_eq!(m.forward_nd(&x).unwrap().shape(), vec![2, 3]);
+    let msg = m
+        .forward_nd(&NdTensor::zeros(&[2, 2, 6, 5]).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("ResNet.stem (Conv2d): Given groups=1"),
+        "{msg}"
+    );
+    let msg = m.forward(&Tensor::zeros(2, 30)).unwrap_err().to_string();
+    assert!(
+        msg.starts_with("ResNet.stem (Conv2d): expected a 4-d input"),
+        "{msg}"
+    );
+    // Gradients of the written model on images against finite differences.
+    let mut g = nncore::Generator::new(3);
+    let x = NdTensor::new(g.uniform_tensor(2, 30, -1.0, 1.0), Dims::image(1, 6, 5)).unwrap();
+    m.eval();
+    nncore::GradCheck::new().run_nd(&mut m, &x).unwrap();
+}
+
+#[derive(Module)]
+struct BadAxis {
+    conv: Conv2d,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl BadAxis {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv(x)?;
+        Ok(y.narrow(2, 0, 1))
+    }
+}
+
+#[derive(Module)]
+struct SoftmaxImage {
+    conv: Conv2d,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl SoftmaxImage {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(softmax(self.conv(x)?, 1))
+    }
+}
+
+#[test]
+fn written_forwards_refuse_what_they_cannot_do_on_images() {
+    let x = NdTensor::zeros(&[2, 1, 4, 4]).unwrap();
+    let m = BadAxis {
+        conv: Conv2d::new(1, 2, 3),
+        tape: Tape::default(),
+    };
+    let msg = m.forward_nd(&x).unwrap_err().to_string();
+    assert!(msg.contains("dimension 2 of a 4-d tensor"), "{msg}");
+    let m = SoftmaxImage {
+        conv: Conv2d::new(1, 2, 3),
+        tape: Tape::default(),
+    };
+    let msg = m.forward_nd(&x).unwrap_err().to_string();
+    assert!(
+        msg.contains("softmax along dimension 1 of a 4-d tensor"),
+        "{msg}"
+    );
+    // Out of range, as PyTorch words it.
+    let m = BadAxis {
+        conv: Conv2d::new(1, 2, 3),
+        tape: Tape::default(),
+    };
+    let msg = m.forward(&Tensor::zeros(2, 16)).unwrap_err().to_string();
+    assert!(msg.contains("expected a 4-d input"), "{msg}");
+}

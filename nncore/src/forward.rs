@@ -199,7 +199,13 @@ pub trait Forward: Module {
     /// # Errors
     /// As [`Forward::forward_dims`].
     fn forward_owned_dims(&self, x: Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
-        if dims.rank() > 1 && self.is_elementwise() {
+        if dims.rank() == 1 {
+            check_dims(self.name(), &x, dims)?;
+            let y = self.forward_owned(x)?;
+            let d = Dims::flat(y.ncols());
+            return Ok((y, d));
+        }
+        if self.is_elementwise() {
             check_dims(self.name(), &x, dims)?;
             return Ok((self.forward_owned(x)?, dims));
         }
@@ -363,6 +369,8 @@ impl<M: Forward + ?Sized> ForwardExt for M {}
 pub struct Workspace {
     pool: Vec<Tensor>,
     arenas: Vec<Vec<Tensor>>,
+    // The sample shapes of a written forward's values.
+    dim_lists: Vec<Vec<Dims>>,
     // Lists of buffers a layer keeps between calls (a convolution's
     // unfolded inputs, one per group).
     lists: Vec<Vec<Tensor>>,
@@ -413,6 +421,16 @@ impl Workspace {
     pub(crate) fn give_arena(&mut self, arena: Vec<Tensor>) {
         debug_assert!(arena.is_empty());
         self.arenas.push(arena);
+    }
+
+    /// An empty list of sample shapes (with an earlier one's capacity).
+    pub(crate) fn take_dims(&mut self) -> Vec<Dims> {
+        self.dim_lists.pop().unwrap_or_default()
+    }
+
+    /// Returns an emptied list of sample shapes.
+    pub(crate) fn give_dims(&mut self, dims: Vec<Dims>) {
+        self.dim_lists.push(dims);
     }
 
     /// A list of buffers (with their allocations from an earlier call).

@@ -209,8 +209,9 @@ pub mod __private_v1 {
     pub use crate::chain;
     pub use crate::forward::Flow;
     pub use crate::written::{
-        backward, backward_params, dyn_mut, forward, forward_into, forward_traced, forward_train,
-        Binary, Engine, Eval, HasTape, ScalarOp, Site, Unary, Written,
+        backward, backward_params, dyn_mut, forward, forward_dims, forward_into, forward_into_dims,
+        forward_traced, forward_traced_dims, forward_train, forward_train_dims, Binary, Engine,
+        Eval, HasTape, ScalarOp, Site, Unary, Written,
     };
     pub use std::string::String;
 

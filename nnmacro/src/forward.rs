@@ -1300,44 +1300,7 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
 
         #[automatically_derived]
         impl #impl_generics ::nncore::Forward for #self_ty #where_clause {
-            fn forward(&self, __x: &::nncore::Tensor) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private_v1::forward(self, __x)
-            }
-
-            fn forward_into(
-                &self,
-                __x: &::nncore::Tensor,
-                __out: &mut ::nncore::Tensor,
-                __ws: &mut ::nncore::Workspace,
-            ) -> ::nncore::Result<()> {
-                ::nncore::__private_v1::forward_into(self, __x, __out, __ws)
-            }
-
-            fn forward_train<'__a>(
-                &'__a mut self,
-                __x: &'__a ::nncore::Tensor,
-            ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                ::nncore::__private_v1::forward_train(self, __x)
-            }
-
-            fn backward<'__a>(
-                &'__a mut self,
-                __g: &'__a ::nncore::Tensor,
-            ) -> ::nncore::Result<&'__a ::nncore::Tensor> {
-                ::nncore::__private_v1::backward(self, __g)
-            }
-
-            fn backward_params(&mut self, __g: &::nncore::Tensor) -> ::nncore::Result<()> {
-                ::nncore::__private_v1::backward_params(self, __g)
-            }
-
-            fn forward_traced(
-                &self,
-                __x: &::nncore::Tensor,
-                __t: &mut ::nncore::Trace,
-            ) -> ::nncore::Result<::nncore::Tensor> {
-                ::nncore::__private_v1::forward_traced(self, __x, __t)
-            }
+            ::nncore::__written_forward_methods!();
         }
     };
     let rest_tokens = if rest.items.is_empty() {

@@ -5,7 +5,7 @@ use super::math::{self, Binary, ScalarOp, Unary};
 use super::{Engine, Site, Var};
 use crate::forward::{Forward, Workspace};
 use crate::summary::Trace;
-use crate::{Error, Result, Tensor};
+use crate::{Dims, Error, Result, Tensor};
 
 pub(crate) enum Mode<'w> {
     Plain,
@@ -17,7 +17,10 @@ pub(crate) enum Mode<'w> {
 /// `#[nncore::forward]` generates calls its methods; not public API.
 pub struct Eval<'x, 'w> {
     input: &'x Tensor,
+    input_dims: Dims,
     vals: Vec<Tensor>,
+    // The sample shape of each value of `vals`.
+    dims: Vec<Dims>,
     owner: &'static str,
     mode: Mode<'w>,
     error: Option<Error>,
@@ -33,14 +36,21 @@ impl std::fmt::Debug for Eval<'_, '_> {
 }
 
 impl<'x, 'w> Eval<'x, 'w> {
-    pub(crate) fn new(input: &'x Tensor, owner: &'static str, mut mode: Mode<'w>) -> Self {
-        let vals = match &mut mode {
-            Mode::Into(ws) => ws.take_arena(),
-            _ => Vec::new(),
+    pub(crate) fn new(
+        input: &'x Tensor,
+        input_dims: Dims,
+        owner: &'static str,
+        mut mode: Mode<'w>,
+    ) -> Self {
+        let (vals, dims) = match &mut mode {
+            Mode::Into(ws) => (ws.take_arena(), ws.take_dims()),
+            _ => (Vec::new(), Vec::new()),
         };
         Self {
             input,
+            input_dims,
             vals,
+            dims,
             owner,
             mode,
             error: None,
@@ -62,9 +72,19 @@ impl<'x, 'w> Eval<'x, 'w> {
         }
     }
 
-    fn push(&mut self, t: Tensor) -> Var {
+    /// A new value; `d` is its sample shape (`None`: flat, its columns).
+    fn push(&mut self, t: Tensor, d: Option<Dims>) -> Var {
+        self.dims.push(d.unwrap_or(Dims::flat(t.ncols())));
         self.vals.push(t);
         Var(self.vals.len() as u32)
+    }
+
+    fn dims_of(&self, v: Var) -> Dims {
+        if v == Var::INPUT {
+            self.input_dims
+        } else {
+            self.dims[v.0 as usize - 1]
+        }
     }
 
     /// Runs child `m` (called at `site`) on `a`.
@@ -77,22 +97,35 @@ impl<'x, 'w> Eval<'x, 'w> {
         } else {
             &self.vals[a.0 as usize - 1]
         };
+        let d = self.dims_of(a);
+        let flat = d.rank() == 1;
+        // Flat samples take the plain forwards (the latency path); shaped
+        // ones their `_dims` twins.
         let r = match &mut self.mode {
-            Mode::Plain => m.forward(x),
+            Mode::Plain if flat => m.forward(x).map(|y| (y, None)),
+            Mode::Plain => m.forward_dims(x, d).map(|(y, d)| (y, Some(d))),
             Mode::Into(ws) => {
                 let mut out = ws.take();
-                match m.forward_into(x, &mut out, ws) {
-                    Ok(()) => Ok(out),
+                let r = if flat {
+                    m.forward_into(x, &mut out, ws).map(|()| None)
+                } else {
+                    m.forward_into_dims(x, d, &mut out, ws).map(Some)
+                };
+                match r {
+                    Ok(d) => Ok((out, d)),
                     Err(e) => {
                         ws.give(out);
                         Err(e)
                     }
                 }
             }
-            Mode::Traced(t) => site.trace(t, |t| m.forward_traced(x, t)),
+            Mode::Traced(t) if flat => site.trace(t, |t| m.forward_traced(x, t)).map(|y| (y, None)),
+            Mode::Traced(t) => site
+                .trace(t, |t| m.forward_traced_dims(x, d, t))
+                .map(|(y, d)| (y, Some(d))),
         };
         match r {
-            Ok(y) => self.push(y),
+            Ok((y, d)) => self.push(y, d),
             Err(e) => {
                 if self.error.is_none() {
                     self.error = Some(site.wrap(e, self.owner));
@@ -109,7 +142,8 @@ impl<'x, 'w> Eval<'x, 'w> {
         }
         let mut out = self.buf();
         math::unary_into(k, self.get(a), &mut out);
-        self.push(out)
+        let d = self.dims_of(a);
+        self.push(out, Some(d))
     }
 
     /// A tensor and a scalar.
@@ -119,7 +153,8 @@ impl<'x, 'w> Eval<'x, 'w> {
         }
         let mut out = self.buf();
         math::scalar_into(op, s, self.get(a), &mut out);
-        self.push(out)
+        let d = self.dims_of(a);
+        self.push(out, Some(d))
     }
 
     /// Two tensors, element-wise with broadcasting.
@@ -127,9 +162,13 @@ impl<'x, 'w> Eval<'x, 'w> {
         if !self.ok(&[a, b]) {
             return Var::POISON;
         }
+        let d = match math::binary_dims(self.dims_of(a), self.dims_of(b)) {
+            Ok(d) => d,
+            Err(m) => return self.fail(m),
+        };
         let mut out = self.buf();
         match math::binary_into(op, self.get(a), self.get(b), &mut out) {
-            Ok(()) => self.push(out),
+            Ok(()) => self.push(out, d),
             Err(m) => self.fail(m),
         }
     }
@@ -139,19 +178,22 @@ impl<'x, 'w> Eval<'x, 'w> {
         if !self.ok(&[a]) {
             return Var::POISON;
         }
-        let features = match math::features_axis(dim) {
+        let features = match math::softmax_axis(dim, self.dims_of(a)) {
             Ok(f) => f,
             Err(m) => return self.fail(m),
         };
         let mut out = self.buf();
         math::softmax_into(self.get(a), features, log, &mut out);
-        self.push(out)
+        let d = self.dims_of(a);
+        self.push(out, Some(d))
     }
 
     fn narrow_at_impl(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
         let mut out = self.buf();
         math::narrow_into(self.get(a), features, start, len, &mut out);
-        self.push(out)
+        // The caller sets the sample shape (`set_dims`).
+        let d = self.dims_of(a);
+        self.push(out, Some(d))
     }
 
     /// PyTorch's `torch.cat(xs, dim)`.
@@ -159,10 +201,16 @@ impl<'x, 'w> Eval<'x, 'w> {
         if !self.ok(xs) {
             return Var::POISON;
         }
-        let r = math::features_axis(dim).and_then(|f| {
-            math::cat_shape(xs.iter().map(|v| self.get(*v).shape()), f).map(|s| (f, s))
+        let Some(&first) = xs.first() else {
+            return self.fail("torch.cat(): expected a non-empty list of Tensors".into());
+        };
+        let r = math::axis(dim, self.dims_of(first)).and_then(|ax| {
+            let ds: Vec<Dims> = xs.iter().map(|v| self.dims_of(*v)).collect();
+            let d = math::cat_dims(ax, &ds)?;
+            math::cat_shape(xs.iter().map(|v| self.get(*v).shape()), ax.features)
+                .map(|s| (ax.features, s, d))
         });
-        let (features, (rows, cols)) = match r {
+        let (features, (rows, cols), d) = match r {
             Ok(r) => r,
             Err(m) => return self.fail(m),
         };
@@ -174,28 +222,36 @@ impl<'x, 'w> Eval<'x, 'w> {
             math::cat_place(x, features, start, &mut out);
             start += if features { x.ncols() } else { x.nrows() };
         }
-        self.push(out)
+        self.push(out, d)
     }
 
-    pub(crate) fn finish(mut self, r: Result<Var>) -> Result<Tensor> {
+    pub(crate) fn finish(mut self, r: Result<Var>) -> Result<(Tensor, Dims)> {
         let v = self.finish_run(r)?;
+        let d = self.dims_of(v);
         Ok(if v == Var::INPUT {
-            self.input.clone()
+            (self.input.clone(), d)
         } else {
-            std::mem::replace(&mut self.vals[v.0 as usize - 1], Tensor::zeros(0, 0))
+            (
+                std::mem::replace(&mut self.vals[v.0 as usize - 1], Tensor::zeros(0, 0)),
+                d,
+            )
         })
     }
 
-    pub(crate) fn finish_into(mut self, r: Result<Var>, out: &mut Tensor) -> Result<()> {
-        let r = self
-            .finish_run(r)
-            .map(|v| crate::ops::copy_into(self.get(v), out));
+    pub(crate) fn finish_into(mut self, r: Result<Var>, out: &mut Tensor) -> Result<Dims> {
+        let r = self.finish_run(r).map(|v| {
+            crate::ops::copy_into(self.get(v), out);
+            self.dims_of(v)
+        });
         if let Mode::Into(ws) = &mut self.mode {
             let mut vals = std::mem::take(&mut self.vals);
             for t in vals.drain(..) {
                 ws.give(t);
             }
             ws.give_arena(vals);
+            let mut dims = std::mem::take(&mut self.dims);
+            dims.clear();
+            ws.give_dims(dims);
         }
         r
     }
@@ -220,5 +276,15 @@ impl Engine for Eval<'_, '_> {
 
     fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
         self.narrow_at_impl(a, features, start, len)
+    }
+
+    fn dims(&self, v: Var) -> Dims {
+        self.dims_of(v)
+    }
+
+    fn set_dims(&mut self, v: Var, d: Dims) {
+        if v != Var::INPUT && v != Var::POISON {
+            self.dims[v.0 as usize - 1] = d;
+        }
     }
 }

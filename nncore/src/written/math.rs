@@ -7,7 +7,7 @@
 use crate::activation::{gelu, gelu_derivative, sigmoid};
 use crate::kernels::{map_into, zip_map_into};
 use crate::ops::ensure_shape;
-use crate::{GeluApproximate, Tensor};
+use crate::{Dims, GeluApproximate, Tensor};
 
 /// An element-wise function of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -267,6 +267,134 @@ pub(crate) fn features_axis(dim: i64) -> Result<bool, String> {
             "Dimension out of range (expected to be in range of [-2, 1], but got {d})"
         )),
     }
+}
+
+/// An axis of a value, as `narrow`, `chunk` and `cat` see it: its rows
+/// (dimension 0, the batch), or its columns in runs of `unit` values
+/// (dimension 1: the features, `unit = 1`, or an image's channels,
+/// `unit = H*W`; channels are the outermost per-sample dimension, so a run
+/// of channels is a run of columns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Axis {
+    pub(crate) features: bool,
+    pub(crate) unit: usize,
+}
+
+impl Axis {
+    /// The length along the axis of a `rows x cols` value.
+    pub(crate) fn size(self, rows: usize, cols: usize) -> usize {
+        if self.features {
+            cols / self.unit.max(1)
+        } else {
+            rows
+        }
+    }
+
+    /// The sample shape after keeping `len` along the axis.
+    pub(crate) fn narrowed(self, d: Dims, len: usize) -> Dims {
+        if !self.features {
+            return d;
+        }
+        let mut v = [0usize; crate::MAX_DIMS];
+        let s = d.as_slice();
+        v[..s.len()].copy_from_slice(s);
+        v[0] = len;
+        Dims::new(&v[..s.len()]).unwrap_or(d)
+    }
+}
+
+/// The axis PyTorch's `dim` names on samples of shape `d`: 0 (or
+/// `-rank`) is the batch, 1 the features or channels.
+pub(crate) fn axis(dim: i64, d: Dims) -> Result<Axis, String> {
+    let rank = d.rank() as i64 + 1;
+    let k = if dim < 0 { dim + rank } else { dim };
+    if !(0..rank).contains(&k) {
+        return Err(format!(
+            "Dimension out of range (expected to be in range of [{}, {}], but got {dim})",
+            -rank,
+            rank - 1
+        ));
+    }
+    match k {
+        0 => Ok(Axis {
+            features: false,
+            unit: 1,
+        }),
+        1 => Ok(Axis {
+            features: true,
+            unit: d.as_slice()[1..].iter().product(),
+        }),
+        _ => Err(format!(
+            "dimension {dim} of a {rank}-d tensor: a written forward narrows, chunks and concatenates along dimension 0 (the batch) or 1 (the channels) only"
+        )),
+    }
+}
+
+/// The sample shape of an element-wise operation on samples `a` and `b`:
+/// `None` for flat samples (the result's columns decide), `a` when both
+/// have that shape; images broadcast over the batch only.
+pub(crate) fn binary_dims(a: Dims, b: Dims) -> Result<Option<Dims>, String> {
+    if a.rank() == 1 && b.rank() == 1 {
+        Ok(None)
+    } else if a == b {
+        Ok(Some(a))
+    } else {
+        Err(format!(
+            "The size of tensor a {:?} must match the size of tensor b {:?} (per sample; a written forward broadcasts images over the batch only)",
+            a, b
+        ))
+    }
+}
+
+/// The sample shape of `torch.cat` along `ax` of samples `ds`, checking
+/// that they agree in every other dimension (`None` for flat samples: the
+/// result's columns decide).
+pub(crate) fn cat_dims(ax: Axis, ds: &[Dims]) -> Result<Option<Dims>, String> {
+    let first = *ds
+        .first()
+        .ok_or("torch.cat(): expected a non-empty list of Tensors")?;
+    if ds.iter().all(|d| d.rank() == 1) {
+        return Ok(None);
+    }
+    let mut channels = 0;
+    for (n, d) in ds.iter().enumerate() {
+        let (s, f) = (d.as_slice(), first.as_slice());
+        let other = if ax.features { &s[1..] } else { s };
+        let want = if ax.features { &f[1..] } else { f };
+        if d.rank() != first.rank() {
+            return Err(format!(
+                "Tensors must have same number of dimensions: got {} and {}",
+                first.rank() + 1,
+                d.rank() + 1
+            ));
+        }
+        if let Some(k) = other.iter().zip(want).position(|(a, b)| a != b) {
+            return Err(format!(
+                "Sizes of tensors must match except in dimension {}. Expected size {} but got size {} for tensor number {n} in the list.",
+                usize::from(ax.features),
+                want[k],
+                other[k]
+            ));
+        }
+        channels += s[0];
+    }
+    Ok(Some(if ax.features {
+        ax.narrowed(first, channels)
+    } else {
+        first
+    }))
+}
+
+/// The axis of softmax along `dim` on samples of shape `d`: features
+/// (`true`) or batch; images are refused.
+pub(crate) fn softmax_axis(dim: i64, d: Dims) -> Result<bool, String> {
+    if d.rank() > 1 {
+        return Err(format!(
+            "softmax along dimension {dim} of a {}-d tensor is not supported in a written forward: flatten the samples first",
+            d.rank() + 1
+        ));
+    }
+    features_axis(dim)
 }
 
 /// Softmax (or log-softmax) along features or batch.

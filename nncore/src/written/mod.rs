@@ -22,7 +22,7 @@ pub use tape::Tape;
 
 use crate::forward::{Forward, Workspace};
 use crate::summary::Trace;
-use crate::{Error, Result, Tensor};
+use crate::{Dims, Error, Result, Tensor};
 
 /// A tensor inside a written forward: a handle to a value the engine holds.
 /// `Var`s are `Copy`, so the same value can be used any number of times.
@@ -103,6 +103,10 @@ pub trait Engine {
     fn owner(&self) -> &'static str;
     /// Columns (`features`) or rows `[start, start + len)` of `a`, checked.
     fn narrow_at(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var;
+    /// The shape of one sample of `v` (`[features]`, or `[C, H, W]`).
+    fn dims(&self, v: Var) -> Dims;
+    /// Sets the sample shape of `v` (after an operation that changes it).
+    fn set_dims(&mut self, v: Var, d: Dims);
 
     /// Whether the inputs of an operation are good: no earlier failure.
     #[doc(hidden)]
@@ -180,18 +184,27 @@ pub trait Engine {
         self.shape(v).1
     }
 
-    /// PyTorch's `narrow(dim, start, length)`.
+    /// PyTorch's `narrow(dim, start, length)`: along the batch (0), or the
+    /// features or an image's channels (1).
     fn narrow(&mut self, a: Var, dim: i64, start: i64, length: i64) -> Var {
         if !self.ok(&[a]) {
             return Var::POISON;
         }
-        let x = self.value(a);
-        let r = math::features_axis(dim).and_then(|f| {
-            let size = if f { x.ncols() } else { x.nrows() };
-            math::narrow_start(size, start, length).map(|s| (f, s))
+        let d = self.dims(a);
+        let (rows, cols) = self.value(a).shape();
+        let r = math::axis(dim, d).and_then(|ax| {
+            let size = ax.size(rows, cols);
+            math::narrow_start(size, start, length).map(|s| (ax, s))
         });
         match r {
-            Ok((features, start)) => self.narrow_at(a, features, start, length as usize),
+            Ok((ax, start)) => {
+                let len = length as usize;
+                let v = self.narrow_at(a, ax.features, start * ax.unit, len * ax.unit);
+                if v != Var::POISON {
+                    self.set_dims(v, ax.narrowed(d, len));
+                }
+                v
+            }
             Err(m) => self.fail(m),
         }
     }
@@ -221,16 +234,22 @@ pub trait Engine {
         if !self.ok(&[a]) {
             return vec![Var::POISON];
         }
-        let x = self.value(a);
-        let r = math::features_axis(dim).and_then(|f| {
-            let size = if f { x.ncols() } else { x.nrows() };
-            math::chunk_sizes(size, chunks).map(|(split, count)| (f, size, split, count))
+        let d = self.dims(a);
+        let (rows, cols) = self.value(a).shape();
+        let r = math::axis(dim, d).and_then(|ax| {
+            let size = ax.size(rows, cols);
+            math::chunk_sizes(size, chunks).map(|(split, count)| (ax, size, split, count))
         });
         match r {
-            Ok((features, size, split, count)) => (0..count)
+            Ok((ax, size, split, count)) => (0..count)
                 .map(|i| {
                     let start = (i * split).min(size);
-                    self.narrow_at(a, features, start, split.min(size - start))
+                    let len = split.min(size - start);
+                    let v = self.narrow_at(a, ax.features, start * ax.unit, len * ax.unit);
+                    if v != Var::POISON {
+                        self.set_dims(v, ax.narrowed(d, len));
+                    }
+                    v
                 })
                 .collect(),
             Err(m) => vec![self.fail(m)],
@@ -282,7 +301,16 @@ pub trait HasTape {
 /// # Errors
 /// Whatever the forward reports.
 pub fn forward<W: Written + ?Sized>(m: &W, x: &Tensor) -> Result<Tensor> {
-    let mut cx = Eval::new(x, W::NAME, eval::Mode::Plain);
+    forward_dims(m, x, Dims::flat(x.ncols())).map(|(y, _)| y)
+}
+
+/// `Forward::forward_dims` of a written forward.
+///
+/// # Errors
+/// Whatever the forward reports.
+pub fn forward_dims<W: Written + ?Sized>(m: &W, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
+    crate::forward::check_dims(W::NAME, x, dims)?;
+    let mut cx = Eval::new(x, dims, W::NAME, eval::Mode::Plain);
     let r = m.eval(&mut cx, Var::INPUT);
     cx.finish(r)
 }
@@ -297,7 +325,22 @@ pub fn forward_into<W: Written + ?Sized>(
     out: &mut Tensor,
     ws: &mut Workspace,
 ) -> Result<()> {
-    let mut cx = Eval::new(x, W::NAME, eval::Mode::Into(ws));
+    forward_into_dims(m, x, Dims::flat(x.ncols()), out, ws).map(|_| ())
+}
+
+/// `Forward::forward_into_dims` of a written forward.
+///
+/// # Errors
+/// Whatever the forward reports.
+pub fn forward_into_dims<W: Written + ?Sized>(
+    m: &W,
+    x: &Tensor,
+    dims: Dims,
+    out: &mut Tensor,
+    ws: &mut Workspace,
+) -> Result<Dims> {
+    crate::forward::check_dims(W::NAME, x, dims)?;
+    let mut cx = Eval::new(x, dims, W::NAME, eval::Mode::Into(ws));
     let r = m.eval(&mut cx, Var::INPUT);
     cx.finish_into(r, out)
 }
@@ -307,11 +350,25 @@ pub fn forward_into<W: Written + ?Sized>(
 /// # Errors
 /// Whatever the forward reports.
 pub fn forward_traced<W: Written + ?Sized>(m: &W, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
-    let mut cx = Eval::new(x, W::NAME, eval::Mode::Traced(trace));
+    forward_traced_dims(m, x, Dims::flat(x.ncols()), trace).map(|(y, _)| y)
+}
+
+/// `Forward::forward_traced_dims` of a written forward.
+///
+/// # Errors
+/// Whatever the forward reports.
+pub fn forward_traced_dims<W: Written + ?Sized>(
+    m: &W,
+    x: &Tensor,
+    dims: Dims,
+    trace: &mut Trace,
+) -> Result<(Tensor, Dims)> {
+    crate::forward::check_dims(W::NAME, x, dims)?;
+    let mut cx = Eval::new(x, dims, W::NAME, eval::Mode::Traced(trace));
     let r = m.eval(&mut cx, Var::INPUT);
-    let y = cx.finish(r)?;
-    trace.record(&y);
-    Ok(y)
+    let (y, d) = cx.finish(r)?;
+    trace.record_dims(y.nrows(), d);
+    Ok((y, d))
 }
 
 /// `Forward::forward_train` of a written forward.
@@ -319,13 +376,28 @@ pub fn forward_traced<W: Written + ?Sized>(m: &W, x: &Tensor, trace: &mut Trace)
 /// # Errors
 /// Whatever the forward reports.
 pub fn forward_train<'a, W: Written + ?Sized>(m: &'a mut W, x: &Tensor) -> Result<&'a Tensor> {
+    forward_train_dims(m, x, Dims::flat(x.ncols())).map(|(y, _)| y)
+}
+
+/// `Forward::forward_train_dims` of a written forward.
+///
+/// # Errors
+/// Whatever the forward reports.
+pub fn forward_train_dims<'a, W: Written + ?Sized>(
+    m: &'a mut W,
+    x: &Tensor,
+    dims: Dims,
+) -> Result<(&'a Tensor, Dims)> {
+    crate::forward::check_dims(W::NAME, x, dims)?;
     let mut tape = std::mem::take(m.tape_mut());
-    tape.begin(x, W::NAME);
+    tape.begin(x, dims, W::NAME);
     let r = m.record(&mut tape, Var::INPUT);
     let r = tape.end(r);
     *m.tape_mut() = tape;
     r?;
-    Ok(m.tape_mut().output())
+    let tape = m.tape_mut();
+    let d = tape.output_dims();
+    Ok((tape.output(), d))
 }
 
 /// `Forward::backward` of a written forward.
@@ -350,6 +422,89 @@ pub fn backward_params<W: Written + ?Sized>(m: &mut W, grad: &Tensor) -> Result<
     let r = tape.backward(m, grad, false);
     *m.tape_mut() = tape;
     r
+}
+
+/// The `Forward` methods of a module with a written forward, delegating
+/// to the engine: `#[nncore::forward]` emits one call of it. Not public
+/// API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __written_forward_methods {
+    () => {
+        fn forward(&self, x: &$crate::Tensor) -> $crate::Result<$crate::Tensor> {
+            $crate::__private_v1::forward(self, x)
+        }
+
+        fn forward_into(
+            &self,
+            x: &$crate::Tensor,
+            out: &mut $crate::Tensor,
+            ws: &mut $crate::Workspace,
+        ) -> $crate::Result<()> {
+            $crate::__private_v1::forward_into(self, x, out, ws)
+        }
+
+        fn forward_train<'__nncore_a>(
+            &'__nncore_a mut self,
+            x: &'__nncore_a $crate::Tensor,
+        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
+            $crate::__private_v1::forward_train(self, x)
+        }
+
+        fn backward<'__nncore_a>(
+            &'__nncore_a mut self,
+            g: &'__nncore_a $crate::Tensor,
+        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
+            $crate::__private_v1::backward(self, g)
+        }
+
+        fn backward_params(&mut self, g: &$crate::Tensor) -> $crate::Result<()> {
+            $crate::__private_v1::backward_params(self, g)
+        }
+
+        fn forward_traced(
+            &self,
+            x: &$crate::Tensor,
+            t: &mut $crate::Trace,
+        ) -> $crate::Result<$crate::Tensor> {
+            $crate::__private_v1::forward_traced(self, x, t)
+        }
+
+        fn forward_dims(
+            &self,
+            x: &$crate::Tensor,
+            dims: $crate::Dims,
+        ) -> $crate::Result<($crate::Tensor, $crate::Dims)> {
+            $crate::__private_v1::forward_dims(self, x, dims)
+        }
+
+        fn forward_into_dims(
+            &self,
+            x: &$crate::Tensor,
+            dims: $crate::Dims,
+            out: &mut $crate::Tensor,
+            ws: &mut $crate::Workspace,
+        ) -> $crate::Result<$crate::Dims> {
+            $crate::__private_v1::forward_into_dims(self, x, dims, out, ws)
+        }
+
+        fn forward_train_dims<'__nncore_a>(
+            &'__nncore_a mut self,
+            x: &'__nncore_a $crate::Tensor,
+            dims: $crate::Dims,
+        ) -> $crate::Result<(&'__nncore_a $crate::Tensor, $crate::Dims)> {
+            $crate::__private_v1::forward_train_dims(self, x, dims)
+        }
+
+        fn forward_traced_dims(
+            &self,
+            x: &$crate::Tensor,
+            dims: $crate::Dims,
+            t: &mut $crate::Trace,
+        ) -> $crate::Result<($crate::Tensor, $crate::Dims)> {
+            $crate::__private_v1::forward_traced_dims(self, x, dims, t)
+        }
+    };
 }
 
 /// `m` as a `&mut dyn Forward` (for [`Written::child_mut`]).

@@ -5,7 +5,7 @@ use super::math::{self, Binary, ScalarOp, Unary};
 use super::{Engine, Site, Var, Written};
 use crate::forward::Forward;
 use crate::ops::copy_into;
-use crate::{Error, ModulePath, Result, Tensor};
+use crate::{Dims, Error, ModulePath, Result, Tensor};
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
@@ -105,6 +105,8 @@ impl Op {
 pub struct Tape {
     owner: &'static str,
     vals: Vec<Tensor>,
+    // The sample shape of each value (indexed as `vals`).
+    dims: Vec<Dims>,
     len: usize,
     ops: Vec<Op>,
     cat_args: Vec<Var>,
@@ -138,7 +140,7 @@ impl std::fmt::Debug for Tape {
 }
 
 impl Tape {
-    pub(crate) fn begin(&mut self, x: &Tensor, owner: &'static str) {
+    pub(crate) fn begin(&mut self, x: &Tensor, dims: Dims, owner: &'static str) {
         self.owner = owner;
         self.len = 0;
         self.ops.clear();
@@ -149,6 +151,7 @@ impl Tape {
         self.recorded = false;
         let v = self.new_value();
         copy_into(x, &mut self.vals[v.0 as usize]);
+        self.dims[v.0 as usize] = dims;
     }
 
     pub(crate) fn end(&mut self, r: Result<Var>) -> Result<()> {
@@ -162,6 +165,10 @@ impl Tape {
         &self.vals[self.out.map_or(0, |v| v.0 as usize)]
     }
 
+    pub(crate) fn output_dims(&self) -> Dims {
+        self.dims[self.out.map_or(0, |v| v.0 as usize)]
+    }
+
     pub(crate) fn input_grad(&self) -> &Tensor {
         &self.grads[0]
     }
@@ -169,6 +176,7 @@ impl Tape {
     fn new_value(&mut self) -> Var {
         if self.len == self.vals.len() {
             self.vals.push(Tensor::zeros(0, 0));
+            self.dims.push(Dims::flat(0));
         }
         self.len += 1;
         Var(self.len as u32 - 1)
@@ -178,11 +186,17 @@ impl Tape {
         &self.vals[v.0 as usize]
     }
 
-    /// Computes a new value with `f(values, out)`.
-    fn compute(&mut self, f: impl FnOnce(&[Tensor], &mut Tensor)) -> Var {
+    fn dims_of(&self, v: Var) -> Dims {
+        self.dims[v.0 as usize]
+    }
+
+    /// Computes a new value with `f(values, out)`, of sample shape `d`
+    /// (`None`: flat, its columns).
+    fn compute(&mut self, d: Option<Dims>, f: impl FnOnce(&[Tensor], &mut Tensor)) -> Var {
         let v = self.new_value();
         let mut out = std::mem::replace(&mut self.vals[v.0 as usize], Tensor::zeros(0, 0));
         f(&self.vals, &mut out);
+        self.dims[v.0 as usize] = d.unwrap_or(Dims::flat(out.ncols()));
         self.vals[v.0 as usize] = out;
         v
     }
@@ -194,10 +208,17 @@ impl Tape {
         }
         let v = self.new_value();
         let mut out = std::mem::replace(&mut self.vals[v.0 as usize], Tensor::zeros(0, 0));
+        let d = self.dims_of(a);
         let r = m
-            .forward_train(&self.vals[a.0 as usize])
-            .map(|y| copy_into(y, &mut out));
+            .forward_train_dims(&self.vals[a.0 as usize], d)
+            .map(|(y, d)| {
+                copy_into(y, &mut out);
+                d
+            });
         self.vals[v.0 as usize] = out;
+        if let Ok(d) = r {
+            self.dims[v.0 as usize] = d;
+        }
         if let Err(e) = r {
             if self.error.is_none() {
                 self.error = Some(site.wrap(e, self.owner));
@@ -224,7 +245,8 @@ impl Tape {
         if !self.ok(&[a]) {
             return Var::POISON;
         }
-        let out = self.compute(|v, o| math::unary_into(k, &v[a.0 as usize], o));
+        let d = self.dims_of(a);
+        let out = self.compute(Some(d), |v, o| math::unary_into(k, &v[a.0 as usize], o));
         self.ops.push(Op::Unary { k, a, out });
         out
     }
@@ -234,7 +256,10 @@ impl Tape {
         if !self.ok(&[a]) {
             return Var::POISON;
         }
-        let out = self.compute(|v, o| math::scalar_into(op, s, &v[a.0 as usize], o));
+        let d = self.dims_of(a);
+        let out = self.compute(Some(d), |v, o| {
+            math::scalar_into(op, s, &v[a.0 as usize], o)
+        });
         self.ops.push(Op::Scalar { op, s, a, out });
         out
     }
@@ -247,7 +272,11 @@ impl Tape {
         if let Err(m) = math::broadcast_shape(self.get(a).shape(), self.get(b).shape()) {
             return self.fail(m);
         }
-        let out = self.compute(|v, o| {
+        let d = match math::binary_dims(self.dims_of(a), self.dims_of(b)) {
+            Ok(d) => d,
+            Err(m) => return self.fail(m),
+        };
+        let out = self.compute(d, |v, o| {
             let _ = math::binary_into(op, &v[a.0 as usize], &v[b.0 as usize], o);
         });
         self.ops.push(Op::Binary { op, a, b, out });
@@ -259,11 +288,14 @@ impl Tape {
         if !self.ok(&[a]) {
             return Var::POISON;
         }
-        let features = match math::features_axis(dim) {
+        let features = match math::softmax_axis(dim, self.dims_of(a)) {
             Ok(f) => f,
             Err(m) => return self.fail(m),
         };
-        let out = self.compute(|v, o| math::softmax_into(&v[a.0 as usize], features, log, o));
+        let d = self.dims_of(a);
+        let out = self.compute(Some(d), |v, o| {
+            math::softmax_into(&v[a.0 as usize], features, log, o);
+        });
         self.ops.push(Op::Softmax {
             a,
             features,
@@ -274,7 +306,11 @@ impl Tape {
     }
 
     fn narrow_at_impl(&mut self, a: Var, features: bool, start: usize, len: usize) -> Var {
-        let out = self.compute(|v, o| math::narrow_into(&v[a.0 as usize], features, start, len, o));
+        // The caller sets the sample shape (`set_dims`).
+        let d = self.dims_of(a);
+        let out = self.compute(Some(d), |v, o| {
+            math::narrow_into(&v[a.0 as usize], features, start, len, o);
+        });
         self.ops.push(Op::Narrow {
             a,
             features,
@@ -289,14 +325,20 @@ impl Tape {
         if !self.ok(xs) {
             return Var::POISON;
         }
-        let r = math::features_axis(dim).and_then(|f| {
-            math::cat_shape(xs.iter().map(|v| self.get(*v).shape()), f).map(|s| (f, s))
+        let Some(&first) = xs.first() else {
+            return self.fail("torch.cat(): expected a non-empty list of Tensors".into());
+        };
+        let r = math::axis(dim, self.dims_of(first)).and_then(|ax| {
+            let ds: Vec<Dims> = xs.iter().map(|v| self.dims_of(*v)).collect();
+            let d = math::cat_dims(ax, &ds)?;
+            math::cat_shape(xs.iter().map(|v| self.get(*v).shape()), ax.features)
+                .map(|s| (ax.features, s, d))
         });
-        let (features, (rows, cols)) = match r {
+        let (features, (rows, cols), d) = match r {
             Ok(r) => r,
             Err(m) => return self.fail(m),
         };
-        let out = self.compute(|v, o| {
+        let out = self.compute(d, |v, o| {
             crate::ops::ensure_shape(o, rows, cols);
             let mut start = 0;
             for x in xs {
@@ -430,12 +472,15 @@ impl Tape {
                     // forward of the model: state it moves (BatchNorm's
                     // running statistics) is put back.
                     let state = crate::module::save_buffers(&*child);
-                    let same = child.forward_train(&self.vals[input.0 as usize]).map(|y| {
-                        y.shape() == self.vals[out.0 as usize].shape()
-                            && y.iter()
-                                .zip(self.vals[out.0 as usize].iter())
-                                .all(|(a, b)| a.to_bits() == b.to_bits())
-                    });
+                    let d = self.dims[input.0 as usize];
+                    let same = child
+                        .forward_train_dims(&self.vals[input.0 as usize], d)
+                        .map(|(y, _)| {
+                            y.shape() == self.vals[out.0 as usize].shape()
+                                && y.iter()
+                                    .zip(self.vals[out.0 as usize].iter())
+                                    .all(|(a, b)| a.to_bits() == b.to_bits())
+                        });
                     crate::module::restore_buffers(&mut *child, state);
                     let same = same.map_err(wrap)?;
                     if !same {
@@ -535,6 +580,16 @@ impl Tape {
 }
 
 impl Engine for Tape {
+    fn dims(&self, v: Var) -> Dims {
+        self.dims_of(v)
+    }
+
+    fn set_dims(&mut self, v: Var, d: Dims) {
+        if v != Var::POISON {
+            self.dims[v.0 as usize] = d;
+        }
+    }
+
     fn value(&self, v: Var) -> &Tensor {
         self.get(v)
     }
