@@ -19,8 +19,11 @@ pub struct Eval<'x, 'w> {
     input: &'x Tensor,
     input_dims: Dims,
     vals: Vec<Tensor>,
-    // The sample shape of each value of `vals`.
+    // The sample shape of each value of `vals`, kept only once a value is
+    // not flat (a run on `(batch, features)` matrices, the latency path,
+    // never fills it: a flat value's shape is its columns).
     dims: Vec<Dims>,
+    shaped: bool,
     owner: &'static str,
     mode: Mode<'w>,
     error: Option<Error>,
@@ -51,6 +54,7 @@ impl<'x, 'w> Eval<'x, 'w> {
             input_dims,
             vals,
             dims,
+            shaped: input_dims.rank() > 1,
             owner,
             mode,
             error: None,
@@ -74,16 +78,32 @@ impl<'x, 'w> Eval<'x, 'w> {
 
     /// A new value; `d` is its sample shape (`None`: flat, its columns).
     fn push(&mut self, t: Tensor, d: Option<Dims>) -> Var {
-        self.dims.push(d.unwrap_or(Dims::flat(t.ncols())));
+        let d = d.filter(|d| d.rank() > 1);
+        if d.is_some() && !self.shaped {
+            self.start_shapes();
+        }
+        if self.shaped {
+            self.dims.push(d.unwrap_or(Dims::flat(t.ncols())));
+        }
         self.vals.push(t);
         Var(self.vals.len() as u32)
+    }
+
+    /// Starts keeping sample shapes: every value so far is flat.
+    fn start_shapes(&mut self) {
+        self.shaped = true;
+        self.dims.clear();
+        self.dims
+            .extend(self.vals.iter().map(|t| Dims::flat(t.ncols())));
     }
 
     fn dims_of(&self, v: Var) -> Dims {
         if v == Var::INPUT {
             self.input_dims
-        } else {
+        } else if self.shaped {
             self.dims[v.0 as usize - 1]
+        } else {
+            Dims::flat(self.vals[v.0 as usize - 1].ncols())
         }
     }
 
@@ -283,7 +303,13 @@ impl Engine for Eval<'_, '_> {
     }
 
     fn set_dims(&mut self, v: Var, d: Dims) {
-        if v != Var::INPUT && v != Var::POISON {
+        if v == Var::INPUT || v == Var::POISON {
+            return;
+        }
+        if d.rank() > 1 && !self.shaped {
+            self.start_shapes();
+        }
+        if self.shaped {
             self.dims[v.0 as usize - 1] = d;
         }
     }
