@@ -612,3 +612,51 @@ fn written_forwards_refuse_what_they_cannot_do_on_images() {
     let msg = m.forward(&Tensor::zeros(2, 16)).unwrap_err().to_string();
     assert!(msg.contains("expected a 4-d input"), "{msg}");
 }
+
+#[test]
+fn hostile_sizes_are_errors_not_panics() {
+    let x = NdTensor::zeros(&[1, 1, 4, 4]).unwrap();
+    let err = |r: Result<NdTensor>| r.unwrap_err().to_string();
+    let huge_pad = Conv2dConfig::new(1, 1, 3)
+        .padding(usize::MAX / 2)
+        .build()
+        .unwrap();
+    assert!(err(huge_pad.forward_nd(&x)).contains("too large"));
+    let huge_dilation = Conv2dConfig::new(1, 1, 3)
+        .dilation(usize::MAX)
+        .build()
+        .unwrap();
+    assert!(err(huge_dilation.forward_nd(&x)).contains("too large"));
+    let big_pad = Conv2dConfig::new(1, 1, 1).padding(1 << 40).build().unwrap();
+    assert!(err(big_pad.forward_nd(&x)).contains("too large to allocate"));
+    assert!(Conv2dConfig::new(1 << 40, 1 << 40, 1 << 20)
+        .build()
+        .is_err());
+    assert!(Conv2dConfig::new(1, 1, 0).build().is_err());
+    assert!(Conv2dConfig::new(1, 1, 1).stride(0).build().is_err());
+    assert!(Conv2dConfig::new(1, 1, 1).groups(0).build().is_err());
+    assert!(MaxPool2d::with_options(3, 1, 1, usize::MAX, false).is_err());
+    assert!(MaxPool2d::with_options(0, 1, 0, 1, false).is_err());
+    assert!(AvgPool2d::with_options(2, 2, 2).is_err());
+    let adaptive = AdaptiveAvgPool2d::new((usize::MAX / 2, 2));
+    assert!(err(adaptive.forward_nd(&x)).contains("too large"));
+    assert!(Flatten::with_dims(0, -1).is_err());
+    assert!(err(Flatten::with_dims(3, 1).unwrap().forward_nd(&x))
+        .contains("start_dim cannot come after end_dim"));
+    assert!(
+        err(Flatten::with_dims(1, 7).unwrap().forward_nd(&x)).contains("Dimension out of range")
+    );
+    // A weight of another shape: PyTorch's size-mismatch report.
+    let mut other = nncore::with_seed(0, || Cnn {
+        conv1: Conv2dConfig::new(1, 6, 3).padding(1).build().unwrap(),
+        ..cnn()
+    });
+    let e = other
+        .load_safetensors(fixture_path("cnn_trained.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("size mismatch for conv1.weight: copying a param with shape torch.Size([6, 2, 3, 3]) from checkpoint, the shape in current model is torch.Size([6, 1, 3, 3])"),
+        "{e}"
+    );
+}

@@ -364,9 +364,18 @@ impl Conv2d {
                 ),
             });
         }
+        let too_large = || {
+            Error::InvalidInput {
+            path: ModulePath::leaf("Conv2d"),
+            message: format!(
+                "an input of shape {:?} with this layer's padding and dilation gives an output too large to allocate",
+                dims.with_batch(n)
+            ),
+        }
+        };
         let (k, s, d) = (cfg.kernel_size, cfg.stride, cfg.dilation);
-        let ek = |k: usize, d: usize| d * (k - 1) + 1;
-        let (ekh, ekw) = (ek(k.h, d.h), ek(k.w, d.w));
+        let ek = |k: usize, d: usize| d.checked_mul(k - 1).and_then(|v| v.checked_add(1));
+        let (ekh, ekw) = ek(k.h, d.h).zip(ek(k.w, d.w)).ok_or_else(too_large)?;
         let (top, bottom, left, right) = match cfg.padding {
             Padding::Explicit(p) => (p.h, p.h, p.w, p.w),
             Padding::Valid => (0, 0, 0, 0),
@@ -375,7 +384,10 @@ impl Conv2d {
                 (th / 2, th - th / 2, tw / 2, tw - tw / 2)
             }
         };
-        let (ph, pw) = (h + top + bottom, w + left + right);
+        let padded = |x: usize, a: usize, b: usize| x.checked_add(a)?.checked_add(b);
+        let (ph, pw) = padded(h, top, bottom)
+            .zip(padded(w, left, right))
+            .ok_or_else(too_large)?;
         if ph < ekh || pw < ekw {
             return Err(Error::InvalidInput {
                 path: ModulePath::leaf("Conv2d"),
@@ -384,13 +396,25 @@ impl Conv2d {
                 ),
             });
         }
+        let (oh, ow) = ((ph - ekh) / s.h + 1, (pw - ekw) / s.w + 1);
+        // The output and one output row's unfolded input must be
+        // addressable (a huge padding makes both huge).
+        let fits = |v: Option<usize>| {
+            v.filter(|v| v.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize))
+        };
+        let out = fits(
+            n.checked_mul(cfg.out_channels)
+                .and_then(|v| v.checked_mul(oh)?.checked_mul(ow)),
+        );
+        let row = fits(n.checked_mul(ow).and_then(|v| v.checked_mul(self.taps())));
+        out.zip(row).ok_or_else(too_large)?;
         Ok(Geom {
             n,
             c,
             h,
             w,
-            oh: (ph - ekh) / s.h + 1,
-            ow: (pw - ekw) / s.w + 1,
+            oh,
+            ow,
             top,
             left,
         })

@@ -31,6 +31,28 @@ impl Geom {
     }
 }
 
+/// `g` if its output can be allocated (and its window arithmetic cannot
+/// overflow).
+fn check_size(module: &str, g: Geom) -> Result<Geom> {
+    let out =
+        g.n.checked_mul(g.c)
+            .and_then(|v| v.checked_mul(g.oh)?.checked_mul(g.ow))
+            .filter(|v| v.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize));
+    let spans = (g.oh + 1)
+        .checked_mul(g.h.max(1))
+        .zip((g.ow + 1).checked_mul(g.w.max(1)));
+    if out.is_none() || spans.is_none() {
+        return Err(Error::InvalidInput {
+            path: ModulePath::leaf(module),
+            message: format!(
+                "an output of shape [{}, {}, {}, {}] is too large to allocate",
+                g.n, g.c, g.oh, g.ow
+            ),
+        });
+    }
+    Ok(g)
+}
+
 /// A sliding window: kernel, stride, padding, dilation and PyTorch's
 /// `ceil_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +66,10 @@ struct Window {
 
 /// PyTorch's `pooling_output_shape`.
 fn out_size(input: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> Option<usize> {
-    let span = (input + 2 * p).checked_sub(d * (k - 1) + 1)?;
+    let padded = input.checked_add(p.checked_mul(2)?)?;
+    let span = padded.checked_sub(d.checked_mul(k - 1)?.checked_add(1)?)?;
     let extra = if ceil { s - 1 } else { 0 };
-    let mut out = (span + extra) / s + 1;
+    let mut out = span.checked_add(extra)? / s + 1;
     if ceil && (out - 1) * s >= input + p {
         out -= 1;
     }
@@ -62,7 +85,12 @@ impl Window {
             )));
         }
         for (p, k, d) in [(p.h, k.h, d.h), (p.w, k.w, d.w)] {
-            if p > (d * (k - 1)).div_ceil(2) {
+            let Some(span) = d.checked_mul(k - 1) else {
+                return Err(Error::InvalidArgument(format!(
+                    "{module}: kernel_size={k} with dilation={d} is too large"
+                )));
+            };
+            if p > span.div_ceil(2) {
                 return Err(Error::InvalidArgument(format!(
                     "{module}: pad should be at most half of effective kernel size, but got pad={p}, kernel_size={k} and dilation={d}"
                 )));
@@ -77,7 +105,7 @@ impl Window {
         let oh = out_size(h, k.h, s.h, p.h, d.h, self.ceil_mode);
         let ow = out_size(w, k.w, s.w, p.w, d.w, self.ceil_mode);
         match (oh, ow) {
-            (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Geom { n, c, h, w, oh, ow }),
+            (Some(oh), Some(ow)) if oh > 0 && ow > 0 => check_size(module, Geom { n, c, h, w, oh, ow }),
             _ => Err(Error::InvalidInput {
                 path: ModulePath::leaf(module),
                 message: format!(
@@ -461,14 +489,17 @@ impl AdaptiveAvgPool2d {
                 ),
             });
         }
-        Ok(Geom {
-            n,
-            c,
-            h,
-            w,
-            oh: self.output_size.h,
-            ow: self.output_size.w,
-        })
+        check_size(
+            "AdaptiveAvgPool2d",
+            Geom {
+                n,
+                c,
+                h,
+                w,
+                oh: self.output_size.h,
+                ow: self.output_size.w,
+            },
+        )
     }
 
     fn span(i: usize, input: usize, output: usize) -> (usize, usize) {
