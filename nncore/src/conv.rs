@@ -658,10 +658,12 @@ impl Conv2d {
         let blocks = g.oh.div_ceil(rows).max(1);
         let block_rows = |b: usize| b * rows..((b + 1) * rows).min(g.oh);
         let mut rec = std::mem::take(&mut self.record);
-        // The gradient as `P x OC` (the same memory).
-        crate::ops::copy_into(grad, &mut rec.grad_out);
-        crate::ops::reshape(&mut rec.grad_out, p, oc);
         let direct = groups == 1 && blocks == 1;
+        if direct && (input || ocg >= 16) {
+            // The gradient as `P x OC` (the same memory), for the products.
+            crate::ops::copy_into(grad, &mut rec.grad_out);
+            crate::ops::reshape(&mut rec.grad_out, p, oc);
+        }
         let Record {
             cols,
             grad_out,
@@ -672,12 +674,13 @@ impl Conv2d {
             wbuf,
             ..
         } = &mut rec;
-        // This block's rows of this group's output channels.
+        // This block's rows of this group's output channels (output
+        // channel o is the o-th run of P values of the gradient).
         let block_grad = |group: usize, oh: &Range<usize>, dst: &mut Tensor| {
             let pb = oh.len() * g.ow * g.n;
             let p0 = oh.start * g.ow * g.n;
             ensure_shape(dst, pb, ocg);
-            let src = grad_out.as_slice();
+            let src = grad.as_slice();
             for (k, d) in dst.as_mut_slice().chunks_exact_mut(pb.max(1)).enumerate() {
                 let at = (group * ocg + k) * p + p0;
                 d.copy_from_slice(&src[at..at + pb]);
@@ -685,7 +688,7 @@ impl Conv2d {
         };
         if input {
             ensure_shape(grad_input, g.n, g.c * g.h * g.w);
-            grad_input.fill(0.0);
+            grad_input.as_mut_slice().fill(0.0);
             for group in 0..groups {
                 let wg = self.group_weight(group, wbuf);
                 for block in 0..blocks {
@@ -704,6 +707,38 @@ impl Conv2d {
             }
         }
         if let Some((_, dw, acc)) = self.weight.grad_slot() {
+            // dW (OC/groups x K) sums over every position: with fewer
+            // than 16 output channels a GEMM's micro-kernel runs part
+            // empty and its packing dominates, so the dot products are
+            // taken in place, on the gradient as it lies (output channel
+            // o is the o-th run of P values). Measured on the AVX-512 VM:
+            // 6 x 25 over 1,536 positions (LeNet's first layer) 17 us
+            // against faer's 35 us; 16 x 150 over 512, faer 39 us against
+            // 70 us.
+            if ocg < 16 {
+                let rows = dw.nrows();
+                let gs = grad.as_slice();
+                for group in 0..groups {
+                    for block in 0..blocks {
+                        let oh = block_rows(block);
+                        let col = &cols[group * blocks + block];
+                        let p0 = oh.start * g.ow * g.n;
+                        crate::kernels::cross_dots(
+                            &gs[group * ocg * p + p0..],
+                            p,
+                            ocg,
+                            col.as_slice(),
+                            col.ncols(),
+                            col.nrows(),
+                            &mut dw.as_mut_slice()[group * ocg..],
+                            rows,
+                            acc || block > 0,
+                        );
+                    }
+                }
+                self.record = rec;
+                return Ok(());
+            }
             for group in 0..groups {
                 for block in 0..blocks {
                     let oh = block_rows(block);
@@ -968,6 +1003,14 @@ mod tests {
                 Conv2dConfig::new(2, 3, 5).padding(Padding::Same),
                 (1, 2, 9, 7),
             ),
+            // 16 and more output channels per group: the weight gradient
+            // by GEMM instead of by dot products; one block, then several
+            // blocks of two groups.
+            (Conv2dConfig::new(3, 16, 3).padding(1), (2, 3, 20, 15)),
+            (
+                Conv2dConfig::new(4, 32, 3).padding(1).groups(2),
+                (3, 4, 50, 40),
+            ),
         ];
         for (case, (cfg, (n, c, h, w))) in cases.into_iter().enumerate() {
             let mut conv = crate::with_seed(3, || cfg.build().unwrap());
@@ -981,7 +1024,7 @@ mod tests {
             let (y, dx, dw, db, (oh, ow)) = reference(&conv, &x, (n, c, h, w), &gy);
             let what = format!("{cfg:?} on {:?}", [n, c, h, w]);
             let blocks = g.oh.div_ceil(conv.rows_per_block(&g));
-            assert!(case == 2 || blocks > 1, "{what}: one block");
+            assert!(case == 2 || case == 3 || blocks > 1, "{what}: one block");
             let ys = conv.forward_nd(&xt).unwrap();
             assert_eq!(ys.shape(), vec![n, cfg.out_channels, oh, ow]);
             close(

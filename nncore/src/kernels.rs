@@ -6,7 +6,9 @@
 //!   [`rows_axpy`]): faer's GEMM took 0.44 us for SimpleNet's 1x100 by
 //!   100x50 product, these about 0.1 us (`benches/gemm.rs`, `latency.rs`);
 //! - reductions and updates ([`sum`], [`dot`], [`all_finite`],
-//!   [`sgd_update`], [`squared_error`], [`add_assign`]);
+//!   [`sgd_update`], [`squared_error`], [`add_assign`]), and the
+//!   column-by-column dot products of a convolution's weight gradient
+//!   ([`cross_dots`]);
 //! - max pooling's updates over a batch of pixels ([`max_update`],
 //!   [`max_arg_update`]);
 //! - the normalization layers' passes ([`row_moments`], [`normalize_rows`],
@@ -1236,6 +1238,94 @@ multiversion! {
     }
 }
 
+/// `out[i][j] = a_i . b_j` for 4 x 4 columns of length `p`: 16
+/// accumulators of 16 lanes, each step loading 8 vectors for 16
+/// multiply-adds.
+#[inline(always)]
+fn cross_tile(a: [&[f32]; 4], b: [&[f32]; 4], p: usize) -> [[f32; 4]; 4] {
+    let full = p / 16 * 16;
+    let (a0, a1, a2, a3) = (&a[0][..full], &a[1][..full], &a[2][..full], &a[3][..full]);
+    let (b0, b1, b2, b3) = (&b[0][..full], &b[1][..full], &b[2][..full], &b[3][..full]);
+    let mut acc = [[0.0f32; 16]; 16];
+    let mut t = 0;
+    // `try_into` of a 16-value slice cannot fail; written so that the
+    // loop body has fixed-size arrays (this shape vectorizes, an iterator
+    // chain over eight slices did not).
+    let lanes = |s: &[f32], t: usize| -> [f32; 16] { s[t..t + 16].try_into().unwrap_or([0.0; 16]) };
+    while t < full {
+        let x = [lanes(a0, t), lanes(a1, t), lanes(a2, t), lanes(a3, t)];
+        let y = [lanes(b0, t), lanes(b1, t), lanes(b2, t), lanes(b3, t)];
+        for i in 0..4 {
+            for j in 0..4 {
+                let a = &mut acc[i * 4 + j];
+                for l in 0..16 {
+                    a[l] += x[i][l] * y[j][l];
+                }
+            }
+        }
+        t += 16;
+    }
+    let mut out = [[0.0f32; 4]; 4];
+    for i in 0..4 {
+        for j in 0..4 {
+            let mut s: f32 = acc[i * 4 + j].iter().sum();
+            for r in full..p {
+                s += a[i][r] * b[j][r];
+            }
+            out[i][j] = s;
+        }
+    }
+    out
+}
+
+multiversion! {
+    /// The dot products of every column of `a` (`na` columns of `p`
+    /// values, column `i` starting at `i * lda`) with every column of `b`
+    /// (`nb` columns of `p` values, one after another):
+    /// `out[i + ld * j] = a_i . b_j`, added to what `out` holds with
+    /// `accumulate`. A convolution's weight gradient (`a` the output
+    /// gradient of a block of positions, `b` its unfolded input): a long
+    /// sum into a small result, where a GEMM packs more than it multiplies
+    /// and runs its micro-kernels partly empty. 4 x 4 columns at a time;
+    /// the edges one dot at a time.
+    ///
+    /// # Panics
+    /// When a slice is shorter than its shape says.
+    pub fn cross_dots / cross_dots_with(a: &[f32], lda: usize, na: usize, b: &[f32], nb: usize, p: usize, out: &mut [f32], ld: usize, accumulate: bool) {
+        assert!(lda >= p, "cross_dots: column stride");
+        assert!(na == 0 || a.len() >= (na - 1) * lda + p, "cross_dots: a");
+        assert!(b.len() >= nb * p, "cross_dots: b");
+        assert!(na == 0 || nb == 0 || out.len() > (na - 1) + ld * (nb - 1), "cross_dots: output");
+        let acol = |i: usize| &a[i * lda..i * lda + p];
+        let bcol = |j: usize| &b[j * p..(j + 1) * p];
+        let mut put = |i: usize, j: usize, v: f32| {
+            let d = &mut out[i + ld * j];
+            *d = if accumulate { *d + v } else { v };
+        };
+        let (fi, fj) = (na / 4 * 4, nb / 4 * 4);
+        for i0 in (0..fi).step_by(4) {
+            for j0 in (0..fj).step_by(4) {
+                let t = cross_tile(
+                    [acol(i0), acol(i0 + 1), acol(i0 + 2), acol(i0 + 3)],
+                    [bcol(j0), bcol(j0 + 1), bcol(j0 + 2), bcol(j0 + 3)],
+                    p,
+                );
+                for (i, row) in t.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        put(i0 + i, j0 + j, *v);
+                    }
+                }
+            }
+        }
+        for i in 0..na {
+            let js = if i < fi { fj..nb } else { 0..nb };
+            for j in js {
+                put(i, j, dot_body(acol(i), bcol(j)));
+            }
+        }
+    }
+}
+
 multiversion! {
     /// SGD without momentum: `w -= lr * (g + weight_decay * w)`.
     pub fn sgd_update / sgd_update_with(w: &mut [f32], g: &[f32], lr: f32, weight_decay: f32) {
@@ -1559,6 +1649,51 @@ mod elementwise_tests {
             let s = squared_error_with(v, &x, &t, &mut grad, 0.5);
             assert!((s - sq).abs() < 1e-3 * sq, "{v:?}: {s} vs {sq}");
             assert!((grad[5] - (x[5] - t[5])).abs() < 1e-6);
+        }
+    }
+
+    /// Every column pair's dot product, full tiles and edges, added or
+    /// written, with a column stride on `a`.
+    #[test]
+    fn every_variant_crosses_columns_as_plain_dots() {
+        for (na, nb, p) in [
+            (6, 25, 37),
+            (4, 4, 16),
+            (1, 1, 1),
+            (5, 9, 100),
+            (16, 150, 33),
+            (3, 2, 0),
+        ] {
+            let lda = p + 3;
+            let a: Vec<f32> = (0..na * lda)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+                .collect();
+            let b: Vec<f32> = (0..nb * p)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
+                .collect();
+            let ld = na + 2;
+            for v in available_variants() {
+                for accumulate in [false, true] {
+                    let mut out = vec![1.0f32; ld * nb];
+                    cross_dots_with(v, &a, lda, na, &b, nb, p, &mut out, ld, accumulate);
+                    for j in 0..nb {
+                        for i in 0..na {
+                            let want: f32 =
+                                (0..p).map(|t| a[t + lda * i] * b[t + p * j]).sum::<f32>()
+                                    + if accumulate { 1.0 } else { 0.0 };
+                            let got = out[i + ld * j];
+                            assert!(
+                                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                "{v:?} {na}x{nb}x{p} ({i}, {j}): {got} vs {want}"
+                            );
+                        }
+                        // Rows outside the result are left alone.
+                        for r in na..ld {
+                            assert_eq!(out[r + ld * j], 1.0);
+                        }
+                    }
+                }
+            }
         }
     }
 
