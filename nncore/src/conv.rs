@@ -20,7 +20,22 @@ use crate::shape::{needs_image, Size2d};
 use crate::{Dims, Error, Generator, ModulePath, Param, Result, Tensor};
 
 /// How `Conv2d` pads its input (with zeros, PyTorch's
-/// `padding_mode="zeros"`).
+/// `padding_mode="zeros"`). A number or a pair converts into
+/// [`Padding::Explicit`].
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// use nncore::{Conv2dConfig, Padding};
+/// let x = NdTensor::zeros(&[1, 1, 7, 6])?;
+/// let same = Conv2dConfig::new(1, 1, (4, 3)).padding(Padding::Same).build()?;
+/// assert_eq!(same.forward_nd(&x)?.shape(), vec![1, 1, 7, 6]);
+/// let valid = Conv2dConfig::new(1, 1, 3).padding(Padding::Valid).build()?;
+/// assert_eq!(valid.forward_nd(&x)?.shape(), vec![1, 1, 5, 4]);
+/// let two = Conv2dConfig::new(1, 1, 3).padding((2, 0)).build()?;
+/// assert_eq!(two.forward_nd(&x)?.shape(), vec![1, 1, 9, 4]);
+/// # Ok::<(), nncore::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Padding {
     /// `padding=p` or `padding=(ph, pw)`: that many zeros on each side.

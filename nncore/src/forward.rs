@@ -185,6 +185,19 @@ pub trait Forward: Module {
     /// # Errors
     /// As [`Forward::forward`]; [`Error::InvalidInput`] for a sample of
     /// rank > 1 on a module that takes only matrices.
+    ///
+    /// # Example
+    /// ```
+    /// use nncore::prelude::*;
+    /// // Two 3x4x4 images as the (2, 48) matrix they are stored as.
+    /// let x = Tensor::zeros(2, 48);
+    /// let (y, d) = MaxPool2d::new(2).forward_dims(&x, Dims::image(3, 4, 4))?;
+    /// assert_eq!((y.shape(), d.as_slice()), ((2, 12), &[3, 2, 2][..]));
+    /// // A layer for matrices takes flat samples only.
+    /// assert!(Linear::new(48, 2).forward_dims(&x, Dims::image(3, 4, 4)).is_err());
+    /// assert!(Linear::new(48, 2).forward_dims(&x, Dims::flat(48)).is_ok());
+    /// # Ok::<(), nncore::Error>(())
+    /// ```
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         let keep = flat_or_elementwise(self, x, dims)?;
         let y = self.forward(x)?;
