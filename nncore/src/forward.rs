@@ -19,7 +19,11 @@ use crate::{Dims, Error, ModulePath, NdTensor, Result, Tensor};
 ///   must implement `forward_train` and `backward` too to be trained.
 ///
 /// Shapes: inputs and outputs are `(batch, features)` matrices, one row
-/// per sample.
+/// per sample. Images and other shaped samples travel as the same
+/// matrices with their sample shape ([`Dims`]) beside them, through the
+/// `_dims` twins of the forwards (see [`NdTensor`](crate::NdTensor) and
+/// [`ForwardExt::forward_nd`]); their defaults take flat samples, so a
+/// module for matrices implements none of them.
 ///
 /// # Example
 /// A residual block whose forward is not a chain, trained:
