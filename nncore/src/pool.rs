@@ -388,48 +388,69 @@ impl AvgPool2d {
     }
 
     fn run(&self, x: &Tensor, g: &Geom, out: &mut Tensor) {
-        let n = g.n;
-        ensure_shape(out, n, g.c * g.oh * g.ow);
-        let x = x.as_slice();
-        let o = out.as_mut_slice();
-        for c in 0..g.c {
-            for oh in 0..g.oh {
-                for ow in 0..g.ow {
-                    let (hs, he, ws, we, div) = self.window_of(g, oh, ow);
-                    let at = ((c * g.oh + oh) * g.ow + ow) * n;
-                    let m = &mut o[at..at + n];
-                    m.fill(0.0);
-                    for ih in hs..he {
-                        for iw in ws..we {
-                            let src = &x[(c * g.h * g.w + ih * g.w + iw) * n..][..n];
-                            for (m, v) in m.iter_mut().zip(src) {
-                                *m += v;
-                            }
-                        }
+        average(x, g, |oh, ow| self.window_of(g, oh, ow), out);
+    }
+
+    fn back(&self, grad: &Tensor, g: &Geom, dx: &mut [f32]) {
+        average_back(grad, g, |oh, ow| self.window_of(g, oh, ow), dx);
+    }
+}
+
+/// Average pooling of `x` into `out`, window by window:
+/// `window(oh, ow)` gives the rows `hs..he`, columns `ws..we` inside the
+/// image and the divisor. Each step adds a pixel's `N` contiguous values.
+fn average(
+    x: &Tensor,
+    g: &Geom,
+    window: impl Fn(usize, usize) -> (usize, usize, usize, usize, f32),
+    out: &mut Tensor,
+) {
+    let n = g.n;
+    ensure_shape(out, n, g.c * g.oh * g.ow);
+    let x = x.as_slice();
+    let o = out.as_mut_slice();
+    for c in 0..g.c {
+        for oh in 0..g.oh {
+            for ow in 0..g.ow {
+                let (hs, he, ws, we, div) = window(oh, ow);
+                let at = ((c * g.oh + oh) * g.ow + ow) * n;
+                let m = &mut o[at..at + n];
+                m.fill(0.0);
+                for ih in hs..he {
+                    for iw in ws..we {
+                        let src = &x[(c * g.h * g.w + ih * g.w + iw) * n..][..n];
+                        crate::kernels::add_assign(m, src);
                     }
-                    for m in m {
-                        *m /= div;
-                    }
+                }
+                for m in m {
+                    *m /= div;
                 }
             }
         }
     }
+}
 
-    fn back(&self, grad: &Tensor, g: &Geom, dx: &mut [f32]) {
-        let n = g.n;
-        let gr = grad.as_slice();
-        for c in 0..g.c {
-            for oh in 0..g.oh {
-                for ow in 0..g.ow {
-                    let (hs, he, ws, we, div) = self.window_of(g, oh, ow);
-                    let at = ((c * g.oh + oh) * g.ow + ow) * n;
-                    let src = &gr[at..at + n];
-                    for ih in hs..he {
-                        for iw in ws..we {
-                            let d = &mut dx[(c * g.h * g.w + ih * g.w + iw) * n..][..n];
-                            for (d, v) in d.iter_mut().zip(src) {
-                                *d += v / div;
-                            }
+/// The backward pass of [`average`]: each output's gradient, divided by
+/// its window's divisor, added to every input pixel of the window.
+fn average_back(
+    grad: &Tensor,
+    g: &Geom,
+    window: impl Fn(usize, usize) -> (usize, usize, usize, usize, f32),
+    dx: &mut [f32],
+) {
+    let n = g.n;
+    let gr = grad.as_slice();
+    for c in 0..g.c {
+        for oh in 0..g.oh {
+            for ow in 0..g.ow {
+                let (hs, he, ws, we, div) = window(oh, ow);
+                let at = ((c * g.oh + oh) * g.ow + ow) * n;
+                let src = &gr[at..at + n];
+                for ih in hs..he {
+                    for iw in ws..we {
+                        let d = &mut dx[(c * g.h * g.w + ih * g.w + iw) * n..][..n];
+                        for (d, v) in d.iter_mut().zip(src) {
+                            *d += v / div;
                         }
                     }
                 }
@@ -506,58 +527,19 @@ impl AdaptiveAvgPool2d {
         (i * input / output, ((i + 1) * input).div_ceil(output))
     }
 
+    /// Output `(oh, ow)`'s window and its size.
+    fn window_of(g: &Geom, oh: usize, ow: usize) -> (usize, usize, usize, usize, f32) {
+        let (hs, he) = Self::span(oh, g.h, g.oh);
+        let (ws, we) = Self::span(ow, g.w, g.ow);
+        (hs, he, ws, we, ((he - hs) * (we - ws)) as f32)
+    }
+
     fn run(&self, x: &Tensor, g: &Geom, out: &mut Tensor) {
-        let n = g.n;
-        ensure_shape(out, n, g.c * g.oh * g.ow);
-        let x = x.as_slice();
-        let o = out.as_mut_slice();
-        for c in 0..g.c {
-            for oh in 0..g.oh {
-                let (hs, he) = Self::span(oh, g.h, g.oh);
-                for ow in 0..g.ow {
-                    let (ws, we) = Self::span(ow, g.w, g.ow);
-                    let div = ((he - hs) * (we - ws)) as f32;
-                    let at = ((c * g.oh + oh) * g.ow + ow) * n;
-                    let m = &mut o[at..at + n];
-                    m.fill(0.0);
-                    for ih in hs..he {
-                        for iw in ws..we {
-                            let src = &x[(c * g.h * g.w + ih * g.w + iw) * n..][..n];
-                            for (m, v) in m.iter_mut().zip(src) {
-                                *m += v;
-                            }
-                        }
-                    }
-                    for m in m {
-                        *m /= div;
-                    }
-                }
-            }
-        }
+        average(x, g, |oh, ow| Self::window_of(g, oh, ow), out);
     }
 
     fn back(&self, grad: &Tensor, g: &Geom, dx: &mut [f32]) {
-        let n = g.n;
-        let gr = grad.as_slice();
-        for c in 0..g.c {
-            for oh in 0..g.oh {
-                let (hs, he) = Self::span(oh, g.h, g.oh);
-                for ow in 0..g.ow {
-                    let (ws, we) = Self::span(ow, g.w, g.ow);
-                    let div = ((he - hs) * (we - ws)) as f32;
-                    let at = ((c * g.oh + oh) * g.ow + ow) * n;
-                    let src = &gr[at..at + n];
-                    for ih in hs..he {
-                        for iw in ws..we {
-                            let d = &mut dx[(c * g.h * g.w + ih * g.w + iw) * n..][..n];
-                            for (d, v) in d.iter_mut().zip(src) {
-                                *d += v / div;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        average_back(grad, g, |oh, ow| Self::window_of(g, oh, ow), dx);
     }
 }
 
