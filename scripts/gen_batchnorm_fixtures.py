@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from models import flat
+from models import flat, grads, state
 
 HERE = os.path.dirname(__file__)
 FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
@@ -47,17 +47,6 @@ class BnNet(nn.Module):
 
     def forward(self, x):
         return self.bn2(self.fc2(self.relu(self.bn1(self.fc1(x)))))
-
-
-def state(model):
-    out = {}
-    for n, t in model.state_dict().items():
-        out[n] = int(t) if t.dtype == torch.int64 else flat(t)
-    return out
-
-
-def grads(model):
-    return {n: flat(p.grad) for n, p in model.named_parameters()}
 
 
 def main():

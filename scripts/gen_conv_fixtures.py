@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from models import flat
+from models import flat, grads, state
 
 HERE = os.path.dirname(__file__)
 FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
@@ -120,17 +120,6 @@ class ResNet(nn.Module):
             x = block(x)
         x = self.mix(x)
         return self.fc(self.flat(self.pool(x)))
-
-
-def state(model):
-    out = {}
-    for n, t in model.state_dict().items():
-        out[n] = int(t) if t.dtype == torch.int64 else flat(t)
-    return out
-
-
-def grads(model):
-    return {n: flat(p.grad) for n, p in model.named_parameters()}
 
 
 def run(cls, shape, seed):

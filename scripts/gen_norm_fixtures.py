@@ -21,7 +21,7 @@ import os
 import torch
 import torch.nn as nn
 
-from models import flat
+from models import flat, grads
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "norm.json")
 
@@ -37,10 +37,6 @@ class LnNet(nn.Module):
 
     def forward(self, x):
         return self.ln2(self.fc2(self.relu(self.ln1(self.fc1(x)))))
-
-
-def grads(model):
-    return {n: flat(p.grad) for n, p in model.named_parameters()}
 
 
 def main():

@@ -67,3 +67,16 @@ class ResBlock(nn.Module):
 def flat(t):
     """A tensor's values, row-major, as Python floats (exact for f32)."""
     return [float(v) for v in t.detach().reshape(-1).tolist()]
+
+
+def state(model):
+    """The state_dict as JSON values: float lists, int64 scalars as ints."""
+    out = {}
+    for n, t in model.state_dict().items():
+        out[n] = int(t) if t.dtype == torch.int64 else flat(t)
+    return out
+
+
+def grads(model):
+    """Every parameter's gradient, by name."""
+    return {n: flat(p.grad) for n, p in model.named_parameters()}

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use nncore::prelude::*;
-use nncore::{DType, LoadOptions, SaveOptions, TensorData};
+use nncore::{LoadOptions, SaveOptions, TensorData};
 use serde_json::Value;
 
 #[derive(Module)]
@@ -64,31 +64,6 @@ fn strings(v: &Value) -> Vec<String> {
         .iter()
         .map(|s| s.as_str().unwrap().to_owned())
         .collect()
-}
-
-/// Every state_dict entry (parameters and buffers) against PyTorch's.
-fn check_state(m: &BnNet, expected: &Value, what: &str) {
-    let sd = m.state_dict();
-    // (The JSON object's keys come back sorted; the order is checked
-    // against the fixture's "keys" list.)
-    let mut keys: Vec<&str> = sd.keys().collect();
-    keys.sort_unstable();
-    assert_eq!(
-        keys,
-        expected.as_object().unwrap().keys().collect::<Vec<_>>()
-    );
-    for (name, t) in sd.iter() {
-        let e = &expected[name];
-        match t.dtype() {
-            DType::I64 => assert_eq!(t.as_i64().unwrap(), [e.as_i64().unwrap()], "{what} {name}"),
-            DType::F32 => assert_close(
-                t.as_f32().unwrap(),
-                &floats(e),
-                1e-5,
-                &format!("{what} {name}"),
-            ),
-        }
-    }
 }
 
 fn check_grads(m: &BnNet, expected: &Value, what: &str) {

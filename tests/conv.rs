@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use nncore::prelude::*;
-use nncore::{Conv2dConfig, DType, Padding, Workspace};
+use nncore::{Conv2dConfig, Padding, Workspace};
 use serde_json::Value;
 
 #[derive(Module)]
@@ -85,24 +85,6 @@ fn strings(v: &Value) -> Vec<String> {
 
 fn images(shape: &Value, values: &Value) -> NdTensor {
     NdTensor::from_row_major(&usizes(shape), &floats(values)).unwrap()
-}
-
-/// Every state_dict entry (parameters and buffers) against PyTorch's.
-fn check_state<M: Module>(m: &M, expected: &Value, what: &str) {
-    let sd = m.state_dict();
-    for (name, t) in sd.iter() {
-        let e = &expected[name];
-        match t.dtype() {
-            DType::I64 => assert_eq!(t.as_i64().unwrap(), [e.as_i64().unwrap()], "{what} {name}"),
-            _ => assert_close(
-                t.as_f32().unwrap(),
-                &floats(e),
-                1e-5,
-                &format!("{what} {name}"),
-            ),
-        }
-    }
-    assert_eq!(sd.len(), expected.as_object().unwrap().len(), "{what}");
 }
 
 /// The whole fixture case for one model: structure, initial weights,

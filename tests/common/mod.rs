@@ -94,3 +94,32 @@ pub fn check_summary<M: nncore::Forward + ?Sized>(name: &str, model: &M) {
         "{name}:\n{s}\n---- torchinfo:\n{expected}"
     );
 }
+
+/// Every state_dict entry (parameters and buffers) of `m` against the
+/// fixture's `expected` object (name -> row-major values, or an integer
+/// for an `int64` counter), within 1e-5; `what` names the moment.
+pub fn check_state<M: nncore::Module>(m: &M, expected: &Value, what: &str) {
+    use nncore::{DType, ModuleExt};
+    let sd = m.state_dict();
+    // (The JSON object's keys come back sorted; callers check the order
+    // against a fixture's "keys" list.)
+    let mut keys: Vec<&str> = sd.keys().collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        expected.as_object().unwrap().keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (name, t) in sd.iter() {
+        let e = &expected[name];
+        match t.dtype() {
+            DType::I64 => assert_eq!(t.as_i64().unwrap(), [e.as_i64().unwrap()], "{what} {name}"),
+            _ => assert_close(
+                t.as_f32().unwrap(),
+                &floats(e),
+                1e-5,
+                &format!("{what} {name}"),
+            ),
+        }
+    }
+}
