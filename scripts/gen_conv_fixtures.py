@@ -222,6 +222,13 @@ def main():
         "same_strided": error(lambda: nn.Conv2d(1, 8, 3, stride=2, padding="same")),
         "groups": error(lambda: nn.Conv2d(3, 8, 3, groups=2)),
         "bn_channels": error(lambda: nn.BatchNorm2d(3)(torch.zeros(2, 4, 3, 3))),
+        # Inputs that are not 4-d: a (batch, features) matrix, a 5-d tensor.
+        "conv_2d": error(lambda: conv(torch.zeros(2, 64))),
+        "conv_5d": error(lambda: conv(torch.zeros(2, 1, 2, 4, 4))),
+        "maxpool_5d": error(lambda: nn.MaxPool2d(2)(torch.zeros(2, 1, 2, 4, 4))),
+        "avgpool_5d": error(lambda: nn.AvgPool2d(2)(torch.zeros(2, 1, 2, 4, 4))),
+        "bn_2d": error(lambda: nn.BatchNorm2d(3)(torch.zeros(2, 64))),
+        "bn_5d": error(lambda: nn.BatchNorm2d(3)(torch.zeros(2, 1, 2, 4, 4))),
     }
     out_path = os.path.join(FIXTURES, "conv.json")
     with open(out_path, "w") as f:

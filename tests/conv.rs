@@ -284,10 +284,46 @@ fn bad_images_are_reported_with_pytorch_words_and_the_module_path() {
         msg.starts_with("Cnn.conv1 (Conv2d): Given groups=1"),
         "{msg}"
     );
-    // A plain matrix into an image layer, and an image into Linear.
+    // A plain matrix into an image layer (PyTorch's words, and how to give
+    // it its shape), other ranks, and an image into Linear.
+    let msg = Conv2d::new(1, 8, 3)
+        .forward(&Tensor::zeros(2, 64))
+        .unwrap_err()
+        .to_string();
+    let want = format!("Conv2d: {}", e["conv_2d"].as_str().unwrap());
+    assert!(msg.starts_with(&want) && msg.contains("NdTensor"), "{msg}");
+    let bn = BatchNorm2d::new(3)
+        .forward(&Tensor::zeros(2, 64))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bn.starts_with(&format!("BatchNorm2d: {}", e["bn_2d"].as_str().unwrap())),
+        "{bn}"
+    );
+    let five = NdTensor::zeros(&[2, 1, 2, 4, 4]).unwrap();
+    for (r, key, name) in [
+        (Conv2d::new(1, 8, 3).forward_nd(&five), "conv_5d", "Conv2d"),
+        (
+            MaxPool2d::new(2).forward_nd(&five),
+            "maxpool_5d",
+            "MaxPool2d",
+        ),
+        (
+            AvgPool2d::new(2).forward_nd(&five),
+            "avgpool_5d",
+            "AvgPool2d",
+        ),
+        (
+            BatchNorm2d::new(3).forward_nd(&five),
+            "bn_5d",
+            "BatchNorm2d",
+        ),
+    ] {
+        assert_eq!(err(r), format!("{name}: {}", e[key].as_str().unwrap()));
+    }
     let msg = m.forward(&Tensor::zeros(2, 144)).unwrap_err().to_string();
     assert!(
-        msg.starts_with("Cnn.conv1 (Conv2d): expected a 4-d input (N, C, H, W)"),
+        msg.starts_with("Cnn.conv1 (Conv2d): Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [2, 144]"),
         "{msg}"
     );
     let msg = Linear::new(8, 2)
@@ -531,7 +567,9 @@ fn written_forwards_report_image_shape_errors() {
     );
     let msg = m.forward(&Tensor::zeros(2, 30)).unwrap_err().to_string();
     assert!(
-        msg.starts_with("ResNet.stem (Conv2d): expected a 4-d input"),
+        msg.starts_with(
+            "ResNet.stem (Conv2d): Expected 3D (unbatched) or 4D (batched) input to conv2d"
+        ),
         "{msg}"
     );
     // Gradients of the written model on images against finite differences.
@@ -592,7 +630,10 @@ fn written_forwards_refuse_what_they_cannot_do_on_images() {
         tape: Tape::default(),
     };
     let msg = m.forward(&Tensor::zeros(2, 16)).unwrap_err().to_string();
-    assert!(msg.contains("expected a 4-d input"), "{msg}");
+    assert!(
+        msg.contains("Expected 3D (unbatched) or 4D (batched) input to conv2d"),
+        "{msg}"
+    );
 }
 
 #[test]

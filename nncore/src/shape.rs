@@ -117,19 +117,35 @@ impl Dims {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming `module` when the sample is not 3-d,
-    /// in PyTorch's words (`expected 3D (unbatched) or 4D (batched) input`).
+    /// in PyTorch's words for that layer.
     pub(crate) fn chw(&self, module: &str, n: usize) -> Result<(usize, usize, usize)> {
         match *self.as_slice() {
             [c, h, w] => Ok((c, h, w)),
             _ => Err(Error::InvalidInput {
                 path: crate::ModulePath::leaf(module),
-                message: format!(
-                    "expected a 4-d input (N, C, H, W), got a {}-d input of shape {:?}",
-                    self.rank() + 1,
-                    self.with_batch(n)
-                ),
+                message: rank_message(module, &self.with_batch(n)),
             }),
         }
+    }
+}
+
+/// What PyTorch says when image layer `module` gets an input of `shape`
+/// (batch first) that is not 4-d.
+fn rank_message(module: &str, shape: &[usize]) -> String {
+    let rank = shape.len();
+    match module {
+        "Conv2d" => format!(
+            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {shape:?}"
+        ),
+        "MaxPool2d" => "non-empty 3D or 4D (batch mode) tensor expected for input".into(),
+        "AvgPool2d" => format!(
+            "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:{shape:?}"
+        ),
+        "AdaptiveAvgPool2d" => {
+            format!("adaptive_avg_pool2d(): Expected 3D or 4D tensor, but got {shape:?}")
+        }
+        "BatchNorm2d" => format!("expected 4D input (got {rank}D input)"),
+        _ => format!("expected a 4-d input (N, C, H, W), got a {rank}-d input of shape {shape:?}"),
     }
 }
 
@@ -360,15 +376,14 @@ impl fmt::Display for Size2d {
 }
 
 /// The error of an image layer given a plain `(batch, features)` matrix
-/// through [`Forward::forward`](crate::Forward::forward), in PyTorch's
-/// words.
+/// through [`Forward::forward`](crate::Forward::forward): PyTorch's words
+/// for a 2-d input, and how to give it its shape.
 pub(crate) fn needs_image(module: &str, x: &Tensor) -> Error {
     Error::InvalidInput {
         path: crate::ModulePath::leaf(module),
         message: format!(
-            "expected a 4-d input (N, C, H, W), got a 2-d input of shape [{}, {}] (give it its shape with NdTensor and call forward_nd)",
-            x.nrows(),
-            x.ncols()
+            "{} (an image batch goes in as an NdTensor, through forward_nd)",
+            rank_message(module, &[x.nrows(), x.ncols()])
         ),
     }
 }
