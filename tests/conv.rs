@@ -683,3 +683,44 @@ fn hostile_sizes_are_errors_not_panics() {
         "{e}"
     );
 }
+
+#[test]
+fn empty_batches_give_empty_outputs_and_zero_gradients() {
+    // As PyTorch: a batch of 0 images goes through every layer.
+    let mut m = cnn();
+    let x = NdTensor::zeros(&[0, 2, 9, 8]).unwrap();
+    m.eval();
+    assert_eq!(m.forward_nd(&x).unwrap().shape(), vec![0, 5]);
+    let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+    m.forward_into_dims(x.tensor(), x.dims(), &mut out, &mut ws)
+        .unwrap();
+    assert_eq!(out.shape(), (0, 5));
+    // Training on an empty batch: the gradients are zero, not stale.
+    let mut conv = nncore::with_seed(0, || {
+        Conv2dConfig::new(4, 6, 3)
+            .groups(2)
+            .padding(1)
+            .build()
+            .unwrap()
+    });
+    let full = NdTensor::from_row_major(&[1, 4, 3, 3], &[1.0; 36]).unwrap();
+    let (y, _) = conv.forward_train_nd(&full).unwrap();
+    let g = Tensor::from_element(y.nrows(), y.ncols(), 1.0);
+    conv.backward(&g).unwrap();
+    conv.zero_grad();
+    let empty = NdTensor::zeros(&[0, 4, 3, 3]).unwrap();
+    let (y, d) = conv.forward_train_nd(&empty).unwrap();
+    assert_eq!((y.shape(), d.as_slice()), ((0, 54), &[6, 3, 3][..]));
+    let g0 = Tensor::zeros(0, 54);
+    let dx = conv.backward(&g0).unwrap();
+    assert_eq!(dx.shape(), (0, 36));
+    for (name, p) in conv.named_parameters() {
+        assert!(p.grad().unwrap().iter().all(|v| *v == 0.0), "{name}");
+    }
+    let mut pool = MaxPool2d::new(2);
+    assert_eq!(pool.forward_train_nd(&empty).unwrap().0.shape(), (0, 4));
+    // An image with no pixels is refused, in PyTorch's words.
+    let none = NdTensor::zeros(&[1, 1, 0, 4]).unwrap();
+    let e = MaxPool2d::new(1).forward_nd(&none).unwrap_err().to_string();
+    assert!(e.contains("non-empty 3D or 4D"), "{e}");
+}

@@ -634,7 +634,7 @@ impl Conv2d {
                     // column `group * ocg + o`.
                     let (pb, p0) = (col.nrows(), oh.start * g.ow * g.n);
                     let o = out.as_mut_slice();
-                    for (k, src) in scratch.as_slice().chunks_exact(pb).enumerate() {
+                    for (k, src) in scratch.as_slice().chunks_exact(pb.max(1)).enumerate() {
                         let at = (group * ocg + k) * p + p0;
                         o[at..at + pb].copy_from_slice(src);
                     }
@@ -660,12 +660,14 @@ impl Conv2d {
         let ocg = oc / groups;
         if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
             // Output channel j is the j-th run of P values of the gradient.
-            for (d, run) in db
-                .as_mut_slice()
-                .iter_mut()
-                .zip(grad.as_slice().chunks_exact(p.max(1)))
-            {
-                let s = crate::kernels::sum(run);
+            // An empty batch sums to zero (it does not leave the previous
+            // gradient behind).
+            for (j, d) in db.as_mut_slice().iter_mut().enumerate() {
+                let s = if p == 0 {
+                    0.0
+                } else {
+                    crate::kernels::sum(&grad.as_slice()[j * p..(j + 1) * p])
+                };
                 *d = if acc { *d + s } else { s };
             }
         }

@@ -101,6 +101,12 @@ impl Window {
 
     fn geometry(&self, module: &str, dims: Dims, n: usize) -> Result<Geom> {
         let (c, h, w) = dims.chw(module, n)?;
+        if c == 0 || h == 0 || w == 0 {
+            return Err(Error::InvalidInput {
+                path: ModulePath::leaf(module),
+                message: crate::shape::rank_message(module, &dims.with_batch(n)),
+            });
+        }
         let (k, s, d, p) = (self.kernel, self.stride, self.dilation, self.padding);
         let oh = out_size(h, k.h, s.h, p.h, d.h, self.ceil_mode);
         let ow = out_size(w, k.w, s.w, p.w, d.w, self.ceil_mode);
@@ -243,6 +249,11 @@ impl MaxPool2d {
             a.resize(o.len(), 0);
         }
         let plane = g.h * g.w;
+        if o.is_empty() || plane == 0 {
+            // An empty batch: nothing to pool (PyTorch returns an empty
+            // tensor too).
+            return;
+        }
         // The window's taps inside the image, for one output pixel.
         let taps = |oh: usize, ow: usize| {
             let (h0, w0) = (Window::taps(oh, s.h, p.h), Window::taps(ow, s.w, p.w));

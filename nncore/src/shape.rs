@@ -130,8 +130,9 @@ impl Dims {
 }
 
 /// What PyTorch says when image layer `module` gets an input of `shape`
-/// (batch first) that is not 4-d.
-fn rank_message(module: &str, shape: &[usize]) -> String {
+/// (batch first) that is not 4-d (or, for pooling, has an empty
+/// dimension).
+pub(crate) fn rank_message(module: &str, shape: &[usize]) -> String {
     let rank = shape.len();
     match module {
         "Conv2d" => format!(
