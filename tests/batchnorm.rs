@@ -66,17 +66,6 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
-fn check_grads(m: &BnNet, expected: &Value, what: &str) {
-    for (name, p) in m.named_parameters() {
-        assert_close(
-            &row_major(p.grad().unwrap()),
-            &floats(&expected[&name]),
-            1e-5,
-            &format!("{what} {name}"),
-        );
-    }
-}
-
 #[test]
 fn batch_norm_prints_names_and_orders_state_as_pytorch() {
     let fx = fixture("batchnorm.json");

@@ -129,14 +129,7 @@ fn check_model<M: Module + Forward>(mut m: M, c: &Value) {
         1e-5,
         "train dx",
     );
-    for (name, p) in m.named_parameters() {
-        assert_close(
-            &row_major(p.grad().unwrap()),
-            &floats(&c["train"]["grads"][&name]),
-            1e-5,
-            &format!("grad {name}"),
-        );
-    }
+    check_grads(&m, &c["train"]["grads"], "grad");
     check_state(&m, &c["train"]["state"], "after one batch");
 
     let mut opt = Sgd::new(0.1).momentum(0.9);

@@ -123,8 +123,8 @@ impl Window {
         }
     }
 
-    /// The input rows (or columns) of output row `o` along one side:
-    /// `start` (may be before the image, in the padding) and the taps.
+    /// The first input row (or column) of output row `o`'s window along
+    /// one side: negative when the window starts in the padding.
     fn taps(o: usize, s: usize, p: usize) -> isize {
         (o * s) as isize - p as isize
     }

@@ -123,3 +123,17 @@ pub fn check_state<M: nncore::Module>(m: &M, expected: &Value, what: &str) {
         }
     }
 }
+
+/// Every parameter's gradient of `m` against the fixture's `expected`
+/// object (name -> row-major values), within 1e-5.
+pub fn check_grads<M: nncore::Module>(m: &M, expected: &Value, what: &str) {
+    use nncore::ModuleExt;
+    for (name, p) in m.named_parameters() {
+        assert_close(
+            &row_major(p.grad().unwrap()),
+            &floats(&expected[&name]),
+            1e-5,
+            &format!("{what} {name}"),
+        );
+    }
+}
