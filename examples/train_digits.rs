@@ -190,7 +190,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Trains `model` for 30 epochs (SGD with momentum and weight decay,
 /// cosine learning rate, batches of 32), one line per epoch; returns the
 /// final test accuracy, which must reach 95%.
-fn fit<M: Forward>(
+fn fit<M: Backward>(
     model: &mut M,
     dims: Dims,
     data: &Dataset,

@@ -108,7 +108,7 @@ pub struct TrainStep<M> {
     grad: Tensor,
 }
 
-impl<M: Forward> TrainStep<M> {
+impl<M: Backward> TrainStep<M> {
     /// A step for `model` on a batch of `batch` with `outputs` targets.
     pub fn new(model: M, batch: usize, inputs: usize, outputs: usize) -> Self {
         Self {
@@ -203,7 +203,9 @@ impl Forward for HandBlock {
         let h = self.fc2.forward(&h)? + x;
         self.relu.forward_owned(h)
     }
+}
 
+impl Backward for HandBlock {
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> nncore::Result<&'a Tensor> {
         let h = self.fc1.forward_train(x)?;
         let h = self.relu.forward_train(h)?;

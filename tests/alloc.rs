@@ -75,7 +75,7 @@ fn image_net() -> ImageNet {
 
 /// Model-side training steps on images: zero_grad, the recording forward,
 /// backward of the parameters for a fixed output gradient, SGD.
-fn image_steps<M: Forward>(m: &mut M, x: &NdTensor, grad: &Tensor, opt: &mut Sgd, steps: usize) {
+fn image_steps<M: Backward>(m: &mut M, x: &NdTensor, grad: &Tensor, opt: &mut Sgd, steps: usize) {
     for _ in 0..steps {
         m.zero_grad();
         m.forward_train_nd(x).unwrap();

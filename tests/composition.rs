@@ -87,7 +87,7 @@ struct Deep {
     heads: Sequential,
 }
 
-fn check<M: Forward>(name: &str, make: impl FnOnce() -> M) {
+fn check<M: Backward>(name: &str, make: impl FnOnce() -> M) {
     let fx = fixture("composition.json");
     let case = case(&fx, name);
     let (mut model, x) = nncore::with_seed(case["seed"].as_u64().unwrap(), || {

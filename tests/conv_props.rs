@@ -33,7 +33,7 @@ fn ramp(g: &mut Generator, shape: [usize; 4]) -> NdTensor {
     NdTensor::from_row_major(&shape, &v).unwrap()
 }
 
-fn check<M: Forward>(m: &mut M, x: &NdTensor) -> Result<(), TestCaseError> {
+fn check<M: Backward>(m: &mut M, x: &NdTensor) -> Result<(), TestCaseError> {
     match GradCheck::new().run_nd(m, x) {
         Ok(r) => {
             prop_assert!(r.checked > 0);

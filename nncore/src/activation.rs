@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::forward::Forward;
+use crate::forward::{Backward, Forward};
 use crate::module::Module;
 use crate::ops::ensure_shape;
 use crate::print::py_float;
@@ -152,7 +152,9 @@ macro_rules! elementwise {
                 crate::kernels::map_in_place(x.as_mut_slice(), |$x| $f);
                 Ok(x)
             }
+        }
 
+        impl Backward for $name {
             fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
                 // Take the buffers out so that the closure can borrow the
                 // layer's hyper-parameters (no allocation: the default
@@ -507,7 +509,9 @@ impl Forward for Identity {
         crate::ops::copy_into(x, out);
         Ok(())
     }
+}
 
+impl Backward for Identity {
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         self.recorded = Some(x.shape());
         Ok(x)
@@ -644,7 +648,9 @@ impl Forward for Softmax {
         ensure_shape(out, x.nrows(), x.ncols());
         self.compute(x, out)
     }
+}
 
+impl Backward for Softmax {
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         let mut out = std::mem::replace(&mut self.cache.output, Tensor::zeros(0, 0));
         ensure_shape(&mut out, x.nrows(), x.ncols());

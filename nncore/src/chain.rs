@@ -15,10 +15,11 @@
 //!   type name.
 //!
 //! A chain is anything that can show its children in order to a
-//! [`Visitor`]: the derive implements [`Chain`] with one line per field,
+//! [`Visitor`]: the derive implements [`Chain`] (and [`ChainMut`], for
+//! training, when every child can be trained) with one line per field,
 //! the containers with a loop.
 
-use crate::forward::{Flow, Forward, StepOutput, Workspace};
+use crate::forward::{Backward, Flow, Forward, StepOutput, Workspace};
 use crate::summary::Trace;
 use crate::{Dims, Error, Result, Tensor};
 
@@ -56,13 +57,13 @@ pub trait Visitor<'a> {
     fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()>;
 }
 
-/// Sees the children of a chain, mutably.
+/// Sees the children of a chain, mutably, to train them.
 pub trait VisitorMut<'a> {
     /// One child.
     ///
     /// # Errors
     /// Whatever the child reports, with its name.
-    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()>;
+    fn visit<F: Backward>(&mut self, name: Name, m: &'a mut F) -> Result<()>;
 }
 
 /// A module that is a chain of its children. The derive implements it for
@@ -76,6 +77,12 @@ pub trait Chain {
     /// # Errors
     /// The visitor's.
     fn visit<'a, V: Visitor<'a>>(&'a self, v: &mut V) -> Result<()>;
+}
+
+/// A chain whose children can all be trained: the derive implements it
+/// when every child implements [`Backward`]. Not public API.
+#[doc(hidden)]
+pub trait ChainMut: Chain {
     /// The children, first to last, mutably.
     ///
     /// # Errors
@@ -151,7 +158,7 @@ struct Train<'a> {
 
 impl<'a> VisitorMut<'a> for Train<'a> {
     #[inline(always)]
-    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
+    fn visit<F: Backward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
         self.cur = m
             .forward_train(self.cur)
             .map_err(|e| name.wrap(e, self.owner))?;
@@ -166,7 +173,7 @@ struct Back<'a> {
 
 impl<'a> VisitorMut<'a> for Back<'a> {
     #[inline(always)]
-    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
+    fn visit<F: Backward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
         self.grad = m
             .backward(self.grad)
             .map_err(|e| name.wrap(e, self.owner))?;
@@ -178,13 +185,13 @@ impl<'a> VisitorMut<'a> for Back<'a> {
 /// last one visited (the chain's first) gets `backward_params`.
 struct BackParams<'a, 'g> {
     grad: &'g Tensor,
-    held: Option<(Name, &'a mut dyn Forward)>,
+    held: Option<(Name, &'a mut dyn Backward)>,
     owner: &'static str,
 }
 
 impl<'a> VisitorMut<'a> for BackParams<'a, 'a> {
     #[inline(always)]
-    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
+    fn visit<F: Backward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
         if let Some((held_name, held)) = self.held.take() {
             self.grad = held
                 .backward(self.grad)
@@ -263,12 +270,12 @@ pub fn forward_traced<C: Chain + ?Sized>(m: &C, x: &Tensor, trace: &mut Trace) -
     Ok(y)
 }
 
-/// `Forward::forward_train` of a chain.
+/// `Backward::forward_train` of a chain.
 ///
 /// # Errors
 /// As [`forward`].
 #[inline]
-pub fn forward_train<'a, C: Chain + ?Sized>(m: &'a mut C, x: &'a Tensor) -> Result<&'a Tensor> {
+pub fn forward_train<'a, C: ChainMut + ?Sized>(m: &'a mut C, x: &'a Tensor) -> Result<&'a Tensor> {
     let mut v = Train {
         cur: x,
         owner: C::NAME,
@@ -277,12 +284,12 @@ pub fn forward_train<'a, C: Chain + ?Sized>(m: &'a mut C, x: &'a Tensor) -> Resu
     Ok(v.cur)
 }
 
-/// `Forward::backward` of a chain.
+/// `Backward::backward` of a chain.
 ///
 /// # Errors
 /// As [`forward`].
 #[inline]
-pub fn backward<'a, C: Chain + ?Sized>(m: &'a mut C, grad: &'a Tensor) -> Result<&'a Tensor> {
+pub fn backward<'a, C: ChainMut + ?Sized>(m: &'a mut C, grad: &'a Tensor) -> Result<&'a Tensor> {
     let mut v = Back {
         grad,
         owner: C::NAME,
@@ -291,12 +298,12 @@ pub fn backward<'a, C: Chain + ?Sized>(m: &'a mut C, grad: &'a Tensor) -> Result
     Ok(v.grad)
 }
 
-/// `Forward::backward_params` of a chain.
+/// `Backward::backward_params` of a chain.
 ///
 /// # Errors
 /// As [`forward`].
 #[inline]
-pub fn backward_params<C: Chain + ?Sized>(m: &mut C, grad: &Tensor) -> Result<()> {
+pub fn backward_params<C: ChainMut + ?Sized>(m: &mut C, grad: &Tensor) -> Result<()> {
     let mut v = BackParams {
         grad,
         held: None,
@@ -470,7 +477,7 @@ struct TrainDims<'a> {
 }
 
 impl<'a> VisitorMut<'a> for TrainDims<'a> {
-    fn visit<F: Forward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
+    fn visit<F: Backward>(&mut self, name: Name, m: &'a mut F) -> Result<()> {
         let (y, d) = m
             .forward_train_dims(self.cur, self.dims)
             .map_err(|e| name.wrap(e, self.owner))?;
@@ -480,11 +487,11 @@ impl<'a> VisitorMut<'a> for TrainDims<'a> {
     }
 }
 
-/// `Forward::forward_train_dims` of a chain.
+/// `Backward::forward_train_dims` of a chain.
 ///
 /// # Errors
 /// As [`forward`].
-pub fn forward_train_dims<'a, C: Chain + ?Sized>(
+pub fn forward_train_dims<'a, C: ChainMut + ?Sized>(
     m: &'a mut C,
     x: &'a Tensor,
     dims: Dims,

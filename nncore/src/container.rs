@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::chain::{Chain, Name, Visitor, VisitorMut};
-use crate::forward::{Forward, Workspace};
+use crate::chain::{Chain, ChainMut, Name, Visitor, VisitorMut};
+use crate::forward::{Backward, Forward, Workspace};
 use crate::module::Module;
 use crate::print::{add_indent, fmt_module, repr};
 use crate::summary::Trace;
@@ -84,27 +84,6 @@ macro_rules! __chain_forward_methods {
         }
 
         #[inline]
-        fn forward_train<'__nncore_a>(
-            &'__nncore_a mut self,
-            x: &'__nncore_a $crate::Tensor,
-        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
-            $crate::chain::forward_train(self, x)
-        }
-
-        #[inline]
-        fn backward<'__nncore_a>(
-            &'__nncore_a mut self,
-            grad: &'__nncore_a $crate::Tensor,
-        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
-            $crate::chain::backward(self, grad)
-        }
-
-        #[inline]
-        fn backward_params(&mut self, grad: &$crate::Tensor) -> $crate::Result<()> {
-            $crate::chain::backward_params(self, grad)
-        }
-
-        #[inline]
         fn forward_traced(
             &self,
             x: &$crate::Tensor,
@@ -143,15 +122,6 @@ macro_rules! __chain_forward_methods {
         }
 
         #[inline]
-        fn forward_train_dims<'__nncore_a>(
-            &'__nncore_a mut self,
-            x: &'__nncore_a $crate::Tensor,
-            dims: $crate::Dims,
-        ) -> $crate::Result<(&'__nncore_a $crate::Tensor, $crate::Dims)> {
-            $crate::chain::forward_train_dims(self, x, dims)
-        }
-
-        #[inline]
         fn forward_traced_dims(
             &self,
             x: &$crate::Tensor,
@@ -159,6 +129,44 @@ macro_rules! __chain_forward_methods {
             trace: &mut $crate::Trace,
         ) -> $crate::Result<($crate::Tensor, $crate::Dims)> {
             $crate::chain::forward_traced_dims(self, x, dims, trace)
+        }
+    };
+}
+
+/// The `Backward` methods of a [`ChainMut`], delegating to the chain
+/// engine. Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __chain_backward_methods {
+    () => {
+        #[inline]
+        fn forward_train<'__nncore_a>(
+            &'__nncore_a mut self,
+            x: &'__nncore_a $crate::Tensor,
+        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
+            $crate::chain::forward_train(self, x)
+        }
+
+        #[inline]
+        fn backward<'__nncore_a>(
+            &'__nncore_a mut self,
+            grad: &'__nncore_a $crate::Tensor,
+        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
+            $crate::chain::backward(self, grad)
+        }
+
+        #[inline]
+        fn backward_params(&mut self, grad: &$crate::Tensor) -> $crate::Result<()> {
+            $crate::chain::backward_params(self, grad)
+        }
+
+        #[inline]
+        fn forward_train_dims<'__nncore_a>(
+            &'__nncore_a mut self,
+            x: &'__nncore_a $crate::Tensor,
+            dims: $crate::Dims,
+        ) -> $crate::Result<(&'__nncore_a $crate::Tensor, $crate::Dims)> {
+            $crate::chain::forward_train_dims(self, x, dims)
         }
     };
 }
@@ -205,7 +213,12 @@ macro_rules! module_list {
                 }
                 Ok(())
             }
+        }
 
+        impl<$($generics)*> ChainMut for ModuleListOf!($($generics)*)
+        where
+            M: Backward,
+        {
             fn visit_mut<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()> {
                 for (i, m) in self.iter_mut().enumerate() {
                     v.visit(Name::Index(i), m)?;
@@ -227,6 +240,14 @@ macro_rules! module_list {
             M: Forward,
         {
             crate::__chain_forward_methods!();
+        }
+
+        /// Trained in order, when every element can be.
+        impl<$($generics)*> Backward for ModuleListOf!($($generics)*)
+        where
+            M: Backward,
+        {
+            crate::__chain_backward_methods!();
         }
     };
 }
@@ -281,15 +302,6 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, ws: &mut Workspace) -> Result<()> {
         (**self).forward_into(x, out, ws)
     }
-    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-        (**self).forward_train(x)
-    }
-    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        (**self).backward(grad)
-    }
-    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
-        (**self).backward_params(grad)
-    }
     fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
         (**self).forward_traced(x, trace)
     }
@@ -311,13 +323,6 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     ) -> Result<Dims> {
         (**self).forward_into_dims(x, dims, out, ws)
     }
-    fn forward_train_dims<'a>(
-        &'a mut self,
-        x: &'a Tensor,
-        dims: Dims,
-    ) -> Result<(&'a Tensor, Dims)> {
-        (**self).forward_train_dims(x, dims)
-    }
     fn forward_traced_dims(
         &self,
         x: &Tensor,
@@ -328,16 +333,36 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     }
 }
 
-/// A layer that a [`Sequential`] can hold: any `Forward` module that can
-/// be shared across threads. Implemented for every such type.
-pub trait Layer: Forward + Send + Sync {
+impl<T: Backward + ?Sized> Backward for Box<T> {
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        (**self).forward_train(x)
+    }
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        (**self).backward(grad)
+    }
+    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+        (**self).backward_params(grad)
+    }
+    fn forward_train_dims<'a>(
+        &'a mut self,
+        x: &'a Tensor,
+        dims: Dims,
+    ) -> Result<(&'a Tensor, Dims)> {
+        (**self).forward_train_dims(x, dims)
+    }
+}
+
+/// A layer that a [`Sequential`] can hold: any module that can be trained
+/// ([`Backward`], as every nncore layer) and shared across threads.
+/// Implemented for every such type.
+pub trait Layer: Backward + Send + Sync {
     /// `self` as a `Module`.
     fn as_module(&self) -> &dyn Module;
     /// `self` as a mutable `Module`.
     fn as_module_mut(&mut self) -> &mut dyn Module;
 }
 
-impl<T: Forward + Send + Sync> Layer for T {
+impl<T: Backward + Send + Sync> Layer for T {
     fn as_module(&self) -> &dyn Module {
         self
     }
@@ -462,7 +487,9 @@ impl Chain for Sequential {
         }
         Ok(())
     }
+}
 
+impl ChainMut for Sequential {
     fn visit_mut<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()> {
         for (i, l) in self.layers.iter_mut().enumerate() {
             v.visit(Name::Index(i), l)?;
@@ -480,6 +507,10 @@ impl Chain for Sequential {
 
 impl Forward for Sequential {
     crate::__chain_forward_methods!();
+}
+
+impl Backward for Sequential {
+    crate::__chain_backward_methods!();
 }
 
 /// Builds a [`Sequential`] from layers: `seq![Linear::new(4, 8),

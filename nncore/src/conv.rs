@@ -13,7 +13,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::forward::{check_dims, Forward};
+use crate::forward::{check_dims, Backward, Forward};
 use crate::module::Module;
 use crate::ops::{ensure_shape, matmul, matmul_bias, Trans};
 use crate::shape::{needs_image, Size2d};
@@ -850,10 +850,6 @@ impl Forward for Conv2d {
         Err(needs_image("Conv2d", x))
     }
 
-    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-        Err(needs_image("Conv2d", x))
-    }
-
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         check_dims("Conv2d", x, dims)?;
         let g = self.geometry(dims, x.nrows())?;
@@ -883,6 +879,12 @@ impl Forward for Conv2d {
         ws.give(scratch);
         ws.give_list(cols);
         Ok(self.out_dims(&g))
+    }
+}
+
+impl Backward for Conv2d {
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        Err(needs_image("Conv2d", x))
     }
 
     fn forward_train_dims<'a>(

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::forward::Forward;
+use crate::forward::{Backward, Forward};
 use crate::module::Module;
 use crate::ops::ensure_shape;
 use crate::print::py_float;
@@ -11,7 +11,7 @@ use crate::{with_default_generator, Error, Generator, ModulePath, Result, Tensor
 /// PyTorch's `nn.Dropout(p)`: in training, each element is zeroed with
 /// probability `p` and the survivors are scaled by `1 / (1 - p)`.
 ///
-/// Dropout acts only in [`Forward::forward_train`] while the module is in
+/// Dropout acts only in [`Backward::forward_train`] while the module is in
 /// training mode (`model.train()`, the default). [`Forward::forward`] is
 /// inference and always the identity, whatever the mode: in nncore,
 /// training state never changes what `forward` returns, so that a model can
@@ -132,7 +132,9 @@ impl Forward for Dropout {
         crate::ops::copy_into(x, out);
         Ok(())
     }
+}
 
+impl Backward for Dropout {
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         self.shape = x.shape();
         if !self.training || self.p == 0.0 {
@@ -323,10 +325,6 @@ impl Forward for Dropout2d {
         Err(crate::shape::needs_image("Dropout2d", x))
     }
 
-    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-        Err(crate::shape::needs_image("Dropout2d", x))
-    }
-
     fn forward_dims(&self, x: &Tensor, dims: crate::Dims) -> Result<(Tensor, crate::Dims)> {
         crate::forward::check_dims("Dropout2d", x, dims)?;
         dims.chw("Dropout2d", x.nrows())?;
@@ -350,6 +348,12 @@ impl Forward for Dropout2d {
         dims.chw("Dropout2d", x.nrows())?;
         crate::ops::copy_into(x, out);
         Ok(dims)
+    }
+}
+
+impl Backward for Dropout2d {
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        Err(crate::shape::needs_image("Dropout2d", x))
     }
 
     fn forward_train_dims<'a>(

@@ -89,12 +89,6 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
-    /// `backward` was called on a module that has no backward pass.
-    #[error("{path}: backward is not implemented for this module (implement `Forward::forward_train` and `Forward::backward`)")]
-    BackwardUnsupported {
-        /// Where it happened.
-        path: ModulePath,
-    },
     /// `backward` was called without a `forward_train` before it, or twice
     /// for one `forward_train`.
     #[error("{path}: backward called without a recorded forward (call `forward_train` before each `backward`)")]
@@ -193,7 +187,6 @@ impl Error {
         match self {
             Error::FeatureMismatch { path, .. }
             | Error::InvalidInput { path, .. }
-            | Error::BackwardUnsupported { path }
             | Error::NoRecordedForward { path } => Some(path),
             _ => None,
         }
@@ -203,7 +196,6 @@ impl Error {
         match self {
             Error::FeatureMismatch { path, .. }
             | Error::InvalidInput { path, .. }
-            | Error::BackwardUnsupported { path }
             | Error::NoRecordedForward { path } => Some(path),
             _ => None,
         }

@@ -5,18 +5,19 @@ use crate::module::Module;
 use crate::summary::Trace;
 use crate::{Dims, Error, ModulePath, NdTensor, Result, Tensor};
 
-/// How data flows through a module: PyTorch's `forward`, plus the
-/// recording forward and the backward pass used for training.
+/// How data flows through a module: PyTorch's `forward`, for inference.
+/// Training (the recording forward and the backward pass) is
+/// [`Backward`], a trait of its own.
 ///
 /// Three ways to get it:
 /// - `#[derive(Module)]` alone applies the fields in declaration order
 ///   (and, for training, their backward passes in reverse order);
 /// - a written forward: a `Tape` field and `#[nncore::forward]` on an
 ///   `impl` block with `fn forward(&self, x: &Tensor) -> Result<Tensor>`,
-///   from which inference, `forward_into`, tracing, `forward_train` and
-///   `backward` are all generated;
-/// - `#[module(custom_forward)]` and a hand-written `impl Forward`, which
-///   must implement `forward_train` and `backward` too to be trained.
+///   from which inference, `forward_into`, tracing, and `Backward`'s
+///   `forward_train` and `backward` are all generated;
+/// - `#[module(custom_forward)]` and a hand-written `impl Forward` (and
+///   `impl Backward` to train it).
 ///
 /// Shapes: inputs and outputs are `(batch, features)` matrices, one row
 /// per sample. Images and other shaped samples travel as the same
@@ -75,42 +76,6 @@ pub trait Forward: Module {
         self.forward(&x)
     }
 
-    /// The training forward: computes the same output as
-    /// [`Forward::forward`] and records what [`Forward::backward`] needs.
-    /// The output lives in a buffer of the module's, reused across steps.
-    ///
-    /// # Errors
-    /// As [`Forward::forward`]; [`Error::BackwardUnsupported`] for a module
-    /// without a backward pass.
-    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-        let _ = x;
-        Err(Error::BackwardUnsupported {
-            path: ModulePath::leaf(self.name()),
-        })
-    }
-
-    /// The backward pass: given `dL/d output` for the last
-    /// [`Forward::forward_train`], accumulates every parameter's gradient
-    /// and returns `dL/d input`.
-    ///
-    /// # Errors
-    /// [`Error::NoRecordedForward`] without a `forward_train` before it (or
-    /// on a second backward for one forward); a gradient of the wrong
-    /// shape; [`Error::BackwardUnsupported`] for a module without a
-    /// backward pass.
-    ///
-    /// After an error the parameters' gradients are undefined: the children
-    /// after the failing one (in backward order) may already have
-    /// accumulated theirs, as in PyTorch. Call `zero_grad()` (and run
-    /// `forward_train` again) before the next step; an optimizer step on
-    /// such gradients would apply a partial update.
-    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        let _ = grad;
-        Err(Error::BackwardUnsupported {
-            path: ModulePath::leaf(self.name()),
-        })
-    }
-
     /// Inference into `out` (resized as needed), with intermediate buffers
     /// taken from and returned to `ws`: once `out` and `ws` have served one
     /// call of the same shapes, a call allocates nothing. Computes what
@@ -138,21 +103,6 @@ pub trait Forward: Module {
         let _ = ws;
         *out = self.forward(x)?;
         Ok(())
-    }
-
-    /// [`Forward::backward`] without computing `dL/d input`: what training
-    /// needs when the input is data, not a parameter (PyTorch skips the
-    /// input's gradient when the input does not require one). Derived
-    /// modules and containers pass it to their first child, so a model's
-    /// first `Linear` skips one of its three matrix products.
-    ///
-    /// # Errors
-    /// As [`Forward::backward`].
-    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
-        // `backward` ties the gradient's lifetime to `self`; copy-free
-        // callers go through the derived and container impls.
-        let grad = grad.clone();
-        self.backward(&grad).map(|_| ())
     }
 
     /// [`Forward::forward`] that also records every submodule's output
@@ -246,23 +196,6 @@ pub trait Forward: Module {
         Ok(keep.unwrap_or(Dims::flat(out.ncols())))
     }
 
-    /// [`Forward::forward_train`] for samples of shape `dims`; returns the
-    /// output's sample shape with it. [`Forward::backward`] then takes the
-    /// gradient as the same `(batch, numel)` matrix as the output.
-    ///
-    /// # Errors
-    /// As [`Forward::forward_dims`] and [`Forward::forward_train`].
-    fn forward_train_dims<'a>(
-        &'a mut self,
-        x: &'a Tensor,
-        dims: Dims,
-    ) -> Result<(&'a Tensor, Dims)> {
-        let keep = flat_or_elementwise(self, x, dims)?;
-        let y = self.forward_train(x)?;
-        let d = keep.unwrap_or(Dims::flat(y.ncols()));
-        Ok((y, d))
-    }
-
     /// [`Forward::forward_traced`] for samples of shape `dims`.
     ///
     /// # Errors
@@ -280,6 +213,115 @@ pub trait Forward: Module {
         }
         let (y, d) = self.forward_dims(x, dims)?;
         trace.record_dims(y.nrows(), d);
+        Ok((y, d))
+    }
+}
+
+/// Training: the recording forward and the backward pass. A module has it
+/// when it can be trained, which the compiler checks: a derived chain or a
+/// container has it when every child has it; a written forward
+/// (`#[nncore::forward]`) has it always, and so needs children that have
+/// it. Every layer of nncore has it. A hand-written module
+/// (`#[module(custom_forward)]`) implements it to be trained.
+///
+/// Shapes: `forward_train` takes and returns what
+/// [`Forward::forward`] does; `backward` takes `dL/d output` of the
+/// output's shape and returns `dL/d input` of the input's shape.
+///
+/// # Example
+/// A hand-written layer that doubles its input, trained:
+/// ```
+/// use nncore::prelude::*;
+///
+/// #[derive(Module)]
+/// #[module(custom_forward)]
+/// struct Double {
+///     #[module(skip)]
+///     out: Tensor,
+///     #[module(skip)]
+///     grad: Tensor,
+/// }
+///
+/// impl Forward for Double {
+///     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+///         Ok(x * 2.0)
+///     }
+/// }
+///
+/// impl Backward for Double {
+///     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+///         self.out = x * 2.0;
+///         Ok(&self.out)
+///     }
+///     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+///         self.grad = grad * 2.0;
+///         Ok(&self.grad)
+///     }
+/// }
+///
+/// let mut m = Double { out: Tensor::zeros(0, 0), grad: Tensor::zeros(0, 0) };
+/// nncore::gradcheck(&mut m, &Tensor::from_element(2, 3, 0.5))?;
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be trained: it has no backward pass",
+    label = "`{Self}` does not implement `nncore::Backward`",
+    note = "a derived chain, a container or a written forward trains only children that implement `nncore::Backward` (every nncore layer does); implement it for a hand-written module to train it"
+)]
+pub trait Backward: Forward {
+    /// The training forward: computes the same output as
+    /// [`Forward::forward`] and records what [`Backward::backward`] needs.
+    /// The output lives in a buffer of the module's, reused across steps.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`].
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor>;
+
+    /// The backward pass: given `dL/d output` for the last
+    /// [`Backward::forward_train`], accumulates every parameter's gradient
+    /// and returns `dL/d input`.
+    ///
+    /// # Errors
+    /// [`Error::NoRecordedForward`] without a `forward_train` before it (or
+    /// on a second backward for one forward); a gradient of the wrong
+    /// shape.
+    ///
+    /// After an error the parameters' gradients are undefined: the children
+    /// after the failing one (in backward order) may already have
+    /// accumulated theirs, as in PyTorch. Call `zero_grad()` (and run
+    /// `forward_train` again) before the next step; an optimizer step on
+    /// such gradients would apply a partial update.
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor>;
+
+    /// [`Backward::backward`] without computing `dL/d input`: what training
+    /// needs when the input is data, not a parameter (PyTorch skips the
+    /// input's gradient when the input does not require one). Derived
+    /// modules and containers pass it to their first child, so a model's
+    /// first `Linear` skips one of its three matrix products.
+    ///
+    /// # Errors
+    /// As [`Backward::backward`].
+    fn backward_params(&mut self, grad: &Tensor) -> Result<()> {
+        // `backward` ties the gradient's lifetime to `self`; copy-free
+        // callers go through the derived and container impls.
+        let grad = grad.clone();
+        self.backward(&grad).map(|_| ())
+    }
+
+    /// [`Backward::forward_train`] for samples of shape `dims`; returns the
+    /// output's sample shape with it. [`Backward::backward`] then takes the
+    /// gradient as the same `(batch, numel)` matrix as the output.
+    ///
+    /// # Errors
+    /// As [`Forward::forward_dims`] and [`Backward::forward_train`].
+    fn forward_train_dims<'a>(
+        &'a mut self,
+        x: &'a Tensor,
+        dims: Dims,
+    ) -> Result<(&'a Tensor, Dims)> {
+        let keep = flat_or_elementwise(self, x, dims)?;
+        let y = self.forward_train(x)?;
+        let d = keep.unwrap_or(Dims::flat(y.ncols()));
         Ok((y, d))
     }
 }
@@ -363,12 +405,15 @@ pub trait ForwardExt: Forward {
 
     /// The training forward on a batch of shaped samples; returns the
     /// output as a `(batch, numel)` matrix (what losses take) and the
-    /// shape of its samples. [`Forward::backward`] takes the gradient in
+    /// shape of its samples. [`Backward::backward`] takes the gradient in
     /// the same matrix form.
     ///
     /// # Errors
     /// As [`ForwardExt::forward_nd`].
-    fn forward_train_nd<'a>(&'a mut self, x: &'a NdTensor) -> Result<(&'a Tensor, Dims)> {
+    fn forward_train_nd<'a>(&'a mut self, x: &'a NdTensor) -> Result<(&'a Tensor, Dims)>
+    where
+        Self: Backward,
+    {
         self.forward_train_dims(x.tensor(), x.dims())
     }
 }

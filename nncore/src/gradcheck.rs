@@ -1,7 +1,7 @@
 //! A gradient check for any module, in the spirit of
 //! `torch.autograd.gradcheck`.
 
-use crate::forward::Forward;
+use crate::forward::Backward;
 use crate::module::Module;
 use crate::module::ModuleExt;
 use crate::{Dims, Error, Generator, NdTensor, Result, Tensor};
@@ -132,7 +132,7 @@ impl GradCheck {
     /// [`Error::GradCheck`] naming the first mismatching element (and how
     /// many mismatch in all); whatever the forward or backward report; an
     /// invalid setting ([`Error::InvalidArgument`]).
-    pub fn run<M: Forward + ?Sized>(&self, model: &mut M, x: &Tensor) -> Result<GradCheckReport> {
+    pub fn run<M: Backward + ?Sized>(&self, model: &mut M, x: &Tensor) -> Result<GradCheckReport> {
         self.run_dims(model, x, Dims::flat(x.ncols()))
     }
 
@@ -152,7 +152,7 @@ impl GradCheck {
     /// assert_eq!(report.checked, 3 * 2 * 2 * 2 + 3 + 2 * 2 * 3 * 3);
     /// # Ok::<(), nncore::Error>(())
     /// ```
-    pub fn run_nd<M: Forward + ?Sized>(
+    pub fn run_nd<M: Backward + ?Sized>(
         &self,
         model: &mut M,
         x: &NdTensor,
@@ -160,7 +160,7 @@ impl GradCheck {
         self.run_dims(model, x.tensor(), x.dims())
     }
 
-    fn run_dims<M: Forward + ?Sized>(
+    fn run_dims<M: Backward + ?Sized>(
         &self,
         model: &mut M,
         x: &Tensor,
@@ -172,7 +172,7 @@ impl GradCheck {
         result
     }
 
-    fn check<M: Forward + ?Sized>(
+    fn check<M: Backward + ?Sized>(
         &self,
         model: &mut M,
         x: &Tensor,
@@ -327,6 +327,6 @@ fn set_param<M: Module + ?Sized>(m: &mut M, index: usize, e: usize, value: f32) 
 ///
 /// # Errors
 /// As [`GradCheck::run`].
-pub fn gradcheck<M: Forward + ?Sized>(model: &mut M, x: &Tensor) -> Result<GradCheckReport> {
+pub fn gradcheck<M: Backward + ?Sized>(model: &mut M, x: &Tensor) -> Result<GradCheckReport> {
     GradCheck::new().run(model, x)
 }

@@ -37,7 +37,10 @@
 //! them all.
 //!
 //! ## 2. Train
-//! [`Forward::forward_train`] records what [`Forward::backward`] needs; a
+//! Training is the [`Backward`] trait, which a model has when every layer
+//! in it can be trained (the compiler checks it: training a model with a
+//! hand-written layer that has no backward pass does not compile).
+//! [`Backward::forward_train`] records what [`Backward::backward`] needs; a
 //! loss gives the output's gradient; an optimizer steps:
 //!
 //! ```
@@ -159,7 +162,7 @@ pub use error::{Error, ModulePath, Result};
 /// Internals of printing and of the chain engine; not public API.
 #[doc(hidden)]
 pub use forward::Flow;
-pub use forward::{Forward, ForwardExt, Workspace};
+pub use forward::{Backward, Forward, ForwardExt, Workspace};
 pub use gradcheck::{gradcheck, GradCheck, GradCheckReport};
 pub use linear::Linear;
 pub use loss::{
@@ -251,10 +254,11 @@ pub mod __private_v1 {
 pub mod prelude {
     pub use crate::{
         bce_with_logits, clip_grad_norm_, clip_grad_value_, cross_entropy, forward, mse_loss, seq,
-        Adam, AdaptiveAvgPool2d, AvgPool2d, BCEWithLogitsLoss, BatchNorm1d, BatchNorm2d, Buffer,
-        Conv2d, CrossEntropyLoss, Dims, Dropout, Flatten, Forward, ForwardExt, GeluApproximate,
-        Identity, LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss, MaxPool2d,
-        Module, ModuleExt, NdTensor, Optimizer, OptimizerCheckpoint, Param, ReLU, Reduction,
-        Result, SchedulerCheckpoint, Sequential, Sgd, Sigmoid, Softmax, Tanh, Tape, Tensor, GELU,
+        Adam, AdaptiveAvgPool2d, AvgPool2d, BCEWithLogitsLoss, Backward, BatchNorm1d, BatchNorm2d,
+        Buffer, Conv2d, CrossEntropyLoss, Dims, Dropout, Flatten, Forward, ForwardExt,
+        GeluApproximate, Identity, LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss,
+        MaxPool2d, Module, ModuleExt, NdTensor, Optimizer, OptimizerCheckpoint, Param, ReLU,
+        Reduction, Result, SchedulerCheckpoint, Sequential, Sgd, Sigmoid, Softmax, Tanh, Tape,
+        Tensor, GELU,
     };
 }

@@ -6,7 +6,7 @@
 
 mod packed;
 
-use crate::forward::Forward;
+use crate::forward::{Backward, Forward};
 use crate::module::Module;
 use crate::ops::{ensure_shape, matmul, matmul_bias, matmul_bias_new, Trans};
 use crate::{with_default_generator, Error, Generator, ModulePath, Param, Result, Tensor};
@@ -424,7 +424,9 @@ impl Forward for Linear {
         self.with_inference_weight(x.nrows(), |w, t| self.apply(x, w, t, out));
         Ok(())
     }
+}
 
+impl Backward for Linear {
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         self.check_input(x)?;
         crate::ops::copy_into(x, &mut self.input);

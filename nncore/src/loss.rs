@@ -2,7 +2,7 @@
 //!
 //! Each loss takes the model's output of shape `(batch, features)` and
 //! returns the loss value with `dL/d output`, ready for
-//! [`Forward::backward`](crate::Forward::backward). Defaults are PyTorch's:
+//! [`Backward::backward`](crate::Backward::backward). Defaults are PyTorch's:
 //! reduction `mean`.
 //!
 //! ```

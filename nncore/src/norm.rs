@@ -3,7 +3,7 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 
-use crate::forward::{check_dims, Forward};
+use crate::forward::{check_dims, Backward, Forward};
 use crate::kernels;
 use crate::module::{begin_backward, Module};
 use crate::ops::{as_uninit, ensure_shape, new_filled};
@@ -211,7 +211,9 @@ impl Forward for LayerNorm {
         ws.give(stats);
         Ok(())
     }
+}
 
+impl Backward for LayerNorm {
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         self.check(x)?;
         let mut xhat = std::mem::replace(&mut self.xhat, Tensor::zeros(0, 0));
@@ -268,7 +270,7 @@ impl fmt::Display for LayerNorm {
 /// input: each feature is normalized over the batch to mean 0 and
 /// variance 1, then scaled by `weight` and shifted by `bias`.
 ///
-/// - In training mode, [`Forward::forward_train`] normalizes with the
+/// - In training mode, [`Backward::forward_train`] normalizes with the
 ///   batch's statistics (biased variance) and, with
 ///   `track_running_stats`, updates the buffers as PyTorch does:
 ///   `running = (1 - momentum) * running + momentum * batch`, with the
@@ -690,7 +692,9 @@ impl Forward for BatchNorm1d {
         );
         Ok(())
     }
+}
 
+impl Backward for BatchNorm1d {
     fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
         let batch = self.uses_batch_stats(self.training);
         self.check(x, batch)?;
@@ -922,10 +926,6 @@ impl Forward for BatchNorm2d {
         Err(needs_image("BatchNorm2d", x))
     }
 
-    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-        Err(needs_image("BatchNorm2d", x))
-    }
-
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         let mut rows = Tensor::zeros(0, 0);
         let (n, c, hw) = Self::rows_of(x, dims, &mut rows)?;
@@ -950,6 +950,12 @@ impl Forward for BatchNorm2d {
         });
         ws.give(rows);
         r
+    }
+}
+
+impl Backward for BatchNorm2d {
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        Err(needs_image("BatchNorm2d", x))
     }
 
     fn forward_train_dims<'a>(

@@ -835,7 +835,7 @@ impl SchedulerCheckpoint for CosineAnnealingLr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Forward, Linear};
+    use crate::{Backward, Linear};
 
     /// Adam's step counter is wide: past 2^31 steps it neither overflows
     /// nor writes NaN weights.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::forward::{check_dims, Forward};
+use crate::forward::{check_dims, Backward, Forward};
 use crate::module::Module;
 use crate::ops::ensure_shape;
 use crate::shape::{needs_image, Size2d};
@@ -626,10 +626,6 @@ macro_rules! pooling_forward {
                 Err(needs_image(stringify!($ty), x))
             }
 
-            fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-                Err(needs_image(stringify!($ty), x))
-            }
-
             fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
                 check_dims(stringify!($ty), x, dims)?;
                 let $rg = &self.geometry(dims, x.nrows())?;
@@ -655,6 +651,12 @@ macro_rules! pooling_forward {
                 let $rrec: Option<&mut Vec<u32>> = None;
                 $run;
                 Ok($rg.out_dims())
+            }
+        }
+
+        impl Backward for $ty {
+            fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+                Err(needs_image(stringify!($ty), x))
             }
 
             fn forward_train_dims<'a>(
@@ -864,19 +866,6 @@ impl Forward for Flatten {
         Ok(())
     }
 
-    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
-        self.out_dims(Dims::flat(x.ncols()), x.nrows())?;
-        Ok(x)
-    }
-
-    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
-        Ok(grad)
-    }
-
-    fn backward_params(&mut self, _grad: &Tensor) -> Result<()> {
-        Ok(())
-    }
-
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         check_dims("Flatten", x, dims)?;
         Ok((x.clone(), self.out_dims(dims, x.nrows())?))
@@ -899,6 +888,21 @@ impl Forward for Flatten {
         let d = self.out_dims(dims, x.nrows())?;
         crate::ops::copy_into(x, out);
         Ok(d)
+    }
+}
+
+impl Backward for Flatten {
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> Result<&'a Tensor> {
+        self.out_dims(Dims::flat(x.ncols()), x.nrows())?;
+        Ok(x)
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
+        Ok(grad)
+    }
+
+    fn backward_params(&mut self, _grad: &Tensor) -> Result<()> {
+        Ok(())
     }
 
     fn forward_train_dims<'a>(

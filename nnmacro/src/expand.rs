@@ -38,6 +38,15 @@ fn fallback(input: &syn::DeriveInput) -> TokenStream {
                     ::core::unimplemented!()
                 }
             }
+            #[automatically_derived]
+            impl #impl_generics ::nncore::Backward for #ident #ty_generics #where_clause {
+                fn forward_train<'__a>(&'__a mut self, _: &'__a ::nncore::Tensor) -> ::nncore::Result<&'__a ::nncore::Tensor> {
+                    ::core::unimplemented!()
+                }
+                fn backward<'__a>(&'__a mut self, _: &'__a ::nncore::Tensor) -> ::nncore::Result<&'__a ::nncore::Tensor> {
+                    ::core::unimplemented!()
+                }
+            }
         }
     };
     quote! {
@@ -102,6 +111,33 @@ fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
             let ty = f.module_ty();
             quote_spanned!(ty.span()=> #ty: #bound,)
         });
+    let field_bounds: Vec<TokenStream> = field_bounds.collect();
+    if existing.is_empty() && field_bounds.is_empty() {
+        return TokenStream::new();
+    }
+    quote!(where #existing #(#field_bounds)*)
+}
+
+/// The `where` clause of the training impls: the original predicates plus
+/// `for<'__nncore_t> Child: Backward` for every child. The higher-ranked
+/// form keeps a bound on a concrete type from being checked where the
+/// impl is written: a struct with a child that cannot be trained simply
+/// has no `Backward` impl, and training it is a compile error at the call
+/// that names the child's type.
+fn backward_where_clause(input: &Input<'_>) -> TokenStream {
+    let existing = input
+        .generics
+        .where_clause
+        .as_ref()
+        .map(|w| {
+            let preds = w.predicates.iter();
+            quote!(#(#preds,)*)
+        })
+        .unwrap_or_default();
+    let field_bounds = input.children().map(|f| {
+        let ty = f.module_ty();
+        quote_spanned!(ty.span()=> for<'__nncore_t> #ty: ::nncore::Backward,)
+    });
     let field_bounds: Vec<TokenStream> = field_bounds.collect();
     if existing.is_empty() && field_bounds.is_empty() {
         return TokenStream::new();
@@ -276,6 +312,7 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
     let ident = input.ident;
     let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
     let forward_where = where_clause(input, &quote!(::nncore::Forward));
+    let backward_where = backward_where_clause(input);
 
     // One visit per child, spanned on the child's type, so that a child
     // without a forward pass is reported at the field. The chain engine in
@@ -310,7 +347,10 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
             ) -> ::nncore::Result<()> {
                 #shared
             }
+        }
 
+        #[automatically_derived]
+        impl #impl_generics ::nncore::__private_v1::chain::ChainMut for #ident #ty_generics #backward_where {
             fn visit_mut<'__a, __V: ::nncore::__private_v1::chain::VisitorMut<'__a>>(
                 &'__a mut self,
                 __v: &mut __V,
@@ -329,6 +369,11 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
         #[automatically_derived]
         impl #impl_generics ::nncore::Forward for #ident #ty_generics #forward_where {
             ::nncore::__chain_forward_methods!();
+        }
+
+        #[automatically_derived]
+        impl #impl_generics ::nncore::Backward for #ident #ty_generics #backward_where {
+            ::nncore::__chain_backward_methods!();
         }
     }
 }

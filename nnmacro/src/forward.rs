@@ -542,9 +542,12 @@ impl Lower<'_> {
             Some(i) if list => quote!(::nncore::__private_v1::Site::element(#id, #field, #i)),
             _ => quote!(::nncore::__private_v1::Site::field(#id, #field)),
         };
-        let m = if self.train { module_mut } else { module };
+        let span = whole.to_token_stream().span();
+        // The module expression takes the call's place, so that a child
+        // that cannot be trained is reported at its call in the forward.
+        let m = relocate(if self.train { module_mut } else { module }, span);
         (
-            quote_spanned! {whole.to_token_stream().span()=>
+            quote_spanned! {span=>
                 { let __a = #arg; __cx.call(#m, #site, __a) }
             },
             Kind::Tensor,
@@ -1229,6 +1232,15 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
                         ::core::unimplemented!()
                     }
                 }
+                #[automatically_derived]
+                impl #impl_generics ::nncore::Backward for #self_ty #where_clause {
+                    fn forward_train<'__a>(&'__a mut self, _: &'__a ::nncore::Tensor) -> ::nncore::Result<&'__a ::nncore::Tensor> {
+                        ::core::unimplemented!()
+                    }
+                    fn backward<'__a>(&'__a mut self, _: &'__a ::nncore::Tensor) -> ::nncore::Result<&'__a ::nncore::Tensor> {
+                        ::core::unimplemented!()
+                    }
+                }
             },
         );
     }
@@ -1240,13 +1252,15 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
     let accesses = sites.iter().enumerate().map(|(id, access)| {
         let id = id as u32;
         let body = match access {
-            Access::Field(m) => {
-                quote!(::core::option::Option::Some(::nncore::__private_v1::dyn_mut(&mut self.#m)))
-            }
-            Access::Element(m) => {
-                quote!(self.#m.get_mut(__site.index).map(::nncore::__private_v1::dyn_mut))
-            }
-            Access::Optional(m) => quote!(self.#m.as_mut().map(::nncore::__private_v1::dyn_mut)),
+            Access::Field(m) => quote_spanned! {m.span()=>
+                ::core::option::Option::Some(::nncore::__private_v1::dyn_mut(&mut self.#m))
+            },
+            Access::Element(m) => quote_spanned! {m.span()=>
+                self.#m.get_mut(__site.index).map(::nncore::__private_v1::dyn_mut)
+            },
+            Access::Optional(m) => quote_spanned! {m.span()=>
+                self.#m.as_mut().map(::nncore::__private_v1::dyn_mut)
+            },
         };
         quote!(#id => #body,)
     });
@@ -1290,7 +1304,7 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
             fn child_mut(
                 &mut self,
                 __site: ::nncore::__private_v1::Site,
-            ) -> ::core::option::Option<&mut dyn ::nncore::Forward> {
+            ) -> ::core::option::Option<&mut dyn ::nncore::Backward> {
                 match __site.id {
                     #(#accesses)*
                     _ => ::core::option::Option::None,
@@ -1302,6 +1316,11 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
         impl #impl_generics ::nncore::Forward for #self_ty #where_clause {
             ::nncore::__written_forward_methods!();
         }
+
+        #[automatically_derived]
+        impl #impl_generics ::nncore::Backward for #self_ty #where_clause {
+            ::nncore::__written_backward_methods!();
+        }
     };
     let rest_tokens = if rest.items.is_empty() {
         TokenStream::new()
@@ -1309,6 +1328,25 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
         rest.to_token_stream()
     };
     finish(cx, quote!(#rest_tokens #generated))
+}
+
+/// `tokens` spanned at `span`, a span of the user's forward: compiler
+/// errors about them are then reported there, not at the attribute. Only
+/// for tokens that name what the user wrote (`&mut self.fc`).
+fn relocate(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut group = proc_macro2::Group::new(g.delimiter(), relocate(g.stream(), span));
+                group.set_span(span);
+                tt = proc_macro2::TokenTree::Group(group);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }
 
 fn finish(cx: Ctxt, tokens: TokenStream) -> TokenStream {

@@ -28,14 +28,17 @@ use proc_macro::TokenStream;
 /// - Parameters are registered under PyTorch's dotted names, in field
 ///   order (`fc1.weight`, `fc1.bias`, ...).
 /// - `Display` prints exactly what PyTorch's `print(model)` prints.
-/// - `forward` applies the fields in declaration order; `backward` applies
-///   their backward passes in reverse order.
+/// - `forward` applies the fields in declaration order (`nncore::Forward`);
+///   when every field can be trained, `backward` applies their backward
+///   passes in reverse order (`nncore::Backward`). A struct with a field
+///   that has no `Backward` infers but cannot be trained: training it is a
+///   compile error that names that field's type.
 ///
 /// Attributes:
 /// - `#[module(skip)]` on a field that holds plain data: not a child, not
 ///   printed, not in the forward chain.
-/// - `#[module(custom_forward)]` on the struct: no `Forward` impl is
-///   derived; write your own. Without it, a hand-written `impl Forward`
+/// - `#[module(custom_forward)]` on the struct: no `Forward` or `Backward`
+///   impl is derived; write your own (`Backward` only if it is trained). Without it, a hand-written `impl Forward`
 ///   is error E0119, "conflicting implementations of trait
 ///   `nncore::Forward`", pointing at `#[derive(Module)]`: add
 ///   `#[module(custom_forward)]` (rustc has no way for a derive to add

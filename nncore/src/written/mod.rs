@@ -20,7 +20,7 @@ pub use eval::Eval;
 pub use math::{Binary, ScalarOp, Unary};
 pub use tape::Tape;
 
-use crate::forward::{Forward, Workspace};
+use crate::forward::{Backward, Workspace};
 use crate::summary::Trace;
 use crate::{Dims, Error, Result, Tensor};
 
@@ -278,7 +278,7 @@ pub trait Written {
     /// with a `Tape` field).
     fn tape_mut(&mut self) -> &mut Tape;
     /// The child called at `site`.
-    fn child_mut(&mut self, site: Site) -> Option<&mut dyn Forward>;
+    fn child_mut(&mut self, site: Site) -> Option<&mut dyn Backward>;
 }
 
 /// The [`Tape`] field of a module with a written forward; derived for a
@@ -371,7 +371,7 @@ pub fn forward_traced_dims<W: Written + ?Sized>(
     Ok((y, d))
 }
 
-/// `Forward::forward_train` of a written forward.
+/// `Backward::forward_train` of a written forward.
 ///
 /// # Errors
 /// Whatever the forward reports.
@@ -379,7 +379,7 @@ pub fn forward_train<'a, W: Written + ?Sized>(m: &'a mut W, x: &Tensor) -> Resul
     forward_train_dims(m, x, Dims::flat(x.ncols())).map(|(y, _)| y)
 }
 
-/// `Forward::forward_train_dims` of a written forward.
+/// `Backward::forward_train_dims` of a written forward.
 ///
 /// # Errors
 /// Whatever the forward reports.
@@ -400,7 +400,7 @@ pub fn forward_train_dims<'a, W: Written + ?Sized>(
     Ok((tape.output(), d))
 }
 
-/// `Forward::backward` of a written forward.
+/// `Backward::backward` of a written forward.
 ///
 /// # Errors
 /// No recorded forward, a gradient of the wrong shape, and whatever the
@@ -413,7 +413,7 @@ pub fn backward<'a, W: Written + ?Sized>(m: &'a mut W, grad: &Tensor) -> Result<
     Ok(m.tape_mut().input_grad())
 }
 
-/// `Forward::backward_params` of a written forward.
+/// `Backward::backward_params` of a written forward.
 ///
 /// # Errors
 /// As [`backward`].
@@ -444,24 +444,6 @@ macro_rules! __written_forward_methods {
             $crate::__private_v1::forward_into(self, x, out, ws)
         }
 
-        fn forward_train<'__nncore_a>(
-            &'__nncore_a mut self,
-            x: &'__nncore_a $crate::Tensor,
-        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
-            $crate::__private_v1::forward_train(self, x)
-        }
-
-        fn backward<'__nncore_a>(
-            &'__nncore_a mut self,
-            g: &'__nncore_a $crate::Tensor,
-        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
-            $crate::__private_v1::backward(self, g)
-        }
-
-        fn backward_params(&mut self, g: &$crate::Tensor) -> $crate::Result<()> {
-            $crate::__private_v1::backward_params(self, g)
-        }
-
         fn forward_traced(
             &self,
             x: &$crate::Tensor,
@@ -488,14 +470,6 @@ macro_rules! __written_forward_methods {
             $crate::__private_v1::forward_into_dims(self, x, dims, out, ws)
         }
 
-        fn forward_train_dims<'__nncore_a>(
-            &'__nncore_a mut self,
-            x: &'__nncore_a $crate::Tensor,
-            dims: $crate::Dims,
-        ) -> $crate::Result<(&'__nncore_a $crate::Tensor, $crate::Dims)> {
-            $crate::__private_v1::forward_train_dims(self, x, dims)
-        }
-
         fn forward_traced_dims(
             &self,
             x: &$crate::Tensor,
@@ -507,8 +481,41 @@ macro_rules! __written_forward_methods {
     };
 }
 
-/// `m` as a `&mut dyn Forward` (for [`Written::child_mut`]).
+/// The `Backward` methods of a written forward. Not public API.
 #[doc(hidden)]
-pub fn dyn_mut<F: Forward>(m: &mut F) -> &mut dyn Forward {
+#[macro_export]
+macro_rules! __written_backward_methods {
+    () => {
+        fn forward_train<'__nncore_a>(
+            &'__nncore_a mut self,
+            x: &'__nncore_a $crate::Tensor,
+        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
+            $crate::__private_v1::forward_train(self, x)
+        }
+
+        fn backward<'__nncore_a>(
+            &'__nncore_a mut self,
+            g: &'__nncore_a $crate::Tensor,
+        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
+            $crate::__private_v1::backward(self, g)
+        }
+
+        fn backward_params(&mut self, g: &$crate::Tensor) -> $crate::Result<()> {
+            $crate::__private_v1::backward_params(self, g)
+        }
+
+        fn forward_train_dims<'__nncore_a>(
+            &'__nncore_a mut self,
+            x: &'__nncore_a $crate::Tensor,
+            dims: $crate::Dims,
+        ) -> $crate::Result<(&'__nncore_a $crate::Tensor, $crate::Dims)> {
+            $crate::__private_v1::forward_train_dims(self, x, dims)
+        }
+    };
+}
+
+/// `m` as a `&mut dyn Backward` (for [`Written::child_mut`]).
+#[doc(hidden)]
+pub fn dyn_mut<F: Backward>(m: &mut F) -> &mut dyn Backward {
     m
 }

@@ -3,7 +3,7 @@
 
 use super::math::{self, Binary, ScalarOp, Unary};
 use super::{Engine, Site, Var, Written};
-use crate::forward::Forward;
+use crate::forward::Backward;
 use crate::ops::copy_into;
 use crate::{Dims, Error, ModulePath, Result, Tensor};
 
@@ -202,7 +202,7 @@ impl Tape {
     }
 
     /// Runs child `m` (called at `site`) on `a`, recording.
-    pub fn call<F: Forward + ?Sized>(&mut self, m: &mut F, site: Site, a: Var) -> Var {
+    pub fn call<F: Backward + ?Sized>(&mut self, m: &mut F, site: Site, a: Var) -> Var {
         if !self.ok(&[a]) {
             return Var::POISON;
         }
