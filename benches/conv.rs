@@ -1,7 +1,7 @@
 //! LeNet-5 on 28x28 images, one thread: inference at batch 1 and 64
 //! (`forward_nd`, and the allocation-free `forward_into_dims`), and a
 //! training step at batch 64 (forward, cross-entropy, backward, SGD).
-//! `cargo bench --bench conv`; PyTorch's numbers for the same:
+//! `cargo bench -p nnrs-bench --bench conv`; PyTorch's numbers for the same:
 //! `scripts/bench_pytorch.py --conv`.
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -1,7 +1,7 @@
 //! How the GEMM kernel was chosen: nalgebra's default (matrixmultiply),
 //! the `gemm` crate, faer, and nncore's own batch-1 kernel, on the exact
 //! products of the workloads (forward `x W^T`, backward `g^T x` and `g W`),
-//! one thread. `cargo bench --bench gemm`.
+//! one thread. `cargo bench -p nnrs-bench --bench gemm`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;

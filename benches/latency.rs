@@ -3,7 +3,7 @@
 //! output each call) and `forward_into` (caller's output, no allocation).
 //! `scripts/bench_pytorch.py --latency --peers` runs the same forwards in
 //! PyTorch, candle and Burn beside it.
-//! `cargo bench --bench latency`. SimpleNet is 5,500 multiply-adds per
+//! `cargo bench -p nnrs-bench --bench latency`. SimpleNet is 5,500 multiply-adds per
 //! row and the MLP 1,863,680: divide a time by them for the time per
 //! multiply-add, and multiply by the clock for cycles.
 

@@ -1,7 +1,7 @@
 //! LayerNorm and BatchNorm1d at batch 256 x 1024 features, one thread:
 //! inference forward (BatchNorm: with its running statistics, PyTorch's
 //! eval mode), and a training forward with its backward (BatchNorm: batch
-//! statistics and the running update). `cargo bench --bench norm`.
+//! statistics and the running update). `cargo bench -p nnrs-bench --bench norm`.
 //! PyTorch's numbers for the same: `scripts/bench_pytorch.py --norm`.
 
 use criterion::{criterion_group, criterion_main, Criterion};

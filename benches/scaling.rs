@@ -3,7 +3,7 @@
 //! short rounds within one process, and the medians over the rounds are
 //! compared. (Sequential criterion runs of `NNRS_THREADS=1` and `=2` are
 //! minutes apart, and on a shared VM the second core's speed drifts in
-//! between.) `cargo bench --bench scaling`.
+//! between.) `cargo bench -p nnrs-bench --bench scaling`.
 
 use nncore::prelude::*;
 use nncore::Workspace;

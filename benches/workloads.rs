@@ -1,5 +1,5 @@
 //! The five speed workloads of the project (one thread unless
-//! NNRS_THREADS says otherwise): `cargo bench --bench workloads`.
+//! NNRS_THREADS says otherwise): `cargo bench -p nnrs-bench --bench workloads`.
 //! `scripts/bench_pytorch.py` runs the same workloads in PyTorch.
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -1,6 +1,6 @@
 //! Written forwards (`#[nncore::forward]`) against the same residual MLP
 //! written by hand with `custom_forward`, one thread:
-//! `cargo bench --bench written`. `scripts/bench_pytorch.py --written`
+//! `cargo bench -p nnrs-bench --bench written`. `scripts/bench_pytorch.py --written`
 //! runs the same models in PyTorch.
 //!
 //! - `res_b256_train`: 784 -> 1024, 4 residual blocks of width 1024, -> 10,

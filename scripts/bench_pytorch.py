@@ -2,13 +2,13 @@
 """The five speed workloads in PyTorch, on this machine, beside nncore's.
 
 Runs each workload in PyTorch (CPU, one thread by default) and, unless
---no-rust is given, `cargo bench --bench workloads` for nncore, then prints a
+--no-rust is given, `cargo bench -p nnrs-bench --bench workloads` for nncore, then prints a
 side-by-side table of median times with the ratio PyTorch / nncore.
 Not part of CI. Needs `pip install torch`.
 
     python scripts/bench_pytorch.py [--threads N] [--no-rust]
 
-With --latency: the small-batch forwards of `cargo bench --bench latency`
+With --latency: the small-batch forwards of `cargo bench -p nnrs-bench --bench latency`
 (SimpleNet and the 784-1024-1024-10 MLP at batch 1 to 16), each framework
 in --runs separate processes (PyTorch, nncore's criterion bench, and with
 --peers candle and Burn from benches/peers, built beforehand with
@@ -208,7 +208,7 @@ def rust_times(threads, bench="workloads"):
     # The latency bench's crossover lines (`rows/`, `gemm/`) are not compared.
     only = ["--", "_fwd"] if bench == "latency" else []
     proc = subprocess.run(
-        ["cargo", "bench", "--bench", bench] + only, cwd=root, env=env, capture_output=True, text=True, check=True
+        ["cargo", "bench", "-p", "nnrs-bench", "--bench", bench] + only, cwd=root, env=env, capture_output=True, text=True, check=True
     )
     out = {}
     name = None

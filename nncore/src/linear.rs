@@ -504,7 +504,7 @@ const TRANSPOSE_MIN: usize = 1 << 18;
 /// transposed copy of a large weight: on the Intel AVX-512 VM faer's
 /// `x W^T` through a transposed view ran at 47 GFLOP/s for 256x1024x1024
 /// against ~100 through the copy, which costs ~0.3 ms per million weights
-/// (`cargo bench --bench gemm`, `--bench written`).
+/// (`cargo bench -p nnrs-bench --bench gemm`, `-p nnrs-bench --bench written`).
 const TRANSPOSE_TRAIN_ROWS: usize = 64;
 
 /// How many input rows must have gone through one version of a weight

@@ -206,7 +206,7 @@ pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32
 
 /// Up to how many rows a `k x n` product by a row-contiguous right operand
 /// runs on [`crate::kernels::rows_axpy`] instead of faer. Measured on the
-/// workloads' shapes (`cargo bench --bench latency`): the row kernel is
+/// workloads' shapes (`cargo bench -p nnrs-bench --bench latency`): the row kernel is
 /// 1.3-5x faster from 2 to 8 rows on 100x50 (1.10 against 2.4 µs at 8
 /// rows); on weights too large for the cache (784x1024, 1024x1024) it
 /// streams the weight from memory once for all 8 rows (the MLP at 8 rows:
