@@ -4,10 +4,10 @@
 //! `cargo bench -p nnrs-bench --bench conv`; PyTorch's numbers for the same:
 //! `scripts/bench_pytorch.py --conv`.
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use nncore::prelude::*;
+use criterion::{Criterion, criterion_group, criterion_main};
 use nncore::Workspace;
-use nnrs::workloads::{images, lenet, CnnStep};
+use nncore::prelude::*;
+use nnrs::workloads::{CnnStep, images, lenet};
 use std::hint::black_box;
 
 fn conv(c: &mut Criterion) {

@@ -3,7 +3,7 @@
 //! products of the workloads (forward `x W^T`, backward `g^T x` and `g W`),
 //! one thread. `cargo bench -p nnrs-bench --bench gemm`.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
 struct Case {

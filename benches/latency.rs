@@ -7,9 +7,9 @@
 //! row and the MLP 1,863,680: divide a time by them for the time per
 //! multiply-add, and multiply by the clock for cycles.
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use nncore::prelude::*;
+use criterion::{Criterion, criterion_group, criterion_main};
 use nncore::Workspace;
+use nncore::prelude::*;
 use nnrs::workloads::{input, mlp, simple_net};
 use std::hint::black_box;
 
@@ -44,7 +44,7 @@ fn latency(c: &mut Criterion) {
 /// packed GEMM (faer, what `matmul` runs for more than one row today), on
 /// the workloads' forward products `x W^T`, one thread.
 fn crossover(c: &mut Criterion) {
-    use nncore::ops::{matmul, Trans};
+    use nncore::ops::{Trans, matmul};
     nncore::ops::set_num_threads(1);
     for (name, k, n) in [
         ("100x50", 100usize, 50usize),

@@ -4,7 +4,7 @@
 //! statistics and the running update). `cargo bench -p nnrs-bench --bench norm`.
 //! PyTorch's numbers for the same: `scripts/bench_pytorch.py --norm`.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use nncore::prelude::*;
 use nnrs::workloads::input;
 use std::hint::black_box;

@@ -5,9 +5,9 @@
 //! minutes apart, and on a shared VM the second core's speed drifts in
 //! between.) `cargo bench -p nnrs-bench --bench scaling`.
 
-use nncore::prelude::*;
 use nncore::Workspace;
-use nnrs::workloads::{input, mlp, TrainStep};
+use nncore::prelude::*;
+use nnrs::workloads::{TrainStep, input, mlp};
 use std::time::Instant;
 
 const ROUNDS: usize = 25;

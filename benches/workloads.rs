@@ -2,9 +2,9 @@
 //! NNRS_THREADS says otherwise): `cargo bench -p nnrs-bench --bench workloads`.
 //! `scripts/bench_pytorch.py` runs the same workloads in PyTorch.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use nncore::prelude::*;
-use nnrs::workloads::{input, mlp, simple_net, TrainStep};
+use nnrs::workloads::{TrainStep, input, mlp, simple_net};
 use std::hint::black_box;
 
 fn threads() -> usize {

@@ -8,9 +8,9 @@
 //! - `res_small_b64_train`: 100 -> 64, 2 blocks, -> 10, batch 64.
 //! - `res_small_b1_fwd`, `res_small_b64_fwd`: inference.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use nncore::prelude::*;
-use nnrs::workloads::{hand_res_mlp, input, res_mlp, TrainStep};
+use nnrs::workloads::{TrainStep, hand_res_mlp, input, res_mlp};
 use std::hint::black_box;
 
 fn written(c: &mut Criterion) {

@@ -11,8 +11,8 @@
 //! With `--write-fixture` it also writes `tests/fixtures/rust_written.safetensors`
 //! (the seed-0 model), which the script then loads into PyTorch.
 
-use nncore::prelude::*;
 use nncore::StateDict;
+use nncore::prelude::*;
 
 #[derive(Module)]
 struct SimpleNet {

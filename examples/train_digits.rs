@@ -115,7 +115,7 @@ fn accuracy<M: Forward>(
     let correct = y
         .iter()
         .enumerate()
-        .filter(|(r, &label)| logits.row(*r).transpose().argmax().0 == label)
+        .filter(|&(r, &label)| logits.row(r).transpose().argmax().0 == label)
         .count();
     Ok(correct as f64 / idx.len() as f64)
 }
@@ -219,7 +219,7 @@ fn fit<M: Backward>(
             correct += labels
                 .iter()
                 .enumerate()
-                .filter(|(r, &l)| logits.row(*r).transpose().argmax().0 == l)
+                .filter(|&(r, &l)| logits.row(r).transpose().argmax().0 == l)
                 .count();
             let (loss, grad) = cross_entropy(logits, &labels)?;
             model.backward_params(&grad)?;

@@ -3,8 +3,8 @@
 //!
 //! f32; inputs uniform in [-1, 1]; fixed seeds.
 
-use nncore::prelude::*;
 use nncore::MSELoss;
+use nncore::prelude::*;
 
 /// `SimpleNet = Linear(100, 50) -> ReLU -> Linear(50, 10)`.
 #[derive(Module, Debug)]

@@ -3,9 +3,9 @@
 //! allocator. One test function, so that no other test allocates at the
 //! same time.
 
-use nncore::prelude::*;
 use nncore::Workspace;
-use nnrs::workloads::{images, input, lenet, mlp, norm_mlp, res_mlp, simple_net, TrainStep};
+use nncore::prelude::*;
+use nnrs::workloads::{TrainStep, images, input, lenet, mlp, norm_mlp, res_mlp, simple_net};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

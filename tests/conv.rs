@@ -645,9 +645,11 @@ fn hostile_sizes_are_errors_not_panics() {
     assert!(err(huge_dilation.forward_nd(&x)).contains("too large"));
     let big_pad = Conv2dConfig::new(1, 1, 1).padding(1 << 40).build().unwrap();
     assert!(err(big_pad.forward_nd(&x)).contains("too large to allocate"));
-    assert!(Conv2dConfig::new(1 << 40, 1 << 40, 1 << 20)
-        .build()
-        .is_err());
+    assert!(
+        Conv2dConfig::new(1 << 40, 1 << 40, 1 << 20)
+            .build()
+            .is_err()
+    );
     assert!(Conv2dConfig::new(1, 1, 0).build().is_err());
     assert!(Conv2dConfig::new(1, 1, 1).stride(0).build().is_err());
     assert!(Conv2dConfig::new(1, 1, 1).groups(0).build().is_err());
@@ -657,8 +659,10 @@ fn hostile_sizes_are_errors_not_panics() {
     let adaptive = AdaptiveAvgPool2d::new((usize::MAX / 2, 2));
     assert!(err(adaptive.forward_nd(&x)).contains("too large"));
     assert!(Flatten::with_dims(0, -1).is_err());
-    assert!(err(Flatten::with_dims(3, 1).unwrap().forward_nd(&x))
-        .contains("start_dim cannot come after end_dim"));
+    assert!(
+        err(Flatten::with_dims(3, 1).unwrap().forward_nd(&x))
+            .contains("start_dim cannot come after end_dim")
+    );
     assert!(
         err(Flatten::with_dims(1, 7).unwrap().forward_nd(&x)).contains("Dimension out of range")
     );

@@ -170,10 +170,11 @@ fn train_eval_propagate_and_visits_reach_every_parameter() {
         seen.push(name.to_owned());
     });
     assert_eq!(seen.len(), 4);
-    assert!(m
-        .parameters()
-        .iter()
-        .all(|p| p.value().iter().all(|v| *v == 1.0)));
+    assert!(
+        m.parameters()
+            .iter()
+            .all(|p| p.value().iter().all(|v| *v == 1.0))
+    );
 
     let children: Vec<String> = m.named_children().into_iter().map(|(n, _)| n).collect();
     assert_eq!(children, ["fc", "block"]);
@@ -212,9 +213,10 @@ fn const_generic_structs_derive() {
     };
     assert_eq!(m.named_parameters().len(), 6);
     assert_eq!(m.named_parameters()[4].0, "layers.2.weight");
-    assert!(m
-        .to_string()
-        .contains("(0-2): 3 x Linear(in_features=2, out_features=2, bias=True)"));
+    assert!(
+        m.to_string()
+            .contains("(0-2): 3 x Linear(in_features=2, out_features=2, bias=True)")
+    );
     assert_eq!(m.forward(&Tensor::zeros(4, 2)).unwrap().shape(), (4, 2));
 }
 

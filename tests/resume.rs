@@ -7,7 +7,7 @@ use std::process::Command;
 
 use nncore::prelude::*;
 use nncore::{
-    load_checkpoint, save_checkpoint, CosineAnnealingLr, OptimizerState, StepLr, TensorData,
+    CosineAnnealingLr, OptimizerState, StepLr, TensorData, load_checkpoint, save_checkpoint,
 };
 
 #[derive(Module)]

@@ -304,9 +304,10 @@ fn malformed_corpus_is_refused_without_panic() {
             path.display()
         );
         assert!(StateDict::from_safetensors_bytes(&bytes).is_err());
-        assert!(m
-            .load_safetensors_bytes(&bytes, LoadOptions::non_strict())
-            .is_err());
+        assert!(
+            m.load_safetensors_bytes(&bytes, LoadOptions::non_strict())
+                .is_err()
+        );
         assert_eq!(snapshot(&m), before);
         count += 1;
     }

@@ -595,11 +595,7 @@ impl Softmax {
         let lines = if over_features { rows } else { cols };
         let len = if over_features { cols } else { rows };
         let at = |line: usize, k: usize| {
-            if over_features {
-                (line, k)
-            } else {
-                (k, line)
-            }
+            if over_features { (line, k) } else { (k, line) }
         };
         for line in 0..lines {
             let max = (0..len)

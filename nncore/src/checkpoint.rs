@@ -476,7 +476,7 @@ pub fn load_checkpoint<M: Module>(
                     "the checkpoint holds no schedule state, but a {} was given to load into",
                     s.state().map(|st| st.kind).unwrap_or_default()
                 ),
-            })
+            });
         }
         (None, _) => {}
     }

@@ -13,10 +13,10 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::forward::{check_dims, Backward, Forward};
+use crate::forward::{Backward, Forward, check_dims};
 use crate::module::Module;
-use crate::ops::{ensure_shape, matmul, matmul_bias, Trans};
-use crate::shape::{needs_image, Size2d};
+use crate::ops::{Trans, ensure_shape, matmul, matmul_bias};
+use crate::shape::{Size2d, needs_image};
 use crate::{Dims, Error, Generator, ModulePath, Param, Result, Tensor};
 
 /// How `Conv2d` pads its input (with zeros, PyTorch's
@@ -379,14 +379,12 @@ impl Conv2d {
                 ),
             });
         }
-        let too_large = || {
-            Error::InvalidInput {
+        let too_large = || Error::InvalidInput {
             path: ModulePath::leaf("Conv2d"),
             message: format!(
                 "an input of shape {:?} with this layer's padding and dilation gives an output too large to allocate",
                 dims.with_batch(n)
             ),
-        }
         };
         let (k, s, d) = (cfg.kernel_size, cfg.stride, cfg.dilation);
         let ek = |k: usize, d: usize| d.checked_mul(k - 1).and_then(|v| v.checked_add(1));
@@ -1033,13 +1031,13 @@ mod tests {
         ];
         for (case, (cfg, (n, c, h, w))) in cases.into_iter().enumerate() {
             let mut conv = crate::with_seed(3, || cfg.build().unwrap());
-            let mut gen = crate::Generator::new(9);
+            let mut rng = crate::Generator::new(9);
             let mut x = vec![0.0; n * c * h * w];
-            gen.fill_uniform(&mut x, -1.0, 1.0);
+            rng.fill_uniform(&mut x, -1.0, 1.0);
             let xt = NdTensor::from_row_major(&[n, c, h, w], &x).unwrap();
             let g = conv.geometry(xt.dims(), n).unwrap();
             let mut gy = vec![0.0; n * cfg.out_channels * g.oh * g.ow];
-            gen.fill_uniform(&mut gy, -1.0, 1.0);
+            rng.fill_uniform(&mut gy, -1.0, 1.0);
             let (y, dx, dw, db, (oh, ow)) = reference(&conv, &x, (n, c, h, w), &gy);
             let what = format!("{cfg:?} on {:?}", [n, c, h, w]);
             let blocks = g.oh.div_ceil(conv.rows_per_block(&g));

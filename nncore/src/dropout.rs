@@ -6,7 +6,7 @@ use crate::forward::{Backward, Forward};
 use crate::module::Module;
 use crate::ops::ensure_shape;
 use crate::print::py_float;
-use crate::{with_default_generator, Error, Generator, ModulePath, Result, Tensor};
+use crate::{Error, Generator, ModulePath, Result, Tensor, with_default_generator};
 
 /// PyTorch's `nn.Dropout(p)`: in training, each element is zeroed with
 /// probability `p` and the survivors are scaled by `1 / (1 - p)`.

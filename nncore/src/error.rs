@@ -91,7 +91,9 @@ pub enum Error {
     },
     /// `backward` was called without a `forward_train` before it, or twice
     /// for one `forward_train`.
-    #[error("{path}: backward called without a recorded forward (call `forward_train` before each `backward`)")]
+    #[error(
+        "{path}: backward called without a recorded forward (call `forward_train` before each `backward`)"
+    )]
     NoRecordedForward {
         /// Where it happened.
         path: ModulePath,

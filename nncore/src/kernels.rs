@@ -1733,10 +1733,11 @@ mod elementwise_tests {
             }
             let mut d = a.clone();
             add_assign_with(v, &mut d, &c);
-            assert!(d
-                .iter()
-                .zip(a.iter().zip(&c))
-                .all(|(d, (a, c))| d.to_bits() == (a + c).to_bits()));
+            assert!(
+                d.iter()
+                    .zip(a.iter().zip(&c))
+                    .all(|(d, (a, c))| d.to_bits() == (a + c).to_bits())
+            );
         }
     }
 }

@@ -151,9 +151,9 @@ mod summary;
 mod threads;
 mod written;
 
-pub use activation::{GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, GELU};
+pub use activation::{GELU, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh};
 pub use buffer::Buffer;
-pub use checkpoint::{load_checkpoint, save_checkpoint, OptimizerState, SchedulerState};
+pub use checkpoint::{OptimizerState, SchedulerState, load_checkpoint, save_checkpoint};
 pub use clip::{clip_grad_norm_, clip_grad_norm_with, clip_grad_value_};
 pub use container::{Layer, Sequential};
 pub use conv::{Conv2d, Conv2dConfig, Padding};
@@ -163,11 +163,11 @@ pub use error::{Error, ModulePath, Result};
 #[doc(hidden)]
 pub use forward::Flow;
 pub use forward::{Backward, Forward, ForwardExt, Workspace};
-pub use gradcheck::{gradcheck, GradCheck, GradCheckReport};
+pub use gradcheck::{GradCheck, GradCheckReport, gradcheck};
 pub use linear::Linear;
 pub use loss::{
-    bce_with_logits, cross_entropy, mse_loss, BCEWithLogitsLoss, CrossEntropyLoss, LossOutput,
-    MSELoss, Reduction,
+    BCEWithLogitsLoss, CrossEntropyLoss, LossOutput, MSELoss, Reduction, bce_with_logits,
+    cross_entropy, mse_loss,
 };
 pub use module::{Module, ModuleExt};
 pub use norm::{BatchNorm1d, BatchNorm2d, LayerNorm};
@@ -181,14 +181,14 @@ pub use print::repr;
 #[doc(hidden)]
 pub use print::{add_indent, fmt_module};
 pub use rng::{
-    manual_seed, rand_uniform, with_default_generator, with_seed, Generator, DEFAULT_SEED,
+    DEFAULT_SEED, Generator, manual_seed, rand_uniform, with_default_generator, with_seed,
 };
 pub use serialize::{
     DType, LoadError, LoadOptions, LoadReport, SaveDtype, SaveOptions, StateDict, TensorData,
 };
-pub use shape::{Dims, NdTensor, Size2d, MAX_DIMS};
+pub use shape::{Dims, MAX_DIMS, NdTensor, Size2d};
 pub use summary::Trace;
-pub use summary::{human_count, summary, summary_nd, Summary, SummaryRow};
+pub use summary::{Summary, SummaryRow, human_count, summary, summary_nd};
 pub use written::{Tape, Var};
 
 /// `#[derive(Module)]`: see the [`Module`] trait and the crate's README.
@@ -212,9 +212,9 @@ pub mod __private_v1 {
     pub use crate::chain;
     pub use crate::forward::Flow;
     pub use crate::written::{
-        backward, backward_params, dyn_mut, forward, forward_dims, forward_into, forward_into_dims,
-        forward_traced, forward_traced_dims, forward_train, forward_train_dims, Binary, Engine,
-        Eval, HasTape, ScalarOp, Site, Unary, Written,
+        Binary, Engine, Eval, HasTape, ScalarOp, Site, Unary, Written, backward, backward_params,
+        dyn_mut, forward, forward_dims, forward_into, forward_into_dims, forward_traced,
+        forward_traced_dims, forward_train, forward_train_dims,
     };
     pub use std::string::String;
 
@@ -253,12 +253,12 @@ pub mod __private_v1 {
 /// (`named_parameters`, `state_dict`, `train`, ...).
 pub mod prelude {
     pub use crate::{
-        bce_with_logits, clip_grad_norm_, clip_grad_value_, cross_entropy, forward, mse_loss, seq,
         Adam, AdaptiveAvgPool2d, AvgPool2d, BCEWithLogitsLoss, Backward, BatchNorm1d, BatchNorm2d,
-        Buffer, Conv2d, CrossEntropyLoss, Dims, Dropout, Flatten, Forward, ForwardExt,
+        Buffer, Conv2d, CrossEntropyLoss, Dims, Dropout, Flatten, Forward, ForwardExt, GELU,
         GeluApproximate, Identity, LayerNorm, LeakyReLU, Linear, LoadOptions, LrScheduler, MSELoss,
         MaxPool2d, Module, ModuleExt, NdTensor, Optimizer, OptimizerCheckpoint, Param, ReLU,
         Reduction, Result, SchedulerCheckpoint, Sequential, Sgd, Sigmoid, Softmax, Tanh, Tape,
-        Tensor, GELU,
+        Tensor, bce_with_logits, clip_grad_norm_, clip_grad_value_, cross_entropy, forward,
+        mse_loss, seq,
     };
 }

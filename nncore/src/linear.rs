@@ -8,8 +8,8 @@ mod packed;
 
 use crate::forward::{Backward, Forward};
 use crate::module::Module;
-use crate::ops::{ensure_shape, matmul, matmul_bias, matmul_bias_new, Trans};
-use crate::{with_default_generator, Error, Generator, ModulePath, Param, Result, Tensor};
+use crate::ops::{Trans, ensure_shape, matmul, matmul_bias, matmul_bias_new};
+use crate::{Error, Generator, ModulePath, Param, Result, Tensor, with_default_generator};
 
 /// PyTorch's `nn.Linear`: `y = x W^T + b`.
 ///
@@ -166,14 +166,14 @@ impl Linear {
     /// [`Error::ShapeMismatch`] when the bias length is not the weight's
     /// row count.
     pub fn from_weights(weight: Tensor, bias: Option<&[f32]>) -> Result<Self> {
-        if let Some(b) = bias {
-            if b.len() != weight.nrows() {
-                return Err(Error::ShapeMismatch {
-                    context: "Linear::from_weights: bias".into(),
-                    expected: vec![weight.nrows()],
-                    got: vec![b.len()],
-                });
-            }
+        if let Some(b) = bias
+            && b.len() != weight.nrows()
+        {
+            return Err(Error::ShapeMismatch {
+                context: "Linear::from_weights: bias".into(),
+                expected: vec![weight.nrows()],
+                got: vec![b.len()],
+            });
         }
         Ok(Self::from_params(
             Param::matrix(weight),
@@ -306,10 +306,10 @@ impl Linear {
         let version = self.weight.version();
         {
             let cached = self.transposed.read();
-            if let Some((v, wt)) = cached.as_ref() {
-                if *v == version {
-                    return f(wt, Trans::No);
-                }
+            if let Some((v, wt)) = cached.as_ref()
+                && *v == version
+            {
+                return f(wt, Trans::No);
             }
         }
         if !now && !self.transposed.count(version, rows) {
@@ -575,9 +575,9 @@ impl std::fmt::Display for Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ModuleExt;
     use crate::ops::close;
     use crate::optim::{Optimizer, Sgd};
-    use crate::ModuleExt;
 
     /// The reference: `x W^T + b` by nalgebra.
     fn reference(fc: &Linear, x: &Tensor) -> Tensor {

@@ -301,14 +301,14 @@ impl CrossEntropyLoss {
                 self.label_smoothing
             )));
         }
-        if let Some(w) = &self.weight {
-            if w.len() != c {
-                return Err(Error::ShapeMismatch {
-                    context: "CrossEntropyLoss: one weight per class".into(),
-                    expected: vec![c],
-                    got: vec![w.len()],
-                });
-            }
+        if let Some(w) = &self.weight
+            && w.len() != c
+        {
+            return Err(Error::ShapeMismatch {
+                context: "CrossEntropyLoss: one weight per class".into(),
+                expected: vec![c],
+                got: vec![w.len()],
+            });
         }
         let class_weight = |j: usize| self.weight.as_ref().map_or(1.0, |w| f64::from(w[j]));
         let weight_sum: f64 = (0..c).map(class_weight).sum();

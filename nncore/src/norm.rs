@@ -3,9 +3,9 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 
-use crate::forward::{check_dims, Backward, Forward};
+use crate::forward::{Backward, Forward, check_dims};
 use crate::kernels;
-use crate::module::{begin_backward, Module};
+use crate::module::{Module, begin_backward};
 use crate::ops::{as_uninit, ensure_shape, new_filled};
 use crate::print::py_float;
 use crate::shape::needs_image;

@@ -14,11 +14,11 @@
 //! repeats the comparison. A product of one row (batch 1) uses a
 //! row-times-matrix kernel of nncore's own, which is 4x faster there.
 
-use crate::threads::{helpers, parts, run_parts};
-pub use crate::threads::{
-    num_threads, set_num_threads, MAX_THREADS, PARALLEL_ELEMENTS, PARALLEL_THRESHOLD,
-};
 use crate::Tensor;
+pub use crate::threads::{
+    MAX_THREADS, PARALLEL_ELEMENTS, PARALLEL_THRESHOLD, num_threads, set_num_threads,
+};
+use crate::threads::{helpers, parts, run_parts};
 
 /// Whether an operand of [`matmul`] is used as it is or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -609,10 +609,11 @@ mod parallel_tests {
             matmul(1.0, &a, Trans::No, &b, Trans::Yes, 1.0, &mut two);
             set_num_threads(0);
             let expected = one.add_scalar(1.0);
-            assert!(two
-                .iter()
-                .zip(expected.iter())
-                .all(|(x, y)| (x - y).abs() < 1e-4));
+            assert!(
+                two.iter()
+                    .zip(expected.iter())
+                    .all(|(x, y)| (x - y).abs() < 1e-4)
+            );
         }
     }
 }

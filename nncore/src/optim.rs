@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 
 use crate::checkpoint::{
-    match_state, tensor_data, to_tensor, Fields, OptimizerState, SchedulerState,
+    Fields, OptimizerState, SchedulerState, match_state, tensor_data, to_tensor,
 };
 use crate::module::ModuleExt;
 use crate::{Error, Module, Param, Result, Tensor, TensorData};
@@ -107,14 +107,12 @@ fn check_finite_grads(model: &mut dyn Module) -> Result<()> {
     let mut bad: Option<(usize, usize, f32)> = None;
     let mut index = 0;
     model.for_each_parameter_mut(&mut |p: &mut Param| {
-        if bad.is_none() {
-            if let Some(g) = p.grad() {
-                if !crate::kernels::all_finite(g.as_slice()) {
-                    if let Some((at, v)) = g.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                        bad = Some((index, at, *v));
-                    }
-                }
-            }
+        if bad.is_none()
+            && let Some(g) = p.grad()
+            && !crate::kernels::all_finite(g.as_slice())
+            && let Some((at, v)) = g.iter().enumerate().find(|(_, v)| !v.is_finite())
+        {
+            bad = Some((index, at, *v));
         }
         index += 1;
     });
@@ -451,11 +449,7 @@ impl Adam {
 
     /// `Adam` or `AdamW`, as PyTorch's class names.
     fn kind(&self) -> &'static str {
-        if self.decoupled {
-            "AdamW"
-        } else {
-            "Adam"
-        }
+        if self.decoupled { "AdamW" } else { "Adam" }
     }
 
     fn validate(&self) -> Result<()> {
@@ -852,10 +846,11 @@ mod tests {
             st.step = u64::from(u32::MAX) + 7;
         }
         opt.step(&mut fc).unwrap();
-        assert!(opt
-            .state
-            .values()
-            .all(|s| s.step == u64::from(u32::MAX) + 8));
+        assert!(
+            opt.state
+                .values()
+                .all(|s| s.step == u64::from(u32::MAX) + 8)
+        );
         assert!(fc.weight().value().iter().all(|w| w.is_finite()));
     }
 }

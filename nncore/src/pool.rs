@@ -7,10 +7,10 @@
 
 use std::fmt;
 
-use crate::forward::{check_dims, Backward, Forward};
+use crate::forward::{Backward, Forward, check_dims};
 use crate::module::Module;
 use crate::ops::ensure_shape;
-use crate::shape::{needs_image, Size2d};
+use crate::shape::{Size2d, needs_image};
 use crate::{Dims, Error, ModulePath, Result, Tensor};
 
 /// The sizes of one pooling call: input `C x H x W` for `N` samples,
@@ -111,7 +111,9 @@ impl Window {
         let oh = out_size(h, k.h, s.h, p.h, d.h, self.ceil_mode);
         let ow = out_size(w, k.w, s.w, p.w, d.w, self.ceil_mode);
         match (oh, ow) {
-            (Some(oh), Some(ow)) if oh > 0 && ow > 0 => check_size(module, Geom { n, c, h, w, oh, ow }),
+            (Some(oh), Some(ow)) if oh > 0 && ow > 0 => {
+                check_size(module, Geom { n, c, h, w, oh, ow })
+            }
             _ => Err(Error::InvalidInput {
                 path: ModulePath::leaf(module),
                 message: format!(

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
 
-use crate::module::{walk_state, walk_state_mut, State, StateMut};
+use crate::module::{State, StateMut, walk_state, walk_state_mut};
 use crate::{Error, Module, Param, Result};
 
 /// The element type of a [`TensorData`]: what a state dict holds.
@@ -704,7 +704,9 @@ fn explain(bytes: &[u8], e: &safetensors::SafeTensorError) -> String {
                     })
                 })
             });
-            bad.unwrap_or_else(|| format!("a tensor's shape, data type and data offsets disagree ({e})"))
+            bad.unwrap_or_else(|| {
+                format!("a tensor's shape, data type and data offsets disagree ({e})")
+            })
         }
         E::InvalidOffset(name) => format!(
             "tensor {name}: its data offsets do not follow the previous tensor's or lie outside the data"
@@ -1041,7 +1043,7 @@ fn encode(values: &Values, dtype: SaveDtype) -> (StDtype, Vec<u8>) {
             return (
                 StDtype::I64,
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
+            );
         }
     };
     match dtype {

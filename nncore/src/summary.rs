@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::forward::Forward;
 use crate::module::ModuleExt;
-use crate::module::{join, Module};
+use crate::module::{Module, join};
 use crate::{Result, Tensor};
 
 /// One line of a [`Summary`].

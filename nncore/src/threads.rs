@@ -213,10 +213,11 @@ mod chunk_tests {
                 }
             });
             set_num_threads(0);
-            assert!(a
-                .iter()
-                .enumerate()
-                .all(|(i, x)| *x == i as f32 + 2.0 * (i % 7) as f32 + 1.0));
+            assert!(
+                a.iter()
+                    .enumerate()
+                    .all(|(i, x)| *x == i as f32 + 2.0 * (i % 7) as f32 + 1.0)
+            );
         }
     }
 

@@ -93,7 +93,7 @@ impl ContainerAttrs {
                 _ => {
                     return Err(meta.error(format!(
                         "unknown module attribute `{key}`; expected {CONTAINER_KEYS}"
-                    )))
+                    )));
                 }
             }
             Ok(())
@@ -112,12 +112,12 @@ impl FieldAttrs {
                     out.skip = true;
                 }
                 "custom_forward" | "extra_repr" => {
-                    return Err(meta.error(format!("`{key}` goes on the struct, not on a field")))
+                    return Err(meta.error(format!("`{key}` goes on the struct, not on a field")));
                 }
                 _ => {
                     return Err(meta.error(format!(
                         "unknown module field attribute `{key}`; expected {FIELD_KEYS}"
-                    )))
+                    )));
                 }
             }
             Ok(())

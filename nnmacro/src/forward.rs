@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use proc_macro2::{Span, TokenStream, TokenTree};
-use quote::{format_ident, quote, quote_spanned, ToTokens};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
@@ -602,29 +602,29 @@ impl Lower<'_> {
             f => f,
         };
         // (self.fc)(x), self.0(x)
-        if let syn::Expr::Field(f) = func {
-            if is_self(&f.base) {
-                let member = &f.member;
-                return self.child_call(
-                    c,
-                    Access::Field(member.clone()),
-                    None,
-                    quote!(&self.#member),
-                    quote!(&mut self.#member),
-                    &c.args,
-                );
-            }
+        if let syn::Expr::Field(f) = func
+            && is_self(&f.base)
+        {
+            let member = &f.member;
+            return self.child_call(
+                c,
+                Access::Field(member.clone()),
+                None,
+                quote!(&self.#member),
+                quote!(&mut self.#member),
+                &c.args,
+            );
         }
         // self.blocks[i](x)
-        if let syn::Expr::Index(ix) = func {
-            if let Some(member) = self_field(&ix.expr) {
-                return self.element_call(c, member, &ix.index, &c.args);
-            }
+        if let syn::Expr::Index(ix) = func
+            && let Some(member) = self_field(&ix.expr)
+        {
+            return self.element_call(c, member, &ix.index, &c.args);
         }
-        if let Some(ident) = single_ident(func) {
-            if let Some(Kind::Module(mv)) = self.lookup(&ident.unraw().to_string()).cloned() {
-                return self.module_var_call(c, ident, &mv, &c.args);
-            }
+        if let Some(ident) = single_ident(func)
+            && let Some(Kind::Module(mv)) = self.lookup(&ident.unraw().to_string()).cloned()
+        {
+            return self.module_var_call(c, ident, &mv, &c.args);
         }
         let syn::Expr::Path(path) = func else {
             let (f, _) = self.expr(func);
@@ -845,9 +845,13 @@ impl Lower<'_> {
             "clone" if !function => return (x, Kind::Tensor),
             _ => {
                 let msg = if function {
-                    format!("`{name}` is not a function a written forward can differentiate; {VOCABULARY}")
+                    format!(
+                        "`{name}` is not a function a written forward can differentiate; {VOCABULARY}"
+                    )
                 } else {
-                    format!("`{name}` is not a tensor method a written forward can differentiate; tensor methods: {TENSOR_METHODS}")
+                    format!(
+                        "`{name}` is not a tensor method a written forward can differentiate; tensor methods: {TENSOR_METHODS}"
+                    )
                 };
                 return self.error(whole, msg);
             }
@@ -884,15 +888,15 @@ impl Lower<'_> {
                     &m.args,
                 );
             }
-            if let syn::Expr::Index(ix) = &*m.receiver {
-                if let Some(member) = self_field(&ix.expr) {
-                    return self.element_call(m, member, &ix.index, &m.args);
-                }
+            if let syn::Expr::Index(ix) = &*m.receiver
+                && let Some(member) = self_field(&ix.expr)
+            {
+                return self.element_call(m, member, &ix.index, &m.args);
             }
-            if let Some(ident) = single_ident(&m.receiver) {
-                if let Some(Kind::Module(mv)) = self.lookup(&ident.unraw().to_string()).cloned() {
-                    return self.module_var_call(m, ident, &mv, &m.args);
-                }
+            if let Some(ident) = single_ident(&m.receiver)
+                && let Some(Kind::Module(mv)) = self.lookup(&ident.unraw().to_string()).cloned()
+            {
+                return self.module_var_call(m, ident, &mv, &m.args);
             }
         }
         let (recv, rk) = self.expr(&m.receiver);
@@ -966,23 +970,23 @@ impl Lower<'_> {
             }
             _ => None,
         };
-        if let (Some(member), syn::Pat::TupleStruct(ts)) = (optional, &*l.pat) {
-            if let [syn::Pat::Ident(pi)] = ts.elems.iter().collect::<Vec<_>>().as_slice() {
-                let ident = &pi.ident;
-                self.bind(
-                    ident,
-                    Kind::Module(ModVar {
-                        field: member_name(member),
-                        index: None,
-                    }),
-                );
-                let scrutinee = if self.train {
-                    quote!(&mut self.#member)
-                } else {
-                    quote!(&self.#member)
-                };
-                return quote!(let ::core::option::Option::Some(#ident) = #scrutinee);
-            }
+        if let (Some(member), syn::Pat::TupleStruct(ts)) = (optional, &*l.pat)
+            && let [syn::Pat::Ident(pi)] = ts.elems.iter().collect::<Vec<_>>().as_slice()
+        {
+            let ident = &pi.ident;
+            self.bind(
+                ident,
+                Kind::Module(ModVar {
+                    field: member_name(member),
+                    index: None,
+                }),
+            );
+            let scrutinee = if self.train {
+                quote!(&mut self.#member)
+            } else {
+                quote!(&self.#member)
+            };
+            return quote!(let ::core::option::Option::Some(#ident) = #scrutinee);
         }
         let (ts, k) = self.expr(&l.expr);
         if !matches!(k, Kind::Other) || self.mentions_tensor(l.expr.to_token_stream()) {

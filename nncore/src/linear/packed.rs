@@ -16,11 +16,11 @@
 //! mutable access to the layer's parameters, and remembers the versions
 //! of the weight and bias it was made from, so a stale copy is never used.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::kernels::PACK_LANES;
 use crate::Param;
+use crate::kernels::PACK_LANES;
 
 /// Rows of input that go through one weight before it is packed: packing
 /// SimpleNet's `fc1` costs about what 20 batch-1 products save.

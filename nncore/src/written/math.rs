@@ -548,11 +548,7 @@ pub(crate) fn cat_shape(
                         1 - dim
                     ));
                 }
-                if features {
-                    (or, oc + c)
-                } else {
-                    (or + r, oc)
-                }
+                if features { (or, oc + c) } else { (or + r, oc) }
             }
         });
     }
