@@ -721,3 +721,106 @@ fn empty_batches_give_empty_outputs_and_zero_gradients() {
     let e = MaxPool2d::new(1).forward_nd(&none).unwrap_err().to_string();
     assert!(e.contains("non-empty 3D or 4D"), "{e}");
 }
+
+/// `padding_mode` "reflect", "replicate" and "circular" (and "zeros") with
+/// explicit, unequal and "same" padding, stride, dilation and groups:
+/// print text, initial weights, output and every gradient as PyTorch's
+/// (`tests/fixtures/conv_padding_modes.json`, from
+/// `scripts/gen_padding_mode_fixtures.py`); paddings a mode cannot take
+/// are PyTorch's errors.
+#[test]
+fn padding_modes_match_pytorch() {
+    use nncore::PaddingMode;
+    let fx = fixture("conv_padding_modes.json");
+    let pair = |v: &Value| {
+        let v = usizes(v);
+        (v[0], v[1])
+    };
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(cases.len() >= 16);
+    for case in cases {
+        let c = &case["config"];
+        let what = case["repr"].as_str().unwrap();
+        let padding = match c["padding"].as_str() {
+            Some("same") => Padding::Same,
+            Some(other) => panic!("padding {other}"),
+            None => pair(&c["padding"]).into(),
+        };
+        let mode = match c["mode"].as_str().unwrap() {
+            "zeros" => PaddingMode::Zeros,
+            "reflect" => PaddingMode::Reflect,
+            "replicate" => PaddingMode::Replicate,
+            "circular" => PaddingMode::Circular,
+            other => panic!("mode {other}"),
+        };
+        let cfg = Conv2dConfig::new(
+            c["in"].as_u64().unwrap() as usize,
+            c["out"].as_u64().unwrap() as usize,
+            pair(&c["kernel"]),
+        )
+        .stride(pair(&c["stride"]))
+        .padding(padding)
+        .dilation(pair(&c["dilation"]))
+        .groups(c["groups"].as_u64().unwrap() as usize)
+        .bias(c["bias"].as_bool().unwrap())
+        .padding_mode(mode);
+        let mut conv = nncore::with_seed(0, || cfg.build().unwrap());
+        assert_eq!(conv.to_string(), what);
+        let x = images(&case["x_shape"], &case["x"]);
+        let shape = usizes(&case["out_shape"]);
+        let y = conv.forward_nd(&x).unwrap();
+        assert_eq!(y.shape(), shape, "{what}");
+        assert_close(&y.to_row_major(), &floats(&case["out"]), 1e-5, what);
+        let w = NdTensor::from_row_major(&shape, &floats(&case["w"])).unwrap();
+        let (out, _) = conv.forward_train_nd(&x).unwrap();
+        assert_eq!(out, y.tensor(), "{what}: training forward");
+        let dx = conv.backward(w.tensor()).unwrap();
+        let dx = NdTensor::new(dx.clone(), x.dims()).unwrap();
+        assert_close(&dx.to_row_major(), &floats(&case["dx"]), 1e-5, what);
+        assert_close(
+            &row_major(conv.weight().grad().unwrap()),
+            &floats(&case["dweight"]),
+            1e-5,
+            what,
+        );
+        if let Some(b) = conv.bias() {
+            assert_close(
+                &row_major(b.grad().unwrap()),
+                &floats(&case["dbias"]),
+                1e-5,
+                what,
+            );
+        }
+    }
+    let errors = &fx["errors"];
+    let err = |cfg: Conv2dConfig, shape: &[usize]| {
+        let conv = cfg.build().unwrap();
+        let e = conv
+            .forward_nd(&NdTensor::zeros(shape).unwrap())
+            .unwrap_err();
+        e.to_string()
+    };
+    let reflect = |p: (usize, usize)| {
+        Conv2dConfig::new(1, 1, 3)
+            .padding(p)
+            .padding_mode(PaddingMode::Reflect)
+    };
+    assert_eq!(
+        err(reflect((2, 2)), &[1, 1, 2, 5]),
+        format!("Conv2d: {}", errors["reflect_too_large"].as_str().unwrap())
+    );
+    assert_eq!(
+        err(reflect((1, 4)), &[1, 1, 5, 4]),
+        format!(
+            "Conv2d: {}",
+            errors["reflect_too_large_w"].as_str().unwrap()
+        )
+    );
+    let circular = Conv2dConfig::new(1, 1, 3)
+        .padding(3)
+        .padding_mode(PaddingMode::Circular);
+    assert_eq!(
+        err(circular, &[1, 1, 2, 5]),
+        format!("Conv2d: {}", errors["circular_wraps"].as_str().unwrap())
+    );
+}

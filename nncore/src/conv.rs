@@ -19,9 +19,9 @@ use crate::ops::{Trans, ensure_shape, matmul, matmul_bias};
 use crate::shape::{Size2d, needs_image};
 use crate::{Dims, Error, Generator, ModulePath, Param, Result, Tensor};
 
-/// How `Conv2d` pads its input (with zeros, PyTorch's
-/// `padding_mode="zeros"`). A number or a pair converts into
-/// [`Padding::Explicit`].
+/// How much `Conv2d` pads its input (with zeros unless
+/// [`Conv2dConfig::padding_mode`] says otherwise). A number or a pair
+/// converts into [`Padding::Explicit`].
 ///
 /// # Example
 /// ```
@@ -46,6 +46,68 @@ pub enum Padding {
     Same,
     /// `padding="valid"`: no padding.
     Valid,
+}
+
+/// What `Conv2d`'s padding holds: PyTorch's `padding_mode`.
+///
+/// # Example
+/// ```
+/// use nncore::prelude::*;
+/// use nncore::{Conv2dConfig, PaddingMode};
+/// let conv = Conv2dConfig::new(1, 1, 3).padding(1).padding_mode(PaddingMode::Reflect).build()?;
+/// assert_eq!(
+///     conv.to_string(),
+///     "Conv2d(1, 1, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), padding_mode=reflect)"
+/// );
+/// # Ok::<(), nncore::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaddingMode {
+    /// `"zeros"` (the default).
+    #[default]
+    Zeros,
+    /// `"reflect"`: the input mirrored at its edge, the edge itself not
+    /// repeated (`d c b | a b c d | c b a`); each padding must be smaller
+    /// than the input's size along it.
+    Reflect,
+    /// `"replicate"`: the edge value repeated (`a a | a b c d | d d`).
+    Replicate,
+    /// `"circular"`: the input wrapped around (`c d | a b c d | a b`);
+    /// each padding at most the input's size along it.
+    Circular,
+}
+
+impl std::fmt::Display for PaddingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PaddingMode::Zeros => "zeros",
+            PaddingMode::Reflect => "reflect",
+            PaddingMode::Replicate => "replicate",
+            PaddingMode::Circular => "circular",
+        })
+    }
+}
+
+impl PaddingMode {
+    /// The input index that padded index `i` (`-pad..size + pad`) reads,
+    /// for a size the mode can pad (checked in `Conv2d::geometry`).
+    fn source(self, i: isize, size: usize) -> usize {
+        let n = size as isize;
+        let j = match self {
+            PaddingMode::Zeros | PaddingMode::Replicate => i.clamp(0, n - 1),
+            PaddingMode::Reflect => {
+                if i < 0 {
+                    -i
+                } else if i >= n {
+                    2 * (n - 1) - i
+                } else {
+                    i
+                }
+            }
+            PaddingMode::Circular => i.rem_euclid(n),
+        };
+        j as usize
+    }
 }
 
 impl From<usize> for Padding {
@@ -87,6 +149,7 @@ pub struct Conv2dConfig {
     dilation: Size2d,
     groups: usize,
     bias: bool,
+    padding_mode: PaddingMode,
 }
 
 impl Conv2dConfig {
@@ -103,6 +166,7 @@ impl Conv2dConfig {
             dilation: 1.into(),
             groups: 1,
             bias: true,
+            padding_mode: PaddingMode::Zeros,
         }
     }
 
@@ -113,8 +177,8 @@ impl Conv2dConfig {
         self
     }
 
-    /// Zeros around the input: a size, or [`Padding::Same`] /
-    /// [`Padding::Valid`].
+    /// The padding around the input: a size, or [`Padding::Same`] /
+    /// [`Padding::Valid`] (what it holds: [`Conv2dConfig::padding_mode`]).
     #[must_use]
     pub fn padding(mut self, padding: impl Into<Padding>) -> Self {
         self.padding = padding.into();
@@ -139,6 +203,14 @@ impl Conv2dConfig {
     #[must_use]
     pub fn bias(mut self, bias: bool) -> Self {
         self.bias = bias;
+        self
+    }
+
+    /// What the padding holds: zeros (the default), or the input
+    /// reflected, replicated or wrapped around ([`PaddingMode`]).
+    #[must_use]
+    pub fn padding_mode(mut self, mode: PaddingMode) -> Self {
+        self.padding_mode = mode;
         self
     }
 
@@ -221,7 +293,8 @@ impl Conv2dConfig {
 }
 
 /// PyTorch's `nn.Conv2d`: a 2-d convolution over `(N, C, H, W)` images,
-/// zero padding, with stride, dilation and groups.
+/// padding with zeros or ([`PaddingMode`]) the input reflected,
+/// replicated or wrapped around, with stride, dilation and groups.
 ///
 /// Parameters: `weight` of shape `[out_channels, in_channels / groups,
 /// kh, kw]` and `bias` of shape `[out_channels]`, in PyTorch's memory
@@ -397,6 +470,7 @@ impl Conv2d {
                 (th / 2, th - th / 2, tw / 2, tw - tw / 2)
             }
         };
+        self.check_padding_mode(dims, n, (h, w), (top, bottom, left, right))?;
         let padded = |x: usize, a: usize, b: usize| x.checked_add(a)?.checked_add(b);
         let (ph, pw) = padded(h, top, bottom)
             .zip(padded(w, left, right))
@@ -433,6 +507,51 @@ impl Conv2d {
         })
     }
 
+    /// The paddings a reflecting or wrapping mode cannot take, in
+    /// PyTorch's words (`F.pad`'s: the width is checked first).
+    fn check_padding_mode(
+        &self,
+        dims: Dims,
+        n: usize,
+        (h, w): (usize, usize),
+        (top, bottom, left, right): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let fail = |message: String| {
+            Err(Error::InvalidInput {
+                path: ModulePath::leaf("Conv2d"),
+                message,
+            })
+        };
+        let mode = self.config.padding_mode;
+        if matches!(mode, PaddingMode::Reflect | PaddingMode::Replicate) && (h == 0 || w == 0) {
+            return fail(format!(
+                "Expected 3D or 4D (batch mode) tensor with possibly 0 batch size and other non-zero dimensions for input, but got: {:?}",
+                dims.with_batch(n)
+            ));
+        }
+        match mode {
+            PaddingMode::Zeros | PaddingMode::Replicate => Ok(()),
+            PaddingMode::Reflect => {
+                for (arg, dim, (a, b), size) in [(4, 3, (left, right), w), (6, 2, (top, bottom), h)]
+                {
+                    if a >= size || b >= size {
+                        return fail(format!(
+                            "Argument #{arg}: Padding size should be less than the corresponding input dimension, but got: padding ({a}, {b}) at dimension {dim} of input {:?}",
+                            dims.with_batch(n)
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            PaddingMode::Circular => {
+                if [top, bottom].iter().any(|&p| p > h) || [left, right].iter().any(|&p| p > w) {
+                    return fail("Padding value causes wrapping around more than once.".into());
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn out_dims(&self, g: &Geom) -> Dims {
         Dims::image(self.config.out_channels, g.oh, g.ow)
     }
@@ -462,6 +581,12 @@ impl Conv2d {
         let p = row_len * rows.len();
         ensure_shape(col, p, cg * kh * kw);
         let col = col.as_mut_slice();
+        if cfg.padding_mode != PaddingMode::Zeros {
+            self.for_each_tap_mapped(g, group, rows, |dst_at, src_at| {
+                col[dst_at..dst_at + n].copy_from_slice(&x[src_at..src_at + n]);
+            });
+            return;
+        }
         let sw = cfg.stride.w;
         for ci in 0..cg {
             let chan = group * cg + ci;
@@ -504,6 +629,12 @@ impl Conv2d {
         let row_len = g.ow * n;
         let p = row_len * rows.len();
         let col = col.as_slice();
+        if cfg.padding_mode != PaddingMode::Zeros {
+            self.for_each_tap_mapped(g, group, rows, |src_at, dst_at| {
+                crate::kernels::add_assign(&mut dx[dst_at..dst_at + n], &col[src_at..src_at + n]);
+            });
+            return;
+        }
         let sw = cfg.stride.w;
         for ci in 0..cg {
             let chan = group * cg + ci;
@@ -532,6 +663,46 @@ impl Conv2d {
                             }
                         }
                     });
+                }
+            }
+        }
+    }
+
+    /// For a padding mode other than zeros: for every tap of group
+    /// `group` and every output position of rows `rows`, the offset of its
+    /// `N` values in the unfolded block (`P x K`, column-major) and the
+    /// offset of the `N` input values it reads (the padded index mapped
+    /// into the image by the mode).
+    fn for_each_tap_mapped(
+        &self,
+        g: &Geom,
+        group: usize,
+        rows: Range<usize>,
+        mut f: impl FnMut(usize, usize),
+    ) {
+        let cfg = &self.config;
+        let mode = cfg.padding_mode;
+        let cg = cfg.in_channels / cfg.groups;
+        let (kh, kw) = (cfg.kernel_size.h, cfg.kernel_size.w);
+        let (sh, sw) = (cfg.stride.h, cfg.stride.w);
+        let (dh, dw) = (cfg.dilation.h, cfg.dilation.w);
+        let n = g.n;
+        let row_len = g.ow * n;
+        let p = row_len * rows.len();
+        for ci in 0..cg {
+            let chan = group * cg + ci;
+            for i in 0..kh {
+                for j in 0..kw {
+                    let k = (ci * kh + i) * kw + j;
+                    for (r, oh) in rows.clone().enumerate() {
+                        let ih = mode.source((oh * sh + i * dh) as isize - g.top as isize, g.h);
+                        let base = (chan * g.h + ih) * g.w;
+                        for ow in 0..g.ow {
+                            let iw =
+                                mode.source((ow * sw + j * dw) as isize - g.left as isize, g.w);
+                            f(p * k + r * row_len + ow * n, (base + iw) * n);
+                        }
+                    }
                 }
             }
         }
@@ -814,6 +985,9 @@ impl Module for Conv2d {
         }
         if self.bias.is_none() {
             s += ", bias=False";
+        }
+        if c.padding_mode != PaddingMode::Zeros {
+            s += &format!(", padding_mode={}", c.padding_mode);
         }
         s
     }

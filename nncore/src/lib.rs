@@ -156,7 +156,7 @@ pub use buffer::Buffer;
 pub use checkpoint::{OptimizerState, SchedulerState, load_checkpoint, save_checkpoint};
 pub use clip::{clip_grad_norm_, clip_grad_norm_with, clip_grad_value_};
 pub use container::{Layer, Sequential};
-pub use conv::{Conv2d, Conv2dConfig, Padding};
+pub use conv::{Conv2d, Conv2dConfig, Padding, PaddingMode};
 pub use dropout::{Dropout, Dropout2d};
 pub use error::{Error, ModulePath, Result};
 /// Internals of printing and of the chain engine; not public API.
