@@ -530,13 +530,6 @@ impl Workspace {
         x: &Tensor,
         cur: &mut Option<StepOutput>,
     ) -> Result<()> {
-        // An element-wise layer after another step works in place on that
-        // step's buffer (`forward_owned` maps it), taking no slot.
-        if let Some(c) = cur.as_mut().filter(|_| m.is_elementwise()) {
-            let t = std::mem::replace(&mut c.tensor, empty());
-            c.tensor = m.forward_owned(t)?;
-            return Ok(());
-        }
         let slot = self.cursor;
         self.cursor += 1;
         if self.slots.len() <= slot {
@@ -564,12 +557,6 @@ impl Workspace {
         dims: Dims,
         cur: &mut Option<StepOutput>,
     ) -> Result<Dims> {
-        if let Some(c) = cur.as_mut().filter(|_| m.is_elementwise()) {
-            let t = std::mem::replace(&mut c.tensor, empty());
-            let (y, d) = m.forward_owned_dims(t, dims)?;
-            c.tensor = y;
-            return Ok(d);
-        }
         let slot = self.cursor;
         self.cursor += 1;
         if self.slots.len() <= slot {
