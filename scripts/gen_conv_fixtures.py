@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from models import flat, grads, state
+from models import error, flat, grads, state
 
 HERE = os.path.dirname(__file__)
 FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
@@ -158,14 +158,6 @@ def run(cls, shape, seed):
     with torch.no_grad():
         case["eval"] = {"x_shape": list(x2.shape), "x": flat(x2), "out": flat(model(x2))}
     return model, case
-
-
-def error(f):
-    try:
-        f()
-    except Exception as e:  # noqa: BLE001 - the message is the point
-        return str(e)
-    raise AssertionError("no error")
 
 
 def main():

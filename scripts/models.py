@@ -80,3 +80,12 @@ def state(model):
 def grads(model):
     """Every parameter's gradient, by name."""
     return {n: flat(p.grad) for n, p in model.named_parameters()}
+
+
+def error(f):
+    """PyTorch's message for the call `f`, which must fail."""
+    try:
+        f()
+    except Exception as e:  # noqa: BLE001 - the message is the point
+        return str(e)
+    raise AssertionError("no error")

@@ -90,15 +90,6 @@ fn user_writes_forward(input: &syn::DeriveInput) -> bool {
 /// not a module is reported at the field by the generated calls, which are
 /// spanned there.
 fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
-    let existing = input
-        .generics
-        .where_clause
-        .as_ref()
-        .map(|w| {
-            let preds = w.predicates.iter();
-            quote!(#(#preds,)*)
-        })
-        .unwrap_or_default();
     let params: Vec<String> = input
         .generics
         .type_params()
@@ -111,11 +102,7 @@ fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
             let ty = f.module_ty();
             quote_spanned!(ty.span()=> #ty: #bound,)
         });
-    let field_bounds: Vec<TokenStream> = field_bounds.collect();
-    if existing.is_empty() && field_bounds.is_empty() {
-        return TokenStream::new();
-    }
-    quote!(where #existing #(#field_bounds)*)
+    with_predicates(input, field_bounds.collect())
 }
 
 /// The `where` clause of the training impls: the original predicates plus
@@ -125,6 +112,16 @@ fn where_clause(input: &Input<'_>, bound: &TokenStream) -> TokenStream {
 /// has no `Backward` impl, and training it is a compile error at the call
 /// that names the child's type.
 fn backward_where_clause(input: &Input<'_>) -> TokenStream {
+    let field_bounds = input.children().map(|f| {
+        let ty = f.module_ty();
+        quote_spanned!(ty.span()=> for<'__nncore_t> #ty: ::nncore::Backward,)
+    });
+    with_predicates(input, field_bounds.collect())
+}
+
+/// `where` with the struct's own predicates and `extra`, or nothing when
+/// both are empty.
+fn with_predicates(input: &Input<'_>, extra: Vec<TokenStream>) -> TokenStream {
     let existing = input
         .generics
         .where_clause
@@ -134,15 +131,10 @@ fn backward_where_clause(input: &Input<'_>) -> TokenStream {
             quote!(#(#preds,)*)
         })
         .unwrap_or_default();
-    let field_bounds = input.children().map(|f| {
-        let ty = f.module_ty();
-        quote_spanned!(ty.span()=> for<'__nncore_t> #ty: ::nncore::Backward,)
-    });
-    let field_bounds: Vec<TokenStream> = field_bounds.collect();
-    if existing.is_empty() && field_bounds.is_empty() {
+    if existing.is_empty() && extra.is_empty() {
         return TokenStream::new();
     }
-    quote!(where #existing #(#field_bounds)*)
+    quote!(where #existing #(#extra)*)
 }
 
 fn mentions_any(tokens: TokenStream, params: &[String]) -> bool {
