@@ -76,9 +76,38 @@ fn crossover(c: &mut Criterion) {
     }
 }
 
+/// The batch-1 kernel alone (`kernels::row_packed`, on a padded weight as
+/// `Linear` packs it) for SimpleNet's two products: what is left of a
+/// forward is per-layer overhead (checks, dispatch, the chain's steps).
+fn kernels(c: &mut Criterion) {
+    for (k, n) in [(100usize, 50usize), (50, 10)] {
+        let stride = n.next_multiple_of(nncore::kernels::PACK_LANES);
+        let x = input(1, k, 3);
+        let mut w = vec![0.0f32; k * stride];
+        for (p, row) in w.chunks_exact_mut(stride).enumerate() {
+            for (j, v) in row[..n].iter_mut().enumerate() {
+                *v = ((p * n + j) as f32 * 0.37).sin();
+            }
+        }
+        let bias = vec![0.1f32; stride];
+        let mut y = vec![0.0f32; n];
+        c.bench_function(&format!("row_packed/{k}x{n}"), |b| {
+            b.iter(|| {
+                nncore::kernels::row_packed(
+                    &mut y,
+                    black_box(x.as_slice()),
+                    &w,
+                    stride,
+                    Some(&bias),
+                )
+            })
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = latency, crossover
+    targets = latency, crossover, kernels
 }
 criterion_main!(benches);
