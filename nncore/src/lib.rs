@@ -79,13 +79,15 @@
 //! gradient: give the struct a [`Tape`] field and put [`macro@forward`] on
 //! an `impl` block (see [`Tape`] and [`Forward`] for examples, and the
 //! README for what a forward may contain). [`gradcheck`] checks any
-//! module's backward against finite differences.
+//! module's backward against finite differences. A layer written wholly
+//! by hand takes `#[module(custom_forward)]`, an `impl` [`Forward`] and, to
+//! be trained, an `impl` [`Backward`] (example there).
 //!
 //! ## 5. Images
 //! A batch of images is an [`NdTensor`] `(N, C, H, W)`; models take it
 //! through [`ForwardExt::forward_nd`] and [`ForwardExt::forward_train_nd`].
 //! Layers: [`Conv2d`] ([`Conv2dConfig`] for stride, [`Padding`],
-//! dilation, groups), [`MaxPool2d`], [`AvgPool2d`], [`AdaptiveAvgPool2d`],
+//! [`PaddingMode`], dilation, groups), [`MaxPool2d`], [`AvgPool2d`], [`AdaptiveAvgPool2d`],
 //! [`Flatten`], [`BatchNorm2d`], [`Dropout2d`]; [`summary_nd`] prints their shapes and
 //! [`GradCheck::run_nd`] checks their gradients. See [`shape`] for how
 //! images are stored.
