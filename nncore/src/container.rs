@@ -133,18 +133,19 @@ macro_rules! __chain_forward_methods {
     };
 }
 
-/// The `Backward` methods of a [`ChainMut`], delegating to the chain
-/// engine. Not public API.
+/// The `Backward` methods, each delegating to the function of the same
+/// name in the engine module given (`$crate::chain` or the written
+/// engine's). Not public API.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __chain_backward_methods {
-    () => {
+macro_rules! __backward_methods {
+    ($($engine:tt)+) => {
         #[inline]
         fn forward_train<'__nncore_a>(
             &'__nncore_a mut self,
             x: &'__nncore_a $crate::Tensor,
         ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
-            $crate::chain::forward_train(self, x)
+            $($engine)+::forward_train(self, x)
         }
 
         #[inline]
@@ -152,12 +153,12 @@ macro_rules! __chain_backward_methods {
             &'__nncore_a mut self,
             grad: &'__nncore_a $crate::Tensor,
         ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
-            $crate::chain::backward(self, grad)
+            $($engine)+::backward(self, grad)
         }
 
         #[inline]
         fn backward_params(&mut self, grad: &$crate::Tensor) -> $crate::Result<()> {
-            $crate::chain::backward_params(self, grad)
+            $($engine)+::backward_params(self, grad)
         }
 
         #[inline]
@@ -166,8 +167,18 @@ macro_rules! __chain_backward_methods {
             x: &'__nncore_a $crate::Tensor,
             dims: $crate::Dims,
         ) -> $crate::Result<(&'__nncore_a $crate::Tensor, $crate::Dims)> {
-            $crate::chain::forward_train_dims(self, x, dims)
+            $($engine)+::forward_train_dims(self, x, dims)
         }
+    };
+}
+
+/// The `Backward` methods of a [`ChainMut`], delegating to the chain
+/// engine. Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __chain_backward_methods {
+    () => {
+        $crate::__backward_methods!($crate::chain);
     };
 }
 

@@ -486,31 +486,7 @@ macro_rules! __written_forward_methods {
 #[macro_export]
 macro_rules! __written_backward_methods {
     () => {
-        fn forward_train<'__nncore_a>(
-            &'__nncore_a mut self,
-            x: &'__nncore_a $crate::Tensor,
-        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
-            $crate::__private_v1::forward_train(self, x)
-        }
-
-        fn backward<'__nncore_a>(
-            &'__nncore_a mut self,
-            g: &'__nncore_a $crate::Tensor,
-        ) -> $crate::Result<&'__nncore_a $crate::Tensor> {
-            $crate::__private_v1::backward(self, g)
-        }
-
-        fn backward_params(&mut self, g: &$crate::Tensor) -> $crate::Result<()> {
-            $crate::__private_v1::backward_params(self, g)
-        }
-
-        fn forward_train_dims<'__nncore_a>(
-            &'__nncore_a mut self,
-            x: &'__nncore_a $crate::Tensor,
-            dims: $crate::Dims,
-        ) -> $crate::Result<(&'__nncore_a $crate::Tensor, $crate::Dims)> {
-            $crate::__private_v1::forward_train_dims(self, x, dims)
-        }
+        $crate::__backward_methods!($crate::__private_v1);
     };
 }
 
