@@ -45,17 +45,6 @@ fn model() -> (LnNet, Value, Tensor, Tensor) {
     (m, c, x, w)
 }
 
-fn check_grads(m: &LnNet, expected: &Value, what: &str) {
-    for (name, p) in m.named_parameters() {
-        assert_close(
-            &row_major(p.grad().unwrap()),
-            &floats(&expected[&name]),
-            1e-5,
-            &format!("{what} {name}"),
-        );
-    }
-}
-
 #[test]
 fn layer_norm_prints_as_pytorch() {
     let fx = fixture("norm.json");

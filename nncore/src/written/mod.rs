@@ -87,6 +87,11 @@ impl Site {
     }
 }
 
+/// `torch.cat`'s plan: whether it joins features, the output's
+/// `(rows, cols)`, its sample shape (`None`: flat).
+#[doc(hidden)]
+pub type CatPlan = (bool, (usize, usize), Option<Dims>);
+
 /// What the inference and the training engines share: values by handle,
 /// the first error of a run, and the operations that only select from a
 /// value (`narrow`, `chunk`), which both compute the same way. The code
@@ -112,6 +117,25 @@ pub trait Engine {
     #[doc(hidden)]
     fn ok(&self, vars: &[Var]) -> bool {
         !self.failed() && !vars.contains(&Var::POISON)
+    }
+
+    /// What both engines check and compute for `torch.cat(xs, dim)`;
+    /// `Err(Var::POISON)` once the failure is recorded.
+    #[doc(hidden)]
+    fn cat_plan(&mut self, xs: &[Var], dim: i64) -> std::result::Result<CatPlan, Var> {
+        if !self.ok(xs) {
+            return Err(Var::POISON);
+        }
+        let Some(&first) = xs.first() else {
+            return Err(self.fail("torch.cat(): expected a non-empty list of Tensors".into()));
+        };
+        let r = math::axis(dim, self.dims(first)).and_then(|ax| {
+            let ds: Vec<Dims> = xs.iter().map(|v| self.dims(*v)).collect();
+            let d = math::cat_dims(ax, &ds)?;
+            math::cat_shape(xs.iter().map(|v| self.value(*v).shape()), ax.features)
+                .map(|s| (ax.features, s, d))
+        });
+        r.map_err(|m| self.fail(m))
     }
 
     /// Records a failure with PyTorch's message, if it is the first.

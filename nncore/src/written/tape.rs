@@ -322,21 +322,9 @@ impl Tape {
 
     /// PyTorch's `torch.cat(xs, dim)`.
     pub fn cat(&mut self, xs: &[Var], dim: i64) -> Var {
-        if !self.ok(xs) {
-            return Var::POISON;
-        }
-        let Some(&first) = xs.first() else {
-            return self.fail("torch.cat(): expected a non-empty list of Tensors".into());
-        };
-        let r = math::axis(dim, self.dims_of(first)).and_then(|ax| {
-            let ds: Vec<Dims> = xs.iter().map(|v| self.dims_of(*v)).collect();
-            let d = math::cat_dims(ax, &ds)?;
-            math::cat_shape(xs.iter().map(|v| self.get(*v).shape()), ax.features)
-                .map(|s| (ax.features, s, d))
-        });
-        let (features, (rows, cols), d) = match r {
-            Ok(r) => r,
-            Err(m) => return self.fail(m),
+        let (features, (rows, cols), d) = match self.cat_plan(xs, dim) {
+            Ok(plan) => plan,
+            Err(poison) => return poison,
         };
         let out = self.compute(d, |v, o| {
             crate::ops::ensure_shape(o, rows, cols);
