@@ -1,9 +1,11 @@
 //! How the GEMM kernel was chosen: nalgebra's default (matrixmultiply),
-//! the `gemm` crate, faer, and nncore's own batch-1 kernel, on the exact
+//! the `gemm` crate, faer, nncore's `matmul` (faer's x86 kernels called
+//! directly) and nncore's own batch-1 kernel, on the exact
 //! products of the workloads (forward `x W^T`, backward `g^T x` and `g W`),
 //! one thread. `cargo bench -p nnrs-bench --bench gemm`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use nncore::ops::Trans;
 use std::hint::black_box;
 
 struct Case {
@@ -171,6 +173,30 @@ fn gemm_kernels(c: &mut Criterion) {
                 black_box(&out);
             })
         });
+        // What nncore runs for the product (one thread): its own row
+        // kernels for one row, else private-gemm-x86's packed kernels
+        // called directly (the `x86-gemm` feature), which faer's column
+        // above reaches through its matmul.
+        let at = if case.ta {
+            nncore::Tensor::from_column_slice(k, m, &a)
+        } else {
+            nncore::Tensor::from_column_slice(m, k, &a)
+        };
+        let bt = if case.tb {
+            nncore::Tensor::from_column_slice(n, k, &b)
+        } else {
+            nncore::Tensor::from_column_slice(k, n, &b)
+        };
+        let trans = |t: bool| if t { Trans::Yes } else { Trans::No };
+        let mut ct = nncore::Tensor::zeros(m, n);
+        nncore::ops::set_num_threads(1);
+        g.bench_function(BenchmarkId::from_parameter("nncore"), |bch| {
+            bch.iter(|| {
+                nncore::ops::matmul(1.0, &at, trans(case.ta), &bt, trans(case.tb), 0.0, &mut ct);
+                black_box(&ct);
+            })
+        });
+        nncore::ops::set_num_threads(0);
         if m == 1 && csb == 1 {
             g.bench_function(BenchmarkId::from_parameter("nncore_row_axpy"), |bch| {
                 bch.iter(|| {

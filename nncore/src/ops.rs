@@ -53,10 +53,11 @@ enum Accum {
 }
 
 /// `C = alpha * A * B` (`Replace`) or `C += alpha * A * B` (`Add`) for one
-/// block, on faer (the default `faer` feature) or matrixmultiply (the
-/// GEMM nalgebra itself uses, when the feature is off: a lighter build,
-/// 1.1x to 1.6x slower on the workloads' shapes where it was measured,
-/// `benches/gemm.rs`).
+/// block, on the best GEMM this build and CPU have: with the default
+/// `x86-gemm` feature on an x86-64 CPU with AVX-512F or AVX2+FMA, the
+/// packed micro-kernels of `private-gemm-x86` (faer's x86 GEMM); anywhere
+/// else matrixmultiply (the GEMM nalgebra itself uses: 1.1x to 1.6x slower
+/// on the workloads' shapes where it was measured, `benches/gemm.rs`).
 #[allow(clippy::too_many_arguments)]
 fn block_product(
     p: Shared,
@@ -66,34 +67,131 @@ fn block_product(
     alpha: f32,
     accum: Accum,
 ) {
-    #[cfg(feature = "faer")]
-    {
-        let accum = match accum {
-            Accum::Replace => faer::Accum::Replace,
-            Accum::Add => faer::Accum::Add,
-        };
+    #[cfg(all(feature = "x86-gemm", target_arch = "x86_64"))]
+    if let Some(instr) = x86_gemm::best() {
         // SAFETY: the caller derives `p` and the strides from live
         // matrices and passes blocks within them.
-        let (av, bv, cv) = unsafe {
-            (
-                faer::MatRef::<f32>::from_raw_parts(p.a, m, k, rsa, csa),
-                faer::MatRef::<f32>::from_raw_parts(p.b, k, n, rsb, csb),
-                faer::MatMut::<f32>::from_raw_parts_mut(p.c, m, n, 1, ldc),
-            )
-        };
-        faer::linalg::matmul::matmul(cv, accum, av, bv, alpha, faer::Par::Seq);
+        unsafe { x86_gemm::product(instr, p, (m, n, k), (rsa, csa, rsb, csb), ldc, alpha, accum) };
+        return;
     }
-    #[cfg(not(feature = "faer"))]
-    {
-        let beta = match accum {
-            Accum::Replace => 0.0,
-            Accum::Add => 1.0,
-        };
-        // SAFETY: as above; matrixmultiply takes the same raw strided
-        // operands (and ignores C's contents when beta is 0).
+    portable_product(p, (m, n, k), (rsa, csa, rsb, csb), ldc, alpha, accum);
+}
+
+/// [`block_product`] on matrixmultiply (any CPU, any build).
+#[allow(clippy::too_many_arguments)]
+fn portable_product(
+    p: Shared,
+    (m, n, k): (usize, usize, usize),
+    (rsa, csa, rsb, csb): (isize, isize, isize, isize),
+    ldc: isize,
+    alpha: f32,
+    accum: Accum,
+) {
+    let beta = match accum {
+        Accum::Replace => 0.0,
+        Accum::Add => 1.0,
+    };
+    // SAFETY: the caller derives `p` and the strides from live matrices
+    // and passes blocks within them; matrixmultiply takes raw strided
+    // operands (and ignores C's contents when beta is 0).
+    unsafe {
+        matrixmultiply::sgemm(
+            m, k, n, alpha, p.a, rsa, csa, p.b, rsb, csb, beta, p.c, 1, ldc,
+        );
+    }
+}
+
+/// faer's x86 GEMM kernels, called directly (as faer 0.24's `matmul`
+/// calls them for `f32` products): the one function nncore used of faer,
+/// without faer's linear algebra and its other GEMM crates (f16, f64 and
+/// complex kernels, about 95 s of CPU in a first debug build).
+#[cfg(all(feature = "x86-gemm", target_arch = "x86_64"))]
+mod x86_gemm {
+    use super::{Accum, Shared};
+    use private_gemm_x86::{DType, DstKind, IType, InstrSet};
+    use std::sync::OnceLock;
+
+    /// The widest instruction set the kernels have for this CPU.
+    pub(super) fn best() -> Option<InstrSet> {
+        static BEST: OnceLock<Option<InstrSet>> = OnceLock::new();
+        *BEST.get_or_init(|| available().first().copied())
+    }
+
+    /// The instruction sets this CPU can run, widest first.
+    pub(super) fn available() -> Vec<InstrSet> {
+        let mut v = Vec::new();
+        if is_x86_feature_detected!("avx512f") {
+            v.push(InstrSet::Avx512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            v.push(InstrSet::Avx256);
+        }
+        v
+    }
+
+    /// The block product with the kernels of `instr`.
+    ///
+    /// # Safety
+    /// `p` and the strides describe live `m x k`, `k x n` operands and an
+    /// `m x n` output (column stride `ldc`, initialised when `accum` is
+    /// `Add`); the CPU supports `instr` (from [`available`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product(
+        instr: InstrSet,
+        p: Shared,
+        (m, n, k): (usize, usize, usize),
+        (rsa, csa, rsb, csb): (isize, isize, isize, isize),
+        ldc: isize,
+        alpha: f32,
+        accum: Accum,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if let Accum::Replace = accum {
+                for j in 0..n {
+                    // SAFETY: column j of the output (caller).
+                    unsafe { std::slice::from_raw_parts_mut(p.c.offset(j as isize * ldc), m) }
+                        .fill(0.0);
+                }
+            }
+            return;
+        }
+        let null = std::ptr::null::<()>();
+        // SAFETY: the operands as the caller guarantees; the kernels read
+        // `alpha` as the element type (f32), no diagonal or index arrays,
+        // one thread.
         unsafe {
-            matrixmultiply::sgemm(
-                m, k, n, alpha, p.a, rsa, csa, p.b, rsb, csb, beta, p.c, 1, ldc,
+            private_gemm_x86::gemm(
+                DType::F32,
+                IType::U64,
+                instr,
+                m,
+                n,
+                k,
+                p.c.cast(),
+                1,
+                ldc,
+                null,
+                null,
+                DstKind::Full,
+                match accum {
+                    Accum::Replace => private_gemm_x86::Accum::Replace,
+                    Accum::Add => private_gemm_x86::Accum::Add,
+                },
+                p.a.cast(),
+                rsa,
+                csa,
+                false,
+                null,
+                0,
+                p.b.cast(),
+                rsb,
+                csb,
+                false,
+                std::ptr::from_ref(&alpha).cast(),
+                1,
             );
         }
     }
@@ -570,6 +668,99 @@ mod tests {
                     let mut c3 = Tensor::from_element(m, n, 2.0);
                     matmul(1.0, &a, ta, &b, tb, 0.5, &mut c3);
                     assert!(close(&c3, &expected.add_scalar(1.0)));
+                }
+            }
+        }
+    }
+
+    /// Every block-product path this CPU has (each x86 instruction set of
+    /// the packed kernels, and matrixmultiply), on shapes around the
+    /// kernels' register tiles (96 and 24 rows, 4 columns) and both
+    /// layouts of each operand, against nalgebra.
+    #[test]
+    fn every_block_product_path_matches_nalgebra() {
+        type Path = Box<
+            dyn Fn(Shared, (usize, usize, usize), (isize, isize, isize, isize), isize, f32, Accum),
+        >;
+        let mut paths: Vec<(String, Path)> =
+            vec![("matrixmultiply".into(), Box::new(portable_product))];
+        #[cfg(all(feature = "x86-gemm", target_arch = "x86_64"))]
+        for instr in x86_gemm::available() {
+            paths.push((
+                format!("{instr:?}"),
+                Box::new(move |p, mnk, strides, ldc, alpha, accum| {
+                    // SAFETY: as block_product's caller; `instr` is available.
+                    unsafe { x86_gemm::product(instr, p, mnk, strides, ldc, alpha, accum) }
+                }),
+            ));
+        }
+        for &(m, k, n) in &[
+            (1, 3, 1),
+            (97, 31, 5),
+            (25, 64, 9),
+            (130, 7, 3),
+            (5, 1, 40),
+            (8, 0, 3),
+        ] {
+            for ta in [Trans::No, Trans::Yes] {
+                for tb in [Trans::No, Trans::Yes] {
+                    let a = match ta {
+                        Trans::No => {
+                            Tensor::from_fn(m, k, |r, c| ((r * 7 + c * 3) % 17) as f32 * 0.1 - 0.8)
+                        }
+                        Trans::Yes => {
+                            Tensor::from_fn(k, m, |r, c| ((r * 5 + c * 3) % 11) as f32 * 0.1 - 0.5)
+                        }
+                    };
+                    let b = match tb {
+                        Trans::No => {
+                            Tensor::from_fn(k, n, |r, c| ((r * 5 + c) % 13) as f32 * 0.1 - 0.6)
+                        }
+                        Trans::Yes => {
+                            Tensor::from_fn(n, k, |r, c| ((r + 2 * c) % 7) as f32 * 0.2 - 0.6)
+                        }
+                    };
+                    let expected = reference(&a, ta, &b, tb);
+                    let (_, _, rsa, csa) = operand(&a, ta);
+                    let (_, _, rsb, csb) = operand(&b, tb);
+                    for (name, path) in &paths {
+                        let mut c = Tensor::from_element(m, n, f32::NAN);
+                        let shared = Shared {
+                            a: a.as_ptr(),
+                            b: b.as_ptr(),
+                            c: c.as_mut_ptr(),
+                        };
+                        path(
+                            shared,
+                            (m, n, k),
+                            (rsa, csa, rsb, csb),
+                            m as isize,
+                            1.0,
+                            Accum::Replace,
+                        );
+                        assert!(
+                            close(&c, &expected),
+                            "{name} {m}x{k}x{n} {ta:?} {tb:?} replace"
+                        );
+                        let mut c = Tensor::from_element(m, n, 1.0);
+                        let shared = Shared {
+                            a: a.as_ptr(),
+                            b: b.as_ptr(),
+                            c: c.as_mut_ptr(),
+                        };
+                        path(
+                            shared,
+                            (m, n, k),
+                            (rsa, csa, rsb, csb),
+                            m as isize,
+                            -2.0,
+                            Accum::Add,
+                        );
+                        assert!(
+                            close(&c, &(&expected * -2.0).add_scalar(1.0)),
+                            "{name} {m}x{k}x{n} {ta:?} {tb:?} add"
+                        );
+                    }
                 }
             }
         }
