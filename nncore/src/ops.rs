@@ -193,6 +193,15 @@ mod x86_gemm {
                 std::ptr::from_ref(&alpha).cast(),
                 1,
             );
+            // The kernels return with the upper halves of the vector
+            // registers dirty (no `vzeroupper`): until something clears
+            // them, every legacy-SSE instruction after them (all code
+            // compiled for baseline x86-64: scalar float math, nncore's
+            // portable paths, the caller's own code) runs with a false
+            // dependency on those upper halves. Measured: the test suite
+            // ran 11x slower without this (debug builds call scalar
+            // `fmaf` per element).
+            std::arch::x86_64::_mm256_zeroupper();
         }
     }
 }
