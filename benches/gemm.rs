@@ -209,9 +209,27 @@ fn gemm_kernels(c: &mut Criterion) {
     }
 }
 
+/// The transposed copy a large `Linear` makes of its weight once per weight
+/// version (every training step at 64 rows or more): nncore's kernel
+/// against the `transpose` crate it replaced there.
+fn transposes(c: &mut Criterion) {
+    for (w, h) in [(1024usize, 1024usize), (1024, 784)] {
+        let src: Vec<f32> = (0..w * h).map(|i| (i % 1000) as f32).collect();
+        let mut dst = vec![0.0f32; w * h];
+        let mut g = c.benchmark_group(format!("transpose_{w}x{h}"));
+        g.bench_function("nncore", |b| {
+            b.iter(|| nncore::kernels::transpose(black_box(&src), &mut dst, w, h))
+        });
+        g.bench_function("transpose_crate", |b| {
+            b.iter(|| transpose::transpose(black_box(&src), &mut dst, w, h))
+        });
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_kernels
+    targets = gemm_kernels, transposes
 }
 criterion_main!(benches);

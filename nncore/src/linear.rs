@@ -321,7 +321,7 @@ impl Linear {
         if wt.0 != version {
             ensure_shape(&mut wt.1, in_f, out_f);
             // Column-major W (out x in) is a row-major in x out matrix.
-            transpose::transpose(w.as_slice(), wt.1.as_mut_slice(), out_f, in_f);
+            crate::kernels::transpose(w.as_slice(), wt.1.as_mut_slice(), out_f, in_f);
             wt.0 = version;
         }
         f(&wt.1, Trans::No)
