@@ -642,6 +642,25 @@ mod tests {
         a * b
     }
 
+    /// `a` and `b` stored for `op(a) * op(b)` of shape `m x k` times
+    /// `k x n`, and the product by nalgebra.
+    fn operands(
+        (m, k, n): (usize, usize, usize),
+        ta: Trans,
+        tb: Trans,
+    ) -> (Tensor, Tensor, Tensor) {
+        let a = match ta {
+            Trans::No => Tensor::from_fn(m, k, |r, c| ((r * 7 + c * 3) % 17) as f32 * 0.1 - 0.8),
+            Trans::Yes => Tensor::from_fn(k, m, |r, c| ((r * 5 + c * 3) % 11) as f32 * 0.1 - 0.5),
+        };
+        let b = match tb {
+            Trans::No => Tensor::from_fn(k, n, |r, c| ((r * 5 + c) % 13) as f32 * 0.1 - 0.6),
+            Trans::Yes => Tensor::from_fn(n, k, |r, c| ((r + 2 * c) % 7) as f32 * 0.2 - 0.6),
+        };
+        let expected = reference(&a, ta, &b, tb);
+        (a, b, expected)
+    }
+
     #[test]
     fn matmul_with_transposes_matches_nalgebra() {
         for &(m, k, n) in &[
@@ -657,17 +676,7 @@ mod tests {
         ] {
             for ta in [Trans::No, Trans::Yes] {
                 for tb in [Trans::No, Trans::Yes] {
-                    let a = if ta == Trans::No {
-                        Tensor::from_fn(m, k, |r, c| (r * 4 + c) as f32 * 0.5 - 2.0)
-                    } else {
-                        Tensor::from_fn(k, m, |r, c| (r * 3 + c) as f32 * 0.25 - 1.0)
-                    };
-                    let b = if tb == Trans::No {
-                        Tensor::from_fn(k, n, |r, c| (r + 3 * c) as f32 - 1.5)
-                    } else {
-                        Tensor::from_fn(n, k, |r, c| (2 * r + c) as f32 * 0.1)
-                    };
-                    let expected = reference(&a, ta, &b, tb);
+                    let (a, b, expected) = operands((m, k, n), ta, tb);
                     let mut c = Tensor::from_element(m, n, f32::NAN);
                     matmul(1.0, &a, ta, &b, tb, 0.0, &mut c);
                     assert!(close(&c, &expected), "{m}x{k}x{n} {ta:?} {tb:?}");
@@ -691,6 +700,8 @@ mod tests {
         type Path = Box<
             dyn Fn(Shared, (usize, usize, usize), (isize, isize, isize, isize), isize, f32, Accum),
         >;
+        // Without the x86-gemm feature the list stays matrixmultiply alone.
+        #[allow(unused_mut)]
         let mut paths: Vec<(String, Path)> =
             vec![("matrixmultiply".into(), Box::new(portable_product))];
         #[cfg(all(feature = "x86-gemm", target_arch = "x86_64"))]
@@ -713,23 +724,7 @@ mod tests {
         ] {
             for ta in [Trans::No, Trans::Yes] {
                 for tb in [Trans::No, Trans::Yes] {
-                    let a = match ta {
-                        Trans::No => {
-                            Tensor::from_fn(m, k, |r, c| ((r * 7 + c * 3) % 17) as f32 * 0.1 - 0.8)
-                        }
-                        Trans::Yes => {
-                            Tensor::from_fn(k, m, |r, c| ((r * 5 + c * 3) % 11) as f32 * 0.1 - 0.5)
-                        }
-                    };
-                    let b = match tb {
-                        Trans::No => {
-                            Tensor::from_fn(k, n, |r, c| ((r * 5 + c) % 13) as f32 * 0.1 - 0.6)
-                        }
-                        Trans::Yes => {
-                            Tensor::from_fn(n, k, |r, c| ((r + 2 * c) % 7) as f32 * 0.2 - 0.6)
-                        }
-                    };
-                    let expected = reference(&a, ta, &b, tb);
+                    let (a, b, expected) = operands((m, k, n), ta, tb);
                     let (_, _, rsa, csa) = operand(&a, ta);
                     let (_, _, rsb, csb) = operand(&b, tb);
                     for (name, path) in &paths {
