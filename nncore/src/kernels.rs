@@ -1881,9 +1881,71 @@ pub fn transpose_with(variant: Variant, src: &[f32], dst: &mut [f32], width: usi
             assert!(is_x86_feature_detected!("avx512f"));
             // SAFETY: the CPU has AVX-512F (checked above); the lengths
             // were checked.
-            unsafe { transpose_avx512(src, dst, width, height) }
+            unsafe { transpose_avx512(src, width, dst, height, width, height) }
         }
         _ => transpose::transpose(src, dst, width, height),
+    }
+}
+
+/// [`transpose`] of a block inside larger row-major matrices: element
+/// `(r, c)` of the `height x width` block is `src[r * src_stride + c]`, and
+/// goes to `dst[c * dst_stride + r]`.
+///
+/// # Panics
+/// When a stride is shorter than the block's rows, or `src` / `dst` end
+/// before the block does.
+pub(crate) fn transpose_block(
+    src: &[f32],
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+    width: usize,
+    height: usize,
+) {
+    transpose_block_with(best(), src, src_stride, dst, dst_stride, width, height);
+}
+
+/// [`transpose_block`] with a chosen variant (AVX2 runs the portable
+/// loop).
+fn transpose_block_with(
+    variant: Variant,
+    src: &[f32],
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+    width: usize,
+    height: usize,
+) {
+    if width == 0 || height == 0 {
+        return;
+    }
+    assert!(
+        src_stride >= width && dst_stride >= height,
+        "transpose_block: strides"
+    );
+    assert!(
+        src.len() >= (height - 1) * src_stride + width,
+        "transpose_block: source"
+    );
+    assert!(
+        dst.len() >= (width - 1) * dst_stride + height,
+        "transpose_block: destination"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if variant == Variant::Avx512 {
+        assert!(is_x86_feature_detected!("avx512f"));
+        // SAFETY: the CPU has AVX-512F; the extents were checked above.
+        unsafe { transpose_avx512(src, src_stride, dst, dst_stride, width, height) };
+        return;
+    }
+    for r0 in (0..height).step_by(16) {
+        for c0 in (0..width).step_by(16) {
+            for r in r0..(r0 + 16).min(height) {
+                for c in c0..(c0 + 16).min(width) {
+                    dst[c * dst_stride + r] = src[r * src_stride + c];
+                }
+            }
+        }
     }
 }
 
@@ -1891,10 +1953,18 @@ pub fn transpose_with(variant: Variant, src: &[f32], dst: &mut [f32], width: usi
 /// edges element by element.
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `src.len() == dst.len() == width * height`.
+/// The CPU supports AVX-512F; the block lies inside `src` and `dst` (see
+/// [`transpose_block`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_avx512(src: &[f32], dst: &mut [f32], width: usize, height: usize) {
+unsafe fn transpose_avx512(
+    src: &[f32],
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+    width: usize,
+    height: usize,
+) {
     use std::arch::x86_64::{
         __m512, _mm512_castpd_ps, _mm512_castps_pd, _mm512_loadu_ps, _mm512_shuffle_f32x4,
         _mm512_storeu_ps, _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd,
@@ -1914,8 +1984,9 @@ unsafe fn transpose_avx512(src: &[f32], dst: &mut [f32], width: usize, height: u
                     // `src` (height x width); the stores write rows c0..c0+16,
                     // columns r0..r0+16 of `dst` (width x height).
                     unsafe {
-                        let mut r: [__m512; 16] =
-                            std::array::from_fn(|i| _mm512_loadu_ps(s.add((r0 + i) * width + c0)));
+                        let mut r: [__m512; 16] = std::array::from_fn(|i| {
+                            _mm512_loadu_ps(s.add((r0 + i) * src_stride + c0))
+                        });
                         // Interleave pairs of rows (32-bit), then pairs of pairs
                         // (64-bit), then 128-bit lanes twice: row i of the result
                         // is column i of the tile.
@@ -1952,7 +2023,7 @@ unsafe fn transpose_avx512(src: &[f32], dst: &mut [f32], width: usize, height: u
                             r[8 + j] = _mm512_shuffle_f32x4::<0xdd>(a, b);
                         }
                         for (i, v) in r.iter().enumerate() {
-                            _mm512_storeu_ps(d.add((c0 + i) * height + r0), *v);
+                            _mm512_storeu_ps(d.add((c0 + i) * dst_stride + r0), *v);
                         }
                     }
                 }
@@ -1962,7 +2033,7 @@ unsafe fn transpose_avx512(src: &[f32], dst: &mut [f32], width: usize, height: u
     for r in 0..height {
         let cols = if r < h16 { w16..width } else { 0..width };
         for c in cols {
-            dst[c * height + r] = src[r * width + c];
+            dst[c * dst_stride + r] = src[r * src_stride + c];
         }
     }
 }
@@ -1990,6 +2061,38 @@ mod transpose_tests {
                 let mut got = vec![f32::NAN; w * h];
                 transpose_with(v, &src, &mut got, w, h);
                 assert_eq!(got, expected, "{v:?} {w}x{h}");
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_inside_larger_matrices_transpose_in_place() {
+        // A 37 x 70 block at row 3, column 5 of a 50 x 90 matrix, into
+        // rows 2.. , column 4.. of an 80 x 60 one; the rest untouched.
+        let (sw, dw) = (90, 60);
+        let src: Vec<f32> = (0..50 * sw).map(|i| i as f32).collect();
+        for variant in available_variants() {
+            let mut dst = vec![-1.0; 80 * dw];
+            let (width, height) = (37, 40);
+            let off = 2 * dw + 4;
+            transpose_block_with(
+                variant,
+                &src[3 * sw + 5..],
+                sw,
+                &mut dst[off..],
+                dw,
+                width,
+                height,
+            );
+            for (i, v) in dst.iter().enumerate() {
+                let (row, col) = (i / dw, i % dw);
+                let inside = (2..2 + width).contains(&row) && (4..4 + height).contains(&col);
+                let expected = if inside {
+                    src[(3 + col - 4) * sw + 5 + row - 2]
+                } else {
+                    -1.0
+                };
+                assert_eq!(*v, expected, "{variant:?} dst ({row}, {col})");
             }
         }
     }
