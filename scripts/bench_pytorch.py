@@ -6,7 +6,11 @@ Runs each workload in PyTorch (CPU, one thread by default) and, unless
 side-by-side table of median times with the ratio PyTorch / nncore.
 Not part of CI. Needs `pip install torch`.
 
-    python scripts/bench_pytorch.py [--threads N] [--no-rust]
+    python scripts/bench_pytorch.py [--threads N] [--no-rust] [--rounds N]
+
+With --rounds N the two frameworks alternate N times (the medians and the
+median of each round's ratio are printed): this VM's speed drifts by up to
+1.4x between minutes, so one round's ratio can be off by that much.
 
 With --latency: the small-batch forwards of `cargo bench -p nnrs-bench --bench latency`
 (SimpleNet and the 784-1024-1024-10 MLP at batch 1 to 16), each framework
@@ -294,6 +298,8 @@ def main():
     ap.add_argument("--latency-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--runs", type=int, default=3, help="processes per framework (--latency)")
     ap.add_argument("--peers", action="store_true", help="also candle and Burn (--latency)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate PyTorch and nncore this many times, report medians (not --latency)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.latency_child:
@@ -303,9 +309,20 @@ def main():
         latency_main(args)
         return
     bench = "written" if args.written else "norm" if args.norm else "conv" if args.conv else "workloads"
-    py = {"written": pytorch_written_times, "norm": pytorch_norm_times, "conv": pytorch_conv_times,
-          "workloads": pytorch_times}[bench]()
-    rs = {} if args.no_rust else rust_times(args.threads, bench)
+    py_fn = {"written": pytorch_written_times, "norm": pytorch_norm_times, "conv": pytorch_conv_times,
+             "workloads": pytorch_times}[bench]
+    # This machine's speed drifts between minutes: alternate the two
+    # frameworks --rounds times and report medians, and the median of the
+    # rounds' own ratios (each round's two sides ran minutes apart, not hours).
+    pys, rss = [], []
+    for _ in range(args.rounds):
+        pys.append(py_fn())
+        if not args.no_rust:
+            rss.append(rust_times(args.threads, bench))
+    py = {k: statistics.median(p[k] for p in pys) for k in pys[0]}
+    rs = {k: statistics.median(r[k] for r in rss if k in r) for k in rss[0]} if rss else {}
+    round_ratios = {k: statistics.median(p[k] / r[k] for p, r in zip(pys, rss) if k in r)
+                    for k in py if rss and k in rss[0]}
     flops = {"mlp_b256_fwd": 2 * 256 * (784 * 1024 + 1024 * 1024 + 1024 * 10)}
     flops["mlp_b256_train"] = 3 * flops["mlp_b256_fwd"]
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
@@ -315,8 +332,11 @@ def main():
         extra = f"   ({flops[k] / t / 1e9:.0f} vs {flops[k] / r / 1e9:.0f} GFLOP/s)" if k in flops and r else ""
         hand = rs.get(k + "_hand")
         extra += f"   (hand-written: {fmt(hand)})" if hand else ""
+        if args.rounds > 1 and k in round_ratios:
+            each = ", ".join(f"{p[k] / r[k]:.2f}" for p, r in zip(pys, rss) if k in r)
+            extra += f"   (rounds' ratios {each}; median {round_ratios[k]:.2f}x)"
         print(f"{k:<20} {fmt(t):>12} {fmt(r) if r else '-':>12} {(t / r) if r else float('nan'):>14.2f}x{extra}")
-    json.dump({"pytorch": py, "nncore": rs}, sys.stderr)
+    json.dump({"pytorch": pys, "nncore": rss}, sys.stderr)
     print(file=sys.stderr)
 
 
