@@ -2067,8 +2067,9 @@ mod transpose_tests {
 
     #[test]
     fn blocks_inside_larger_matrices_transpose_in_place() {
-        // A 37 x 70 block at row 3, column 5 of a 50 x 90 matrix, into
-        // rows 2.. , column 4.. of an 80 x 60 one; the rest untouched.
+        // A 40-row, 37-column block at row 3, column 5 of a 50 x 90
+        // matrix, into rows 2.., columns 4.. of an 80 x 60 one; the rest
+        // untouched.
         let (sw, dw) = (90, 60);
         let src: Vec<f32> = (0..50 * sw).map(|i| i as f32).collect();
         for variant in available_variants() {

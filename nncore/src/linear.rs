@@ -421,12 +421,13 @@ impl Backward for Linear {
         crate::ops::copy_into(x, &mut self.input);
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
         ensure_shape(&mut out, x.nrows(), self.out_features());
-        // A frozen weight keeps the transposed copy inference made; a
+        // A frozen weight keeps the transposed copy inference made (small
+        // batches keep the row kernels, which want the weight as it is); a
         // weight that changes every step never gets one (`apply` takes
         // `W^T` block by block instead).
         let version = self.weight.version();
         match self.transposed.read().as_ref() {
-            Some((v, wt)) if *v == version && self.weight.numel() >= TRANSPOSE_MIN => {
+            Some((v, wt)) if *v == version && x.nrows() > crate::ops::SMALL_ROWS_LIMIT => {
                 self.apply(x, wt, Trans::No, &mut out);
             }
             _ => self.apply(x, self.weight.value(), Trans::Yes, &mut out),
