@@ -83,7 +83,10 @@ fn kernels(c: &mut Criterion) {
     for (k, n) in [(100usize, 50usize), (50, 10)] {
         let stride = n.next_multiple_of(nncore::kernels::PACK_LANES);
         let x = input(1, k, 3);
-        let mut w = vec![0.0f32; k * stride];
+        // 64-byte aligned, as `Linear` packs it.
+        let mut storage = vec![0.0f32; k * stride + 16];
+        let skip = storage.as_ptr().align_offset(64);
+        let w = &mut storage[skip..skip + k * stride];
         for (p, row) in w.chunks_exact_mut(stride).enumerate() {
             for (j, v) in row[..n].iter_mut().enumerate() {
                 *v = ((p * n + j) as f32 * 0.37).sin();
@@ -96,9 +99,10 @@ fn kernels(c: &mut Criterion) {
                 nncore::kernels::row_packed(
                     &mut y,
                     black_box(x.as_slice()),
-                    &w,
+                    w,
                     stride,
                     Some(&bias),
+                    false,
                 )
             })
         });

@@ -88,6 +88,8 @@ impl Cache {
 /// Defines an element-wise activation: its struct docs, `Module`,
 /// `Forward` (with an in-place `forward_owned`) and `Display`.
 macro_rules! elementwise {
+    (@fused ReLU) => { Some(crate::forward::Activation::Relu) };
+    (@fused $other:ident) => { None };
     (
         $(#[$doc:meta])*
         $name:ident { $($field:ident : $fty:ty),* }
@@ -126,6 +128,10 @@ macro_rules! elementwise {
         impl Forward for $name {
             fn is_elementwise(&self) -> bool {
                 true
+            }
+
+            fn fused_activation(&self) -> Option<crate::forward::Activation> {
+                elementwise!(@fused $name)
             }
 
             fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -203,9 +209,16 @@ elementwise! {
     /// ```
     ReLU {}
     save_input: false,
-    forward: |_s, x| if x < 0.0 { 0.0 } else { x },
+    forward: |_s, x| relu(x),
     derivative: |_s, _x, y| if y > 0.0 { 1.0 } else { 0.0 },
     extra_repr: |_s| String::new(),
+}
+
+/// ReLU of one value: `x < 0 ? 0 : x`, so NaN and -0.0 pass through, as in
+/// PyTorch.
+#[inline(always)]
+pub(crate) fn relu(x: f32) -> f32 {
+    if x < 0.0 { 0.0 } else { x }
 }
 
 impl ReLU {

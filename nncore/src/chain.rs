@@ -95,42 +95,95 @@ pub trait ChainMut: Chain {
     fn visit_mut_rev<'a, V: VisitorMut<'a>>(&'a mut self, v: &mut V) -> Result<()>;
 }
 
-struct Infer<'x> {
+// Inference fuses an activation into the layer before it (`Linear` then
+// `ReLU`: the ReLU is applied to the sums before they are stored, one pass
+// and one buffer fewer). A module that can take one (`Forward::fusable`)
+// is held until the next child shows whether it is such an activation.
+
+struct Infer<'a, 'x> {
     // Always `Some` between visits.
     flow: Option<Flow<'x>>,
+    held: Option<(Name, &'a dyn Forward)>,
     owner: &'static str,
 }
 
-impl<'a> Visitor<'a> for Infer<'_> {
+impl<'a> Visitor<'a> for Infer<'a, '_> {
     #[inline(always)]
     fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+        if let Some((held_name, held)) = self.held.take() {
+            if let Some(act) = m.fused_activation() {
+                return self.run(held_name, |flow| flow.apply_fused(held, act));
+            }
+            self.run(held_name, |flow| flow.apply(held))?;
+        }
+        if let Some(f) = m.fusable() {
+            self.held = Some((name, f));
+            return Ok(());
+        }
+        self.run(name, |flow| flow.apply(m))
+    }
+}
+
+impl Infer<'_, '_> {
+    #[inline(always)]
+    fn run(&mut self, name: Name, f: impl FnOnce(Flow<'_>) -> Result<Flow<'_>>) -> Result<()> {
         if let Some(flow) = self.flow.take() {
-            self.flow = Some(flow.apply(m).map_err(|e| name.wrap(e, self.owner))?);
+            self.flow = Some(f(flow).map_err(|e| name.wrap(e, self.owner))?);
         }
         Ok(())
     }
-}
 
-impl Infer<'_> {
-    fn into_tensor(self) -> Tensor {
-        self.flow
-            .map_or_else(|| Tensor::zeros(0, 0), Flow::into_tensor)
+    fn into_tensor(mut self) -> Result<Tensor> {
+        if let Some((name, held)) = self.held.take() {
+            self.run(name, |flow| flow.apply(held))?;
+        }
+        Ok(self
+            .flow
+            .map_or_else(|| Tensor::zeros(0, 0), Flow::into_tensor))
     }
 }
 
-struct Into<'x, 'w> {
+struct Into<'a, 'x, 'w> {
     x: &'x Tensor,
     cur: Option<StepOutput>,
     ws: &'w mut Workspace,
+    held: Option<(Name, &'a dyn Forward)>,
     owner: &'static str,
 }
 
-impl<'a> Visitor<'a> for Into<'_, '_> {
+impl<'a> Visitor<'a> for Into<'a, '_, '_> {
     #[inline(always)]
     fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+        if let Some((held_name, held)) = self.held.take() {
+            let r = match m.fused_activation() {
+                Some(act) => self.ws.step_fused(held, act, self.x, &mut self.cur),
+                None => self.ws.step(held, self.x, &mut self.cur),
+            };
+            r.map_err(|e| held_name.wrap(e, self.owner))?;
+            if m.fused_activation().is_some() {
+                return Ok(());
+            }
+        }
+        if let Some(f) = m.fusable() {
+            self.held = Some((name, f));
+            return Ok(());
+        }
         self.ws
             .step(m, self.x, &mut self.cur)
             .map_err(|e| name.wrap(e, self.owner))
+    }
+}
+
+impl Into<'_, '_, '_> {
+    /// Runs the module still held, if any.
+    fn flush(&mut self) -> Result<()> {
+        match self.held.take() {
+            Some((name, held)) => self
+                .ws
+                .step(held, self.x, &mut self.cur)
+                .map_err(|e| name.wrap(e, self.owner)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -210,10 +263,11 @@ impl<'a> VisitorMut<'a> for BackParams<'a, 'a> {
 pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
     let mut v = Infer {
         flow: Some(Flow::Borrowed(x)),
+        held: None,
         owner: C::NAME,
     };
     m.visit(&mut v)?;
-    Ok(v.into_tensor())
+    v.into_tensor()
 }
 
 /// `Forward::forward_owned` of a chain.
@@ -224,10 +278,11 @@ pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
 pub fn forward_owned<C: Chain + ?Sized>(m: &C, x: Tensor) -> Result<Tensor> {
     let mut v = Infer {
         flow: Some(Flow::Owned(x)),
+        held: None,
         owner: C::NAME,
     };
     m.visit(&mut v)?;
-    Ok(v.into_tensor())
+    v.into_tensor()
 }
 
 /// `Forward::forward_into` of a chain.
@@ -246,10 +301,11 @@ pub fn forward_into<C: Chain + ?Sized>(
         x,
         cur: None,
         ws,
+        held: None,
         owner: C::NAME,
     };
     // `finish` runs on errors too: it ends the chain's use of the slots.
-    let r = m.visit(&mut v);
+    let r = m.visit(&mut v).and_then(|()| v.flush());
     v.ws.finish(x, v.cur, out);
     r
 }

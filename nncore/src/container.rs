@@ -319,6 +319,24 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     fn is_elementwise(&self) -> bool {
         (**self).is_elementwise()
     }
+    fn fused_activation(&self) -> Option<crate::forward::Activation> {
+        (**self).fused_activation()
+    }
+    fn fusable(&self) -> Option<&dyn Forward> {
+        (**self).fusable()
+    }
+    fn forward_into_fused(
+        &self,
+        x: &Tensor,
+        out: &mut Tensor,
+        ws: &mut Workspace,
+        act: crate::forward::Activation,
+    ) -> Result<()> {
+        (**self).forward_into_fused(x, out, ws, act)
+    }
+    fn forward_fused(&self, x: &Tensor, act: crate::forward::Activation) -> Result<Tensor> {
+        (**self).forward_fused(x, act)
+    }
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         (**self).forward_dims(x, dims)
     }
@@ -561,9 +579,63 @@ mod tests {
             model.forward_into(&x, &mut out, &mut ws).unwrap();
             assert_eq!(out, model.forward(&x).unwrap(), "rows={rows}");
         }
-        // One buffer per step (3 outer, 3 inner): failed calls did not
-        // leave the cursor behind.
-        assert_eq!(ws.slot_count(), 6);
+        // One buffer per step (3 outer, 3 inner, of which the inner Linear
+        // and the ReLU after it run as one fused step): failed calls did
+        // not leave the cursor behind.
+        assert_eq!(ws.slot_count(), 5);
+    }
+
+    /// A ReLU after a Linear is fused into it at inference (the batch-1
+    /// kernel applies it to the sums; other batches as a pass over the
+    /// output): the results equal the two layers run one by one, exactly,
+    /// before and after the layer packs its weight, NaN included.
+    #[test]
+    fn a_relu_fused_into_the_linear_before_it_changes_nothing() {
+        for (i, o, bias) in [
+            (100, 50, true),
+            (7, 3, false),
+            (33, 17, true),
+            (16, 64, true),
+        ] {
+            let (fc, relu, last) = crate::with_seed(5, || {
+                let fc = if bias {
+                    Linear::new(i, o)
+                } else {
+                    Linear::new_no_bias(i, o)
+                };
+                (fc, ReLU::new(), Linear::new(o, 2))
+            });
+            let model = seq![fc.clone(), relu.clone(), last.clone()];
+            let mut g = crate::Generator::new(1);
+            let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+            for call in 0..40 {
+                let rows = [1, 1, 3, 1][call % 4];
+                let mut x = g.uniform_tensor(rows, i, -1.0, 1.0);
+                if call % 5 == 0 {
+                    x[(0, 1)] = f32::NAN;
+                }
+                // The model's layers see every row twice (two calls), and
+                // so do these, so that both pack their weights together.
+                let reference = || last.forward(&relu.forward(&fc.forward(&x)?)?);
+                let expected = reference().unwrap();
+                let y = model.forward(&x).unwrap();
+                let expected_into = reference().unwrap();
+                model.forward_into(&x, &mut out, &mut ws).unwrap();
+                for (got, expected, what) in [
+                    (&y, &expected, "forward"),
+                    (&out, &expected_into, "forward_into"),
+                ] {
+                    let same = got
+                        .iter()
+                        .zip(expected.iter())
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{i}->{o} bias={bias} call {call} {what}: {got} vs {expected}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

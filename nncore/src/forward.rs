@@ -127,6 +127,53 @@ pub trait Forward: Module {
         false
     }
 
+    /// The activation this module applies, when a layer before it in a
+    /// chain can apply it on the way out of its own kernel (`ReLU`). Not
+    /// public API: the chain engine's fusion.
+    #[doc(hidden)]
+    fn fused_activation(&self) -> Option<Activation> {
+        None
+    }
+
+    /// This module, when it can run with an activation fused into its
+    /// output ([`Forward::forward_into_fused`] does more than its default):
+    /// the chain engine then holds it until it sees the next module. Not
+    /// public API.
+    #[doc(hidden)]
+    fn fusable(&self) -> Option<&dyn Forward> {
+        None
+    }
+
+    /// [`Forward::forward_into`] followed by `act`, in one pass where the
+    /// module can (`Linear`'s batch-1 kernel applies a ReLU to its sums
+    /// before storing them). Not public API.
+    ///
+    /// # Errors
+    /// As [`Forward::forward_into`].
+    #[doc(hidden)]
+    fn forward_into_fused(
+        &self,
+        x: &Tensor,
+        out: &mut Tensor,
+        ws: &mut Workspace,
+        act: Activation,
+    ) -> Result<()> {
+        self.forward_into(x, out, ws)?;
+        act.apply(out.as_mut_slice());
+        Ok(())
+    }
+
+    /// [`Forward::forward`] followed by `act`. Not public API.
+    ///
+    /// # Errors
+    /// As [`Forward::forward`].
+    #[doc(hidden)]
+    fn forward_fused(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let mut y = self.forward(x)?;
+        act.apply(y.as_mut_slice());
+        Ok(y)
+    }
+
     /// The shape-aware forward: `x` holds one sample of shape `dims` per
     /// row (see [`NdTensor`](crate::NdTensor)); returns the output and the
     /// shape of its samples. Image layers (`Conv2d`, pooling, `Flatten`)
@@ -530,18 +577,45 @@ impl Workspace {
         x: &Tensor,
         cur: &mut Option<StepOutput>,
     ) -> Result<()> {
+        self.step_with(x, cur, |x, out, ws| m.forward_into(x, out, ws))
+    }
+
+    /// One chain step: `f(input, output buffer, workspace)`.
+    #[inline(always)]
+    fn step_with<R>(
+        &mut self,
+        x: &Tensor,
+        cur: &mut Option<StepOutput>,
+        f: impl FnOnce(&Tensor, &mut Tensor, &mut Self) -> R,
+    ) -> R {
         let slot = self.cursor;
         self.cursor += 1;
         if self.slots.len() <= slot {
             self.slots.resize_with(slot + 1, || None);
         }
         let mut next = self.slots[slot].take().unwrap_or_else(empty);
-        let r = m.forward_into(cur.as_ref().map_or(x, |c| &c.tensor), &mut next, self);
+        let r = f(cur.as_ref().map_or(x, |c| &c.tensor), &mut next, self);
         let next = StepOutput { slot, tensor: next };
         if let Some(prev) = cur.replace(next) {
             self.slots[prev.slot] = Some(prev.tensor);
         }
         r
+    }
+
+    /// [`Workspace::step`] with `act` fused into `m`'s output
+    /// ([`Forward::forward_into_fused`]).
+    ///
+    /// # Errors
+    /// Whatever `m` reports.
+    #[doc(hidden)]
+    pub fn step_fused(
+        &mut self,
+        m: &dyn Forward,
+        act: Activation,
+        x: &Tensor,
+        cur: &mut Option<StepOutput>,
+    ) -> Result<()> {
+        self.step_with(x, cur, |x, out, ws| m.forward_into_fused(x, out, ws, act))
     }
 
     /// [`Workspace::step`] for samples of shape `dims`; returns the
@@ -557,18 +631,7 @@ impl Workspace {
         dims: Dims,
         cur: &mut Option<StepOutput>,
     ) -> Result<Dims> {
-        let slot = self.cursor;
-        self.cursor += 1;
-        if self.slots.len() <= slot {
-            self.slots.resize_with(slot + 1, || None);
-        }
-        let mut next = self.slots[slot].take().unwrap_or_else(empty);
-        let r = m.forward_into_dims(cur.as_ref().map_or(x, |c| &c.tensor), dims, &mut next, self);
-        let next = StepOutput { slot, tensor: next };
-        if let Some(prev) = cur.replace(next) {
-            self.slots[prev.slot] = Some(prev.tensor);
-        }
-        r
+        self.step_with(x, cur, |x, out, ws| m.forward_into_dims(x, dims, out, ws))
     }
 
     /// Ends a forward chain: copies the current tensor (or `x` if no step
@@ -583,6 +646,25 @@ impl Workspace {
         self.depth = self.depth.saturating_sub(1);
         if self.depth == 0 {
             self.cursor = 0;
+        }
+    }
+}
+
+/// An activation a chain fuses into the layer before it (see
+/// [`Forward::fused_activation`]). Not public API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Activation {
+    /// `ReLU`: `x < 0 ? 0 : x` (NaN and -0.0 pass through).
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation in place, exactly as its module does.
+    pub fn apply(self, x: &mut [f32]) {
+        match self {
+            Activation::Relu => crate::kernels::map_in_place(x, crate::activation::relu),
         }
     }
 }
@@ -609,6 +691,18 @@ impl Flow<'_> {
         Ok(Flow::Owned(match self {
             Flow::Borrowed(x) => m.forward(x)?,
             Flow::Owned(x) => m.forward_owned(x)?,
+        }))
+    }
+
+    /// Applies `m` with `act` fused into its output.
+    ///
+    /// # Errors
+    /// Whatever `m` reports.
+    #[inline]
+    pub fn apply_fused(self, m: &dyn Forward, act: Activation) -> Result<Self> {
+        Ok(Flow::Owned(match self {
+            Flow::Borrowed(x) => m.forward_fused(x, act)?,
+            Flow::Owned(x) => m.forward_fused(&x, act)?,
         }))
     }
 

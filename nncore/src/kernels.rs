@@ -96,6 +96,16 @@ macro_rules! multiversion {
         }
     };
     (
+        $(#[$doc:meta])*
+        pub fn $name:ident / $with:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?
+            => { $on512:path, $on2:path, $portable:path } $(; check $check:block)?
+    ) => {
+        multiversion! {
+            @emit $(#[$doc])* $name / $with ( $($arg : $ty),* ) $(-> $ret)? ;
+            { $($check)? } ; $on512 ; $on2 ; $portable ;
+        }
+    };
+    (
         @emit $(#[$doc:meta])* $name:ident / $with:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)? ;
         $check:block ; $on512:path ; $on2:path ; $portable:path ; $($item:item)*
     ) => {
@@ -202,10 +212,21 @@ multiversion! {
     /// This is [`crate::Linear`]'s batch-1 inference kernel; the bias is where
     /// the accumulators start.
     ///
+    /// With `relu`, `y = max(y, 0)`
+    /// after the sums (a ReLU that follows the layer, applied on the way
+    /// out).
+    ///
     /// # Panics
     /// When the shapes do not hold as described.
-    pub fn row_packed / row_packed_with (y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>)
-    => packed; check {
+    pub fn row_packed / row_packed_with (
+        y: &mut [f32],
+        x: &[f32],
+        w: &[f32],
+        stride: usize,
+        bias: Option<&[f32]>,
+        relu: bool
+    )
+    => { packed512, avx2::packed, portable::packed }; check {
         assert!(
             stride.is_multiple_of(PACK_LANES) && y.len() <= stride,
             "row_packed: stride"
@@ -213,6 +234,16 @@ multiversion! {
         assert!(w.len() >= x.len() * stride, "row_packed: w too short");
         assert!(bias.is_none_or(|b| b.len() >= stride), "row_packed: bias too short");
     }
+}
+
+mod row1;
+
+/// [`row1::packed`], after `row_packed_with`'s checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn packed512(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>, relu: bool) {
+    // SAFETY: `row_packed_with` checked the shapes `row1::packed` needs.
+    unsafe { row1::packed(y, x, w, stride, bias, relu) }
 }
 
 multiversion! {
@@ -663,7 +694,27 @@ macro_rules! bodies {
         /// rows of `stride` values (a multiple of 16, zero past
         /// `y.len()`), so that every block reads whole rows in place.
         #[inline(always)]
-        pub(in crate::kernels) fn packed(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>) {
+        pub(in crate::kernels) fn packed(
+            y: &mut [f32],
+            x: &[f32],
+            w: &[f32],
+            stride: usize,
+            bias: Option<&[f32]>,
+            relu: bool,
+        ) {
+            packed_sums(y, x, w, stride, bias);
+            if relu {
+                // As `ReLU`: NaN and -0.0 pass through.
+                for v in y.iter_mut() {
+                    if *v < 0.0 {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+
+        #[inline(always)]
+        fn packed_sums(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>) {
             const W: usize = $w1;
             let n = y.len();
             let mut j0 = 0;
@@ -693,6 +744,8 @@ macro_rules! bodies {
 // (SSE2) for the portable build.
 #[allow(clippy::assign_op_pattern, clippy::needless_range_loop)]
 mod generated {
+    // Its batch-1 `packed` is replaced by `row1::packed` (intrinsics).
+    #[allow(dead_code)]
     pub(super) mod avx512 {
         bodies!(
             axpy,
@@ -840,16 +893,24 @@ mod tests {
                         *b = j as f32 * 0.25 - 1.0;
                     }
                     for v in available_variants() {
-                        for with_bias in [false, true] {
+                        for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
                             let b = with_bias.then_some(&bias[..]);
-                            let mut y = vec![f32::NAN; n];
-                            row_packed_with(v, &mut y, &x, &w, stride, b);
+                            // Outputs inside a larger buffer: nothing past
+                            // them may be written.
+                            let mut buf = vec![f32::NAN; n + 16];
+                            buf[n..].fill(7.0);
+                            row_packed_with(v, &mut buf[..n], &x, &w, stride, b, relu);
+                            let (y, after) = buf.split_at(n);
+                            assert!(after.iter().all(|&a| a == 7.0), "{v:?} n={n}: wrote past y");
                             for (j, g) in y.iter().enumerate() {
-                                let e = if with_bias { bias[j] } else { 0.0 }
+                                let mut e = if with_bias { bias[j] } else { 0.0 }
                                     + (0..k).map(|p| x[p] * w[p * stride + j]).sum::<f32>();
+                                if relu {
+                                    e = crate::activation::relu(e);
+                                }
                                 assert!(
                                     (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                                    "{v:?} k={k} n={n} stride={stride} bias={with_bias} j={j}: {g} vs {e}"
+                                    "{v:?} k={k} n={n} stride={stride} bias={with_bias} relu={relu} j={j}: {g} vs {e}"
                                 );
                             }
                         }
@@ -860,10 +921,31 @@ mod tests {
     }
 
     #[test]
+    fn the_fused_relu_passes_nan_as_relu_does() {
+        // No input rows: the outputs are the bias, then the ReLU.
+        let mut bias = vec![0.0f32; 16];
+        bias[..4].copy_from_slice(&[f32::NAN, 0.5, -2.0, 3.0]);
+        for v in available_variants() {
+            let mut y = vec![1.0f32; 4];
+            row_packed_with(v, &mut y, &[], &[], 16, Some(&bias), true);
+            assert!(y[0].is_nan(), "{v:?}: NaN stays NaN");
+            assert_eq!(&y[1..], &[0.5, 0.0, 3.0], "{v:?}");
+        }
+        // And a NaN from the product.
+        let mut w = vec![0.0f32; 16];
+        w[0] = f32::NAN;
+        for v in available_variants() {
+            let mut y = vec![1.0f32; 2];
+            row_packed_with(v, &mut y, &[1.0], &w, 16, None, true);
+            assert!(y[0].is_nan() && y[1] == 0.0, "{v:?}: {y:?}");
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "row_packed: stride")]
     fn the_packed_row_kernel_refuses_an_unpadded_stride() {
         let mut y = vec![0.0f32; 10];
-        row_packed(&mut y, &[1.0], &[0.0; 10], 10, None);
+        row_packed(&mut y, &[1.0], &[0.0; 10], 10, None, false);
     }
 }
 

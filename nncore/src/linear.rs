@@ -6,7 +6,7 @@
 
 mod packed;
 
-use crate::forward::{Backward, Forward};
+use crate::forward::{Activation, Backward, Forward};
 use crate::module::Module;
 use crate::ops::{Trans, ensure_shape, matmul, matmul_bias, matmul_bias_new};
 use crate::{Error, Generator, ModulePath, Param, Result, Tensor, with_default_generator};
@@ -387,31 +387,83 @@ impl Forward for Linear {
         let (rows, cols) = (x.nrows(), self.out_features());
         if let Some(p) = self.small_batch_pack(rows) {
             let mut out = Tensor::zeros(rows, cols);
-            apply_packed(p, x, &mut out);
+            apply_packed(p, x, &mut out, false);
             return Ok(out);
         }
-        // The output is written once: the bias, block by block by the
-        // thread that then accumulates the product onto it.
-        let out = self.with_inference_weight(rows, |w, t| match &self.bias {
-            Some(b) => matmul_bias_new(x, Trans::No, w, t, b.value().as_slice()),
-            None => {
-                let mut out = Tensor::zeros(rows, cols);
-                matmul(1.0, x, Trans::No, w, t, 0.0, &mut out);
-                out
-            }
-        });
-        Ok(out)
+        Ok(self.infer_unpacked(x))
     }
 
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
         self.check_input(x)?;
         ensure_shape(out, x.nrows(), self.out_features());
         if let Some(p) = self.small_batch_pack(x.nrows()) {
-            apply_packed(p, x, out);
+            apply_packed(p, x, out, false);
             return Ok(());
         }
         self.with_inference_weight(x.nrows(), |w, t| self.apply(x, w, t, out));
         Ok(())
+    }
+
+    fn fusable(&self) -> Option<&dyn Forward> {
+        Some(self)
+    }
+
+    fn forward_into_fused(
+        &self,
+        x: &Tensor,
+        out: &mut Tensor,
+        ws: &mut crate::Workspace,
+        act: Activation,
+    ) -> Result<()> {
+        let _ = ws;
+        self.check_input(x)?;
+        ensure_shape(out, x.nrows(), self.out_features());
+        match self.small_batch_pack(x.nrows()) {
+            Some(p) if act == Activation::Relu => apply_packed(p, x, out, true),
+            Some(p) => {
+                apply_packed(p, x, out, false);
+                act.apply(out.as_mut_slice());
+            }
+            None => {
+                self.with_inference_weight(x.nrows(), |w, t| self.apply(x, w, t, out));
+                act.apply(out.as_mut_slice());
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_fused(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut y = match self.small_batch_pack(x.nrows()) {
+            Some(p) => {
+                let mut out = Tensor::zeros(x.nrows(), self.out_features());
+                apply_packed(p, x, &mut out, act == Activation::Relu);
+                if act == Activation::Relu {
+                    return Ok(out);
+                }
+                out
+            }
+            None => self.infer_unpacked(x),
+        };
+        act.apply(y.as_mut_slice());
+        Ok(y)
+    }
+}
+
+impl Linear {
+    /// Inference without the packed copy: the output is written once, the
+    /// bias block by block by the thread that then accumulates the product
+    /// onto it.
+    fn infer_unpacked(&self, x: &Tensor) -> Tensor {
+        let (rows, cols) = (x.nrows(), self.out_features());
+        self.with_inference_weight(rows, |w, t| match &self.bias {
+            Some(b) => matmul_bias_new(x, Trans::No, w, t, b.value().as_slice()),
+            None => {
+                let mut out = Tensor::zeros(rows, cols);
+                matmul(1.0, x, Trans::No, w, t, 0.0, &mut out);
+                out
+            }
+        })
     }
 }
 
@@ -459,9 +511,10 @@ impl Backward for Linear {
 }
 
 /// `out = x W^T + b` through the packed weight: the batch-1 kernel for one
-/// row (the bias is where its sums start), the multi-row kernel on the
-/// bias for a few.
-fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor) {
+/// row (the bias is where its sums start; with `relu`, a ReLU applied to
+/// the sums before they are stored), the multi-row kernel on the bias for
+/// a few (then the ReLU, when asked, as a pass of its own).
+fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor, relu: bool) {
     let (m, k) = x.shape();
     let n = out.ncols();
     if m == 1 {
@@ -471,6 +524,7 @@ fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor) {
             p.weight(),
             p.stride(),
             p.bias(),
+            relu,
         );
         return;
     }
@@ -493,6 +547,9 @@ fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor) {
         p.stride(),
         beta,
     );
+    if relu {
+        Activation::Relu.apply(out.as_mut_slice());
+    }
 }
 
 /// Weights of at least this many elements get a transposed copy for

@@ -1,0 +1,159 @@
+//! The AVX-512 batch-1 product on a packed weight, written with intrinsics.
+//!
+//! The generic body (`bodies!`' `packed`) leaves LLVM to map its arrays to
+//! registers: it kept the inner loop in registers but spilled every
+//! accumulator around it, divided to count the leftover rows, stored the
+//! last partial vector of outputs one value at a time (18 of SimpleNet's
+//! 50 `fc1` outputs), and could only take 64, 32 or 16 outputs per pass
+//! over the input (48 outputs took two passes). Here a block of one to
+//! four vectors of outputs lives in registers from the bias to a masked
+//! store, the rows go by pointer (the shapes are checked once, by the
+//! caller), and a ReLU that follows the layer is applied on the way out.
+//!
+//! Tried and dropped: keeping the last `n % 16` columns (when 1 to 8) in a
+//! compact layout, several input rows per vector, to skip the zero padding
+//! (SimpleNet's `fc1`: 313 multiply-adds with a load each instead of 400).
+//! Folding the lanes back together and spreading `x` to match cost about
+//! what the skipped loads saved (100x50: 293-345 cycles with it against
+//! 296-317 without, on the AVX-512 VM).
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::packed;
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
+        _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+
+    /// The first `count` lanes (`count <= 16`).
+    fn lanes(count: usize) -> __mmask16 {
+        ((1u32 << count) - 1) as __mmask16
+    }
+
+    /// Outputs `j0 .. min(n, j0 + 16 * V)` of `y = x w + bias`, the rows
+    /// split over `S` (2 or 4) sets of accumulators (set 0 starts from the
+    /// bias), summed pairwise at the end: `(s0 + s1) + (s2 + s3)`.
+    ///
+    /// # Safety
+    /// AVX-512F; `w` holds `x.len()` rows of `stride` values with
+    /// `j0 + 16 * V <= stride`; `bias` (when not null) `j0 + 16 * V`
+    /// values; `y` room for `n` values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // `v` indexes every set's accumulators
+    unsafe fn block<const V: usize, const S: usize>(
+        y: *mut f32,
+        n: usize,
+        x: &[f32],
+        w: *const f32,
+        stride: usize,
+        bias: *const f32,
+        j0: usize,
+        relu: bool,
+    ) {
+        // SAFETY (the whole body): row `p < x.len()` is read at
+        // `w + p * stride + j0`, 16 * V values, inside `w`; the bias below
+        // `j0 + 16 * V`; outputs below `n` (the last vector masked).
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); V]; S];
+            if !bias.is_null() {
+                for (v, a) in acc[0].iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(bias.add(j0 + 16 * v));
+                }
+            }
+            let k = x.len();
+            let xp = x.as_ptr();
+            let mut row = w.add(j0);
+            let full = k / S * S;
+            let mut p = 0;
+            while p < full {
+                for (s, set) in acc.iter_mut().enumerate() {
+                    let xs = _mm512_set1_ps(*xp.add(p + s));
+                    let r = row.add(s * stride);
+                    for (v, a) in set.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(r.add(16 * v)), xs, *a);
+                    }
+                }
+                row = row.add(S * stride);
+                p += S;
+            }
+            while p < k {
+                let xs = _mm512_set1_ps(*xp.add(p));
+                for (v, a) in acc[0].iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(16 * v)), xs, *a);
+                }
+                row = row.add(stride);
+                p += 1;
+            }
+            for v in 0..V {
+                let pair = |a: usize, b: usize| _mm512_add_ps(acc[a % S][v], acc[b % S][v]);
+                let mut sum = match S {
+                    2 => pair(0, 1),
+                    _ => _mm512_add_ps(pair(0, 1), pair(2, 3)),
+                };
+                if relu {
+                    // MAXPS returns its second operand when either is NaN
+                    // or both are zeros: NaN and -0.0 pass, as in `ReLU`.
+                    sum = _mm512_max_ps(_mm512_setzero_ps(), sum);
+                }
+                let j = j0 + 16 * v;
+                if j + 16 <= n {
+                    _mm512_storeu_ps(y.add(j), sum);
+                } else if j < n {
+                    _mm512_mask_storeu_ps(y.add(j), lanes(n - j), sum);
+                }
+            }
+        }
+    }
+
+    /// `y = x w + bias` (then `max(y, 0)` when `relu`) for one row `x` and
+    /// a packed `w` (see [`crate::kernels::row_packed`]), with the last
+    /// columns from `tail` when given, on AVX-512F.
+    ///
+    /// # Safety
+    /// AVX-512F. The shapes were checked by the caller: `stride` a multiple
+    /// of 16 and at least `y.len()`, `w` at least `x.len() * stride`
+    /// values, `bias` at least `stride`, `tail` at least
+    /// [`super::tail_len`]`(x.len(), y.len())`.
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::kernels) unsafe fn packed(
+        y: &mut [f32],
+        x: &[f32],
+        w: &[f32],
+        stride: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let n = y.len();
+        let (yp, wp) = (y.as_mut_ptr(), w.as_ptr());
+        let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        // SAFETY: the caller's shapes; every block stays below `stride`
+        // (a multiple of 16 at least `n`, so `ceil(n / 16)` vectors fit)
+        // and writes outputs below `n`.
+        unsafe {
+            let mut j0 = 0;
+            while j0 < n {
+                match (n - j0).div_ceil(16) {
+                    1 => {
+                        block::<1, 4>(yp, n, x, wp, stride, bp, j0, relu);
+                        j0 += 16;
+                    }
+                    2 => {
+                        block::<2, 4>(yp, n, x, wp, stride, bp, j0, relu);
+                        j0 += 32;
+                    }
+                    3 => {
+                        block::<3, 2>(yp, n, x, wp, stride, bp, j0, relu);
+                        j0 += 48;
+                    }
+                    _ => {
+                        block::<4, 2>(yp, n, x, wp, stride, bp, j0, relu);
+                        j0 += 64;
+                    }
+                }
+            }
+        }
+    }
+}
