@@ -246,6 +246,111 @@ fn packed512(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[
     unsafe { row1::packed(y, x, w, stride, bias, relu) }
 }
 
+/// [`row1::packed_rows`], after `rows_packed_with`'s checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn rows_packed512(
+    y: &mut [f32],
+    m: usize,
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    // SAFETY: `rows_packed_with` checked the shapes `row1::packed_rows` needs.
+    unsafe { row1::packed_rows(y, m, x, w, stride, bias, relu) }
+}
+
+/// `rows_packed` on the generic kernels: the bias copied into every row,
+/// the rows' product added ([`rows_axpy`]), then the ReLU.
+fn rows_packed_generic(
+    variant: Variant,
+    y: &mut [f32],
+    m: usize,
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    let n = y.len() / m;
+    let k = x.len() / m;
+    let beta = match bias {
+        Some(b) => {
+            for (col, &v) in y.chunks_exact_mut(m).zip(&b[..n]) {
+                col.fill(v);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
+    rows_axpy_with(variant, y, m, x, m, k, w, stride, beta);
+    if relu {
+        map_in_place(y, crate::activation::relu);
+    }
+}
+
+/// `y = x w + bias` (then `max(y, 0)` when `relu`) for a few rows: `x` the
+/// column-major `m x k` input, `y` the column-major `m x n` output, `w`
+/// and `bias` packed as for [`row_packed`]. On AVX-512 each weight vector
+/// is loaded once per group of up to four rows, with every accumulator in
+/// registers; elsewhere [`rows_axpy`] on the bias. [`crate::Linear`]'s
+/// kernel for batches of 2 to 8.
+///
+/// # Panics
+/// When the shapes do not hold as described.
+pub fn rows_packed(
+    y: &mut [f32],
+    m: usize,
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    rows_packed_with(best(), y, m, x, w, stride, bias, relu);
+}
+
+/// [`rows_packed`] with a chosen variant (tests and benches).
+///
+/// # Panics
+/// As [`rows_packed`], and when the CPU cannot run `variant`.
+pub fn rows_packed_with(
+    variant: Variant,
+    y: &mut [f32],
+    m: usize,
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    assert!(
+        m > 0 && y.len().is_multiple_of(m) && x.len().is_multiple_of(m),
+        "rows_packed: m"
+    );
+    let (n, k) = (y.len() / m, x.len() / m);
+    assert!(
+        stride.is_multiple_of(PACK_LANES) && n <= stride,
+        "rows_packed: stride"
+    );
+    assert!(w.len() >= k * stride, "rows_packed: w too short");
+    assert!(
+        bias.is_none_or(|b| b.len() >= stride),
+        "rows_packed: bias too short"
+    );
+    match variant {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => {
+            assert!(is_x86_feature_detected!("avx512f"));
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            unsafe { rows_packed512(y, m, x, w, stride, bias, relu) }
+        }
+        _ => rows_packed_generic(variant, y, m, x, w, stride, bias, relu),
+    }
+}
+
 multiversion! {
     /// `y[j] = beta * y[j] + dot(a, b[j * col_stride .. j * col_stride + k])`
     /// with `k = a.len()`: a row times a matrix whose columns are contiguous.
@@ -912,6 +1017,53 @@ mod tests {
                                     (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
                                     "{v:?} k={k} n={n} stride={stride} bias={with_bias} relu={relu} j={j}: {g} vs {e}"
                                 );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_packed_rows_kernel_matches_a_plain_loop_for_every_variant() {
+        for m in 1usize..=9 {
+            for k in [0usize, 1, 3, 50, 100] {
+                for n in [1usize, 10, 16, 17, 33, 50, 64, 65, 130] {
+                    let stride = n.next_multiple_of(PACK_LANES);
+                    let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+                    let mut w = vec![0.0f32; k * stride];
+                    for p in 0..k {
+                        for j in 0..n {
+                            w[p * stride + j] = ((p * n + j) as f32 * 0.11).cos();
+                        }
+                    }
+                    let bias: Vec<f32> = (0..stride)
+                        .map(|j| if j < n { j as f32 * 0.25 - 1.0 } else { 0.0 })
+                        .collect();
+                    for v in available_variants() {
+                        for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
+                            let b = with_bias.then_some(&bias[..]);
+                            let mut buf = vec![f32::NAN; m * n + 16];
+                            buf[m * n..].fill(7.0);
+                            rows_packed_with(v, &mut buf[..m * n], m, &x, &w, stride, b, relu);
+                            let (y, after) = buf.split_at(m * n);
+                            assert!(after.iter().all(|&a| a == 7.0), "{v:?}: wrote past y");
+                            for r in 0..m {
+                                for j in 0..n {
+                                    let mut e = if with_bias { bias[j] } else { 0.0 }
+                                        + (0..k)
+                                            .map(|p| x[r + p * m] * w[p * stride + j])
+                                            .sum::<f32>();
+                                    if relu {
+                                        e = crate::activation::relu(e);
+                                    }
+                                    let g = y[r + j * m];
+                                    assert!(
+                                        (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                                        "{v:?} m={m} k={k} n={n} bias={with_bias} relu={relu} ({r}, {j}): {g} vs {e}"
+                                    );
+                                }
                             }
                         }
                     }

@@ -511,12 +511,10 @@ impl Backward for Linear {
 }
 
 /// `out = x W^T + b` through the packed weight: the batch-1 kernel for one
-/// row (the bias is where its sums start; with `relu`, a ReLU applied to
-/// the sums before they are stored), the multi-row kernel on the bias for
-/// a few (then the ReLU, when asked, as a pass of its own).
+/// row, the multi-row kernel for a few (the bias is where the sums start;
+/// with `relu`, a ReLU applied to them before they are stored).
 fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor, relu: bool) {
-    let (m, k) = x.shape();
-    let n = out.ncols();
+    let m = x.nrows();
     if m == 1 {
         crate::kernels::row_packed(
             out.as_mut_slice(),
@@ -528,28 +526,15 @@ fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor, relu: bool) {
         );
         return;
     }
-    let beta = match p.bias() {
-        Some(b) => {
-            for (col, &v) in out.as_mut_slice().chunks_exact_mut(m).zip(&b[..n]) {
-                col.fill(v);
-            }
-            1.0
-        }
-        None => 0.0,
-    };
-    crate::kernels::rows_axpy(
+    crate::kernels::rows_packed(
         out.as_mut_slice(),
         m,
         x.as_slice(),
-        m,
-        k,
         p.weight(),
         p.stride(),
-        beta,
+        p.bias(),
+        relu,
     );
-    if relu {
-        Activation::Relu.apply(out.as_mut_slice());
-    }
 }
 
 /// Weights of at least this many elements get a transposed copy for

@@ -18,7 +18,7 @@
 //! 296-317 without, on the AVX-512 VM).
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::packed;
+pub(super) use x86::{packed, packed_rows};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -153,6 +153,143 @@ mod x86 {
                         j0 += 64;
                     }
                 }
+            }
+        }
+    }
+
+    /// Outputs `j0 .. min(n, j0 + 16 * V)` of `M` rows of `y = x w + bias`
+    /// (`x` column-major `m x k` from row `r0`, `y` column-major `m x n`):
+    /// each weight vector is loaded once and used for the `M` rows, whose
+    /// `M * V` accumulators stay in registers.
+    ///
+    /// # Safety
+    /// AVX-512F; as [`block`], and `x` / `y` hold `m` rows with
+    /// `r0 + M <= m`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // `r` and `v` index the tile
+    unsafe fn rows_block<const V: usize, const M: usize>(
+        y: *mut f32,
+        m: usize,
+        n: usize,
+        x: *const f32,
+        k: usize,
+        r0: usize,
+        w: *const f32,
+        stride: usize,
+        bias: *const f32,
+        j0: usize,
+        relu: bool,
+    ) {
+        // SAFETY: as `block`'s, with `x[(r0 + r, p)]` at `x + r0 + r + p * m`
+        // and `y[(r0 + r, j)]` at `y + r0 + r + j * m`, both inside.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); V]; M];
+            if !bias.is_null() {
+                for row in acc.iter_mut() {
+                    for (v, a) in row.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(bias.add(j0 + 16 * v));
+                    }
+                }
+            }
+            let mut wrow = w.add(j0);
+            let mut xp = x.add(r0);
+            for _ in 0..k {
+                let mut wv = [_mm512_setzero_ps(); V];
+                for (v, t) in wv.iter_mut().enumerate() {
+                    *t = _mm512_loadu_ps(wrow.add(16 * v));
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let xs = _mm512_set1_ps(*xp.add(r));
+                    for (a, t) in row.iter_mut().zip(&wv) {
+                        *a = _mm512_fmadd_ps(*t, xs, *a);
+                    }
+                }
+                wrow = wrow.add(stride);
+                xp = xp.add(m);
+            }
+            // Row-major sums to the column-major output, through a tile.
+            let mut tile = [[0.0f32; 16]; M];
+            for v in 0..V {
+                let j = j0 + 16 * v;
+                if j >= n {
+                    break;
+                }
+                for r in 0..M {
+                    let mut sum = acc[r][v];
+                    if relu {
+                        sum = _mm512_max_ps(_mm512_setzero_ps(), sum);
+                    }
+                    _mm512_storeu_ps(tile[r].as_mut_ptr(), sum);
+                }
+                for l in 0..(n - j).min(16) {
+                    let out = y.add(r0 + (j + l) * m);
+                    for r in 0..M {
+                        *out.add(r) = tile[r][l];
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y = x w + bias` (then `max(y, 0)` when `relu`) for `m` rows of `x`
+    /// (column-major, `m x k`; `y` column-major `m x n`) and a packed `w`,
+    /// on AVX-512F: up to four rows at a time, each weight vector loaded
+    /// once for them.
+    ///
+    /// # Safety
+    /// AVX-512F. The shapes were checked by the caller: `y.len() == m * n`,
+    /// `x.len() >= m * k`, `stride` a multiple of 16 and at least `n`, `w`
+    /// at least `k * stride` values, `bias` at least `stride`.
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::kernels) unsafe fn packed_rows(
+        y: &mut [f32],
+        m: usize,
+        x: &[f32],
+        w: &[f32],
+        stride: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let n = y.len() / m;
+        let k = x.len() / m;
+        let (yp, xp, wp) = (y.as_mut_ptr(), x.as_ptr(), w.as_ptr());
+        let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        // SAFETY: the caller's shapes; every block stays below `stride`
+        // and row `m`.
+        unsafe {
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(4);
+                let mut j0 = 0;
+                while j0 < n {
+                    // Up to 16 accumulators: 4 vectors for 1-2 rows, 3 for
+                    // 3 rows (12), 2 for 4 rows (8, plus the weights).
+                    macro_rules! run {
+                        ($v:literal, $m:literal) => {{
+                            rows_block::<$v, $m>(yp, m, n, xp, k, r0, wp, stride, bp, j0, relu);
+                            j0 += 16 * $v;
+                        }};
+                    }
+                    let left = (n - j0).div_ceil(16);
+                    match (rows, left) {
+                        (2, 1) => run!(1, 2),
+                        (2, 2) => run!(2, 2),
+                        (2, 3) => run!(3, 2),
+                        (2, _) => run!(4, 2),
+                        (3, 1) => run!(1, 3),
+                        (3, 2) => run!(2, 3),
+                        (3, _) => run!(3, 3),
+                        (4, 1) => run!(1, 4),
+                        (4, 2) => run!(2, 4),
+                        (4, _) => run!(3, 4),
+                        (_, 1) => run!(1, 1),
+                        (_, 2) => run!(2, 1),
+                        (_, 3) => run!(3, 1),
+                        (_, _) => run!(4, 1),
+                    }
+                }
+                r0 += rows;
             }
         }
     }
