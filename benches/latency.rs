@@ -109,9 +109,63 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
+/// The load bound of `row_packed/100x50` on AVX-512: the kernel's inner
+/// loop alone (two broadcasts and eight multiply-adds, each loading 64
+/// bytes of weight, per two rows) over the same 100 padded rows, with no
+/// set-up, bias or stores. The kernel's time over this one is what its
+/// set-up and tail cost.
+#[cfg(target_arch = "x86_64")]
+fn load_bound(c: &mut Criterion) {
+    use std::arch::x86_64::{
+        __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps,
+        _mm512_set1_ps, _mm512_setzero_ps,
+    };
+    #[target_feature(enable = "avx512f")]
+    fn rows(w: &[f32], x: &[f32]) -> f32 {
+        assert!(w.len() >= x.len() * 64 && x.len().is_multiple_of(2));
+        let mut a: [__m512; 8] = [_mm512_setzero_ps(); 8];
+        for (pair, xs) in w.chunks_exact(128).zip(x.chunks_exact(2)) {
+            let (x0, x1) = (_mm512_set1_ps(xs[0]), _mm512_set1_ps(xs[1]));
+            for v in 0..4 {
+                // SAFETY: `pair` holds 128 values; 16 * v + 16 <= 64.
+                let (w0, w1) = unsafe {
+                    (
+                        _mm512_loadu_ps(pair.as_ptr().add(16 * v)),
+                        _mm512_loadu_ps(pair.as_ptr().add(64 + 16 * v)),
+                    )
+                };
+                a[v] = _mm512_fmadd_ps(w0, x0, a[v]);
+                a[4 + v] = _mm512_fmadd_ps(w1, x1, a[4 + v]);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for v in a {
+            s = _mm512_add_ps(s, v);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+    if !is_x86_feature_detected!("avx512f") {
+        return;
+    }
+    let mut storage = vec![0.0f32; 100 * 64 + 16];
+    let skip = storage.as_ptr().align_offset(64);
+    let w = &mut storage[skip..skip + 100 * 64];
+    for (i, v) in w.iter_mut().enumerate() {
+        *v = (i as f32 * 0.37).sin();
+    }
+    let x = input(1, 100, 3);
+    c.bench_function("row_packed/100x50_load_bound", |b| {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        b.iter(|| unsafe { rows(w, black_box(x.as_slice())) })
+    });
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn load_bound(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = latency, crossover, kernels
+    targets = latency, crossover, kernels, load_bound
 }
 criterion_main!(benches);
