@@ -155,33 +155,34 @@ impl<'a> Visitor<'a> for Into<'a, '_, '_> {
     #[inline(always)]
     fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
         if let Some((held_name, held)) = self.held.take() {
-            let r = match m.fused_activation() {
-                Some(act) => self.ws.step_fused(held, act, self.x, &mut self.cur),
-                None => self.ws.step(held, self.x, &mut self.cur),
-            };
-            r.map_err(|e| held_name.wrap(e, self.owner))?;
-            if m.fused_activation().is_some() {
-                return Ok(());
+            if let Some(act) = m.fused_activation() {
+                return self
+                    .ws
+                    .step_fused(held, act, self.x, &mut self.cur)
+                    .map_err(|e| held_name.wrap(e, self.owner));
             }
+            self.step(held_name, held)?;
         }
         if let Some(f) = m.fusable() {
             self.held = Some((name, f));
             return Ok(());
         }
-        self.ws
-            .step(m, self.x, &mut self.cur)
-            .map_err(|e| name.wrap(e, self.owner))
+        self.step(name, m)
     }
 }
 
 impl Into<'_, '_, '_> {
+    #[inline(always)]
+    fn step<F: Forward + ?Sized>(&mut self, name: Name, m: &F) -> Result<()> {
+        self.ws
+            .step(m, self.x, &mut self.cur)
+            .map_err(|e| name.wrap(e, self.owner))
+    }
+
     /// Runs the module still held, if any.
     fn flush(&mut self) -> Result<()> {
         match self.held.take() {
-            Some((name, held)) => self
-                .ws
-                .step(held, self.x, &mut self.cur)
-                .map_err(|e| name.wrap(e, self.owner)),
+            Some((name, held)) => self.step(name, held),
             None => Ok(()),
         }
     }

@@ -383,25 +383,11 @@ impl Module for Linear {
 
 impl Forward for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.check_input(x)?;
-        let (rows, cols) = (x.nrows(), self.out_features());
-        if let Some(p) = self.small_batch_pack(rows) {
-            let mut out = Tensor::zeros(rows, cols);
-            apply_packed(p, x, &mut out, false);
-            return Ok(out);
-        }
-        Ok(self.infer_unpacked(x))
+        self.infer(x, None)
     }
 
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
-        self.check_input(x)?;
-        ensure_shape(out, x.nrows(), self.out_features());
-        if let Some(p) = self.small_batch_pack(x.nrows()) {
-            apply_packed(p, x, out, false);
-            return Ok(());
-        }
-        self.with_inference_weight(x.nrows(), |w, t| self.apply(x, w, t, out));
-        Ok(())
+        self.infer_into(x, out, None)
     }
 
     fn fusable(&self) -> Option<&dyn Forward> {
@@ -412,58 +398,64 @@ impl Forward for Linear {
         &self,
         x: &Tensor,
         out: &mut Tensor,
-        ws: &mut crate::Workspace,
+        _ws: &mut crate::Workspace,
         act: Activation,
     ) -> Result<()> {
-        let _ = ws;
-        self.check_input(x)?;
-        ensure_shape(out, x.nrows(), self.out_features());
-        match self.small_batch_pack(x.nrows()) {
-            Some(p) if act == Activation::Relu => apply_packed(p, x, out, true),
-            Some(p) => {
-                apply_packed(p, x, out, false);
-                act.apply(out.as_mut_slice());
-            }
-            None => {
-                self.with_inference_weight(x.nrows(), |w, t| self.apply(x, w, t, out));
-                act.apply(out.as_mut_slice());
-            }
-        }
-        Ok(())
+        self.infer_into(x, out, Some(act))
     }
 
     fn forward_fused(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        self.check_input(x)?;
-        let mut y = match self.small_batch_pack(x.nrows()) {
-            Some(p) => {
-                let mut out = Tensor::zeros(x.nrows(), self.out_features());
-                apply_packed(p, x, &mut out, act == Activation::Relu);
-                if act == Activation::Relu {
-                    return Ok(out);
-                }
-                out
-            }
-            None => self.infer_unpacked(x),
-        };
-        act.apply(y.as_mut_slice());
-        Ok(y)
+        self.infer(x, Some(act))
     }
 }
 
 impl Linear {
-    /// Inference without the packed copy: the output is written once, the
-    /// bias block by block by the thread that then accumulates the product
-    /// onto it.
-    fn infer_unpacked(&self, x: &Tensor) -> Tensor {
+    /// Inference, then `act`: a ReLU inside the packed kernels, anything
+    /// else as a pass over the output.
+    fn infer(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+        self.check_input(x)?;
         let (rows, cols) = (x.nrows(), self.out_features());
-        self.with_inference_weight(rows, |w, t| match &self.bias {
-            Some(b) => matmul_bias_new(x, Trans::No, w, t, b.value().as_slice()),
-            None => {
+        let mut out = match self.small_batch_pack(rows) {
+            Some(p) => {
                 let mut out = Tensor::zeros(rows, cols);
-                matmul(1.0, x, Trans::No, w, t, 0.0, &mut out);
+                if apply_packed(p, x, &mut out, act) {
+                    return Ok(out);
+                }
                 out
             }
-        })
+            // The output is written once: the bias, block by block by the
+            // thread that then accumulates the product onto it.
+            None => self.with_inference_weight(rows, |w, t| match &self.bias {
+                Some(b) => matmul_bias_new(x, Trans::No, w, t, b.value().as_slice()),
+                None => {
+                    let mut out = Tensor::zeros(rows, cols);
+                    matmul(1.0, x, Trans::No, w, t, 0.0, &mut out);
+                    out
+                }
+            }),
+        };
+        if let Some(act) = act {
+            act.apply(out.as_mut_slice());
+        }
+        Ok(out)
+    }
+
+    /// [`Linear::infer`] into `out`.
+    fn infer_into(&self, x: &Tensor, out: &mut Tensor, act: Option<Activation>) -> Result<()> {
+        self.check_input(x)?;
+        ensure_shape(out, x.nrows(), self.out_features());
+        match self.small_batch_pack(x.nrows()) {
+            Some(p) => {
+                if apply_packed(p, x, out, act) {
+                    return Ok(());
+                }
+            }
+            None => self.with_inference_weight(x.nrows(), |w, t| self.apply(x, w, t, out)),
+        }
+        if let Some(act) = act {
+            act.apply(out.as_mut_slice());
+        }
+        Ok(())
     }
 }
 
@@ -511,9 +503,11 @@ impl Backward for Linear {
 }
 
 /// `out = x W^T + b` through the packed weight: the batch-1 kernel for one
-/// row, the multi-row kernel for a few (the bias is where the sums start;
-/// with `relu`, a ReLU applied to them before they are stored).
-fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor, relu: bool) {
+/// row, the multi-row kernel for a few (the bias is where the sums start).
+/// A ReLU as `act` is applied to the sums before they are stored; returns
+/// whether `act` (if any) was applied.
+fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor, act: Option<Activation>) -> bool {
+    let relu = act == Some(Activation::Relu);
     let m = x.nrows();
     if m == 1 {
         crate::kernels::row_packed(
@@ -524,7 +518,7 @@ fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor, relu: bool) {
             p.bias(),
             relu,
         );
-        return;
+        return act.is_none() || relu;
     }
     crate::kernels::rows_packed(
         out.as_mut_slice(),
@@ -535,6 +529,7 @@ fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor, relu: bool) {
         p.bias(),
         relu,
     );
+    act.is_none() || relu
 }
 
 /// Weights of at least this many elements get a transposed copy for
