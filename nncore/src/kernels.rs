@@ -61,12 +61,6 @@ pub fn available_variants() -> Vec<Variant> {
     v
 }
 
-/// Whether [`rows_packed`] runs the AVX-512 kernel (every accumulator in
-/// registers) on this CPU.
-pub(crate) fn rows_packed_in_registers() -> bool {
-    best() == Variant::Avx512
-}
-
 fn best() -> Variant {
     static BEST: OnceLock<Variant> = OnceLock::new();
     *BEST.get_or_init(|| available_variants()[0])

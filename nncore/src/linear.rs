@@ -267,10 +267,8 @@ impl Linear {
         // Up to 16 rows on weights that fit L1 (SimpleNet's forward at
         // batch 16, two builds alternating: 2.38-2.63 µs against faer's
         // 2.78-3.33 µs; larger weights were not measured and keep faer
-        // from 9 rows on, as do CPUs without AVX-512).
-        let limit = if self.weight.numel() <= PACKED_ROWS_16_MAX
-            && crate::kernels::rows_packed_in_registers()
-        {
+        // from 9 rows on).
+        let limit = if self.weight.numel() <= PACKED_ROWS_16_MAX {
             16
         } else {
             crate::ops::SMALL_ROWS_LIMIT
