@@ -296,7 +296,7 @@ fn rows_packed_generic(
 /// and `bias` packed as for [`row_packed`]. On AVX-512 each weight vector
 /// is loaded once per group of up to four rows, with every accumulator in
 /// registers; elsewhere [`rows_axpy`] on the bias. [`crate::Linear`]'s
-/// kernel for batches of 2 to 8 (to 16 on weights of up to 2^14 values).
+/// kernel for batches of 2 to 8.
 ///
 /// # Panics
 /// When the shapes do not hold as described.
@@ -1027,7 +1027,7 @@ mod tests {
 
     #[test]
     fn the_packed_rows_kernel_matches_a_plain_loop_for_every_variant() {
-        for m in (1usize..=9).chain([16]) {
+        for m in 1usize..=9 {
             for k in [0usize, 1, 3, 50, 100] {
                 for n in [1usize, 10, 16, 17, 33, 50, 64, 65, 130] {
                     let stride = n.next_multiple_of(PACK_LANES);

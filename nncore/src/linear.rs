@@ -264,16 +264,8 @@ impl Linear {
     /// elements; larger ones stream from memory anyway), and enough rows
     /// have gone through this weight to pay for the copy.
     fn small_batch_pack(&self, rows: usize) -> Option<&packed::Packed> {
-        // Up to 16 rows on weights that fit L1 (SimpleNet's forward at
-        // batch 16, two builds alternating: 2.38-2.63 µs against faer's
-        // 2.78-3.33 µs; larger weights were not measured and keep faer
-        // from 9 rows on).
-        let limit = if self.weight.numel() <= PACKED_ROWS_16_MAX {
-            16
-        } else {
-            crate::ops::SMALL_ROWS_LIMIT
-        };
-        if rows == 0 || rows > limit || self.weight.numel() >= TRANSPOSE_MIN {
+        if rows == 0 || rows > crate::ops::SMALL_ROWS_LIMIT || self.weight.numel() >= TRANSPOSE_MIN
+        {
             return None;
         }
         self.packed.get(&self.weight, self.bias.as_ref(), rows)
@@ -540,10 +532,6 @@ fn apply_packed(p: &packed::Packed, x: &Tensor, out: &mut Tensor, act: Option<Ac
     act.is_none() || relu
 }
 
-/// Weights of at most this many elements (64 KiB of `f32`) take batches
-/// of up to 16 rows through the packed copy.
-const PACKED_ROWS_16_MAX: usize = 1 << 14;
-
 /// Weights of at least this many elements get a transposed copy for
 /// inference (1 MiB: below it the two layouts multiply equally fast).
 const TRANSPOSE_MIN: usize = 1 << 18;
@@ -653,14 +641,14 @@ mod tests {
     #[test]
     fn small_batches_through_the_packed_copy_follow_every_weight_change() {
         // Sizes that are not multiples of 16, with and without bias, one
-        // row (the batch-1 kernel), three and sixteen (the multi-row kernel).
+        // row (the batch-1 kernel) and three (the multi-row kernel).
         for (k, n, bias) in [
             (37usize, 23usize, true),
             (100, 50, false),
             (5, 1, true),
             (16, 33, true),
         ] {
-            for rows in [1usize, 3, 16] {
+            for rows in [1usize, 3] {
                 let mut fc = crate::with_seed(5, || Linear::new(k, n));
                 if !bias {
                     fc = Linear::from_weights(fc.weight().value().clone(), None).unwrap();
