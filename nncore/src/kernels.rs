@@ -312,6 +312,48 @@ pub fn rows_packed(
     rows_packed_with(best(), y, m, x, w, stride, bias, relu);
 }
 
+/// What [`row_packed`] (`m == 1`) and [`rows_packed`] compute on the
+/// packed copy, in the same order, so the same bits, on `W^T` as
+/// [`crate::Linear`] holds it: `k = x.len() / m` rows of `n = y.len() /
+/// m` values, `stride` apart (any `stride >= n`, no padding), and a
+/// bias of `n` values. Only the AVX-512 kernels read unpadded rows (the
+/// last vector of each block masked): on other CPUs this returns `false`
+/// and writes nothing, and the caller pads a copy instead.
+///
+/// # Panics
+/// When the shapes do not hold as described.
+pub fn rows_unpadded(
+    y: &mut [f32],
+    m: usize,
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> bool {
+    assert!(
+        m > 0 && y.len().is_multiple_of(m) && x.len().is_multiple_of(m),
+        "rows_unpadded: m"
+    );
+    let (n, k) = (y.len() / m, x.len() / m);
+    assert!(stride >= n, "rows_unpadded: stride");
+    assert!(
+        k == 0 || w.len() >= (k - 1) * stride + n,
+        "rows_unpadded: w too short"
+    );
+    assert!(
+        bias.is_none_or(|b| b.len() >= n),
+        "rows_unpadded: bias too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if best() == Variant::Avx512 {
+        // SAFETY: AVX-512F (the best variant); the shapes were checked.
+        unsafe { row1::unpadded_rows(y, m, x, w, stride, bias, relu) };
+        return true;
+    }
+    false
+}
+
 /// [`rows_packed`] with a chosen variant (tests and benches).
 ///
 /// # Panics
@@ -1066,6 +1108,51 @@ mod tests {
                                 }
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The unpadded kernels give the packed kernels' bits, on a weight and
+    /// bias of exactly `k * n` and `n` values.
+    #[test]
+    fn the_unpadded_kernels_give_the_packed_kernels_bits() {
+        for m in (1usize..=9).chain([16]) {
+            for k in [0usize, 1, 3, 50] {
+                for n in [1usize, 10, 16, 17, 33, 50, 64, 65, 130] {
+                    let stride = n.next_multiple_of(PACK_LANES);
+                    let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+                    let raw: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+                    let mut w = vec![0.0f32; k * stride];
+                    for p in 0..k {
+                        w[p * stride..p * stride + n].copy_from_slice(&raw[p * n..(p + 1) * n]);
+                    }
+                    let raw_bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
+                    let mut bias = raw_bias.clone();
+                    bias.resize(stride, 0.0);
+                    for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
+                        let (b, rb) = if with_bias {
+                            (Some(&bias[..]), Some(&raw_bias[..]))
+                        } else {
+                            (None, None)
+                        };
+                        let mut want = vec![0.0f32; m * n];
+                        if m == 1 {
+                            row_packed(&mut want, &x, &w, stride, b, relu);
+                        } else {
+                            rows_packed(&mut want, m, &x, &w, stride, b, relu);
+                        }
+                        let mut got = vec![f32::NAN; m * n];
+                        if !rows_unpadded(&mut got, m, &x, &raw, n, rb, relu) {
+                            return; // no AVX-512: callers pad a copy instead
+                        }
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "m={m} k={k} n={n} bias={with_bias} relu={relu}"
+                        );
                     }
                 }
             }

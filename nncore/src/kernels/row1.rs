@@ -18,18 +18,43 @@
 //! 296-317 without, on the AVX-512 VM).
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{packed, packed_rows};
+pub(super) use x86::{packed, packed_rows, unpadded_rows};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
-        _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
+        _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
     };
 
     /// The first `count` lanes (`count <= 16`).
     fn lanes(count: usize) -> __mmask16 {
         ((1u32 << count) - 1) as __mmask16
+    }
+
+    /// Vector `v` of a block of `V` starting at `p`: a plain load on padded
+    /// rows (`MASK == false`), else the lanes `mask` gives for the block's
+    /// last vector (the rest zero, as padding would be) so that an unpadded
+    /// row is never read past its end.
+    ///
+    /// # Safety
+    /// AVX-512F; the 16 values at `p` (padded) or the lanes of `mask` (the
+    /// last vector, unpadded) are readable.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load<const MASK: bool, const V: usize>(
+        p: *const f32,
+        v: usize,
+        mask: __mmask16,
+    ) -> __m512 {
+        // SAFETY: the caller's.
+        unsafe {
+            if MASK && v == V - 1 {
+                _mm512_maskz_loadu_ps(mask, p)
+            } else {
+                _mm512_loadu_ps(p)
+            }
+        }
     }
 
     /// Outputs `j0 .. min(n, j0 + 16 * V)` of `y = x w + bias`, the rows
@@ -43,7 +68,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::needless_range_loop)] // `v` indexes every set's accumulators
-    unsafe fn block<const V: usize, const S: usize>(
+    unsafe fn block<const V: usize, const S: usize, const MASK: bool>(
         y: *mut f32,
         n: usize,
         x: &[f32],
@@ -57,10 +82,11 @@ mod x86 {
         // `w + p * stride + j0`, 16 * V values, inside `w`; the bias below
         // `j0 + 16 * V`; outputs below `n` (the last vector masked).
         unsafe {
+            let last = lanes((n - j0 - 16 * (V - 1)).min(16));
             let mut acc = [[_mm512_setzero_ps(); V]; S];
             if !bias.is_null() {
                 for (v, a) in acc[0].iter_mut().enumerate() {
-                    *a = _mm512_loadu_ps(bias.add(j0 + 16 * v));
+                    *a = load::<MASK, V>(bias.add(j0 + 16 * v), v, last);
                 }
             }
             let k = x.len();
@@ -73,7 +99,7 @@ mod x86 {
                     let xs = _mm512_set1_ps(*xp.add(p + s));
                     let r = row.add(s * stride);
                     for (v, a) in set.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(r.add(16 * v)), xs, *a);
+                        *a = _mm512_fmadd_ps(load::<MASK, V>(r.add(16 * v), v, last), xs, *a);
                     }
                 }
                 row = row.add(S * stride);
@@ -82,7 +108,7 @@ mod x86 {
             while p < k {
                 let xs = _mm512_set1_ps(*xp.add(p));
                 for (v, a) in acc[0].iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(16 * v)), xs, *a);
+                    *a = _mm512_fmadd_ps(load::<MASK, V>(row.add(16 * v), v, last), xs, *a);
                 }
                 row = row.add(stride);
                 p += 1;
@@ -126,6 +152,26 @@ mod x86 {
         bias: Option<&[f32]>,
         relu: bool,
     ) {
+        // SAFETY: the caller's.
+        unsafe { packed_impl::<false>(y, x, w, stride, bias, relu) }
+    }
+
+    /// [`packed`], or with `MASK` on unpadded rows.
+    ///
+    /// # Safety
+    /// As [`packed`]; with `MASK`, `stride` need only be at least `y.len()`,
+    /// `w` at least `(x.len() - 1) * stride + y.len()` values and `bias`
+    /// `y.len()`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn packed_impl<const MASK: bool>(
+        y: &mut [f32],
+        x: &[f32],
+        w: &[f32],
+        stride: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
         let n = y.len();
         let (yp, wp) = (y.as_mut_ptr(), w.as_ptr());
         let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
@@ -137,19 +183,19 @@ mod x86 {
             while j0 < n {
                 match (n - j0).div_ceil(16) {
                     1 => {
-                        block::<1, 4>(yp, n, x, wp, stride, bp, j0, relu);
+                        block::<1, 4, MASK>(yp, n, x, wp, stride, bp, j0, relu);
                         j0 += 16;
                     }
                     2 => {
-                        block::<2, 4>(yp, n, x, wp, stride, bp, j0, relu);
+                        block::<2, 4, MASK>(yp, n, x, wp, stride, bp, j0, relu);
                         j0 += 32;
                     }
                     3 => {
-                        block::<3, 2>(yp, n, x, wp, stride, bp, j0, relu);
+                        block::<3, 2, MASK>(yp, n, x, wp, stride, bp, j0, relu);
                         j0 += 48;
                     }
                     _ => {
-                        block::<4, 2>(yp, n, x, wp, stride, bp, j0, relu);
+                        block::<4, 2, MASK>(yp, n, x, wp, stride, bp, j0, relu);
                         j0 += 64;
                     }
                 }
@@ -168,7 +214,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::needless_range_loop)] // `r` and `v` index the tile
-    unsafe fn rows_block<const V: usize, const M: usize>(
+    unsafe fn rows_block<const V: usize, const M: usize, const MASK: bool>(
         y: *mut f32,
         m: usize,
         n: usize,
@@ -184,11 +230,12 @@ mod x86 {
         // SAFETY: as `block`'s, with `x[(r0 + r, p)]` at `x + r0 + r + p * m`
         // and `y[(r0 + r, j)]` at `y + r0 + r + j * m`, both inside.
         unsafe {
+            let last = lanes((n - j0 - 16 * (V - 1)).min(16));
             let mut acc = [[_mm512_setzero_ps(); V]; M];
             if !bias.is_null() {
                 for row in acc.iter_mut() {
                     for (v, a) in row.iter_mut().enumerate() {
-                        *a = _mm512_loadu_ps(bias.add(j0 + 16 * v));
+                        *a = load::<MASK, V>(bias.add(j0 + 16 * v), v, last);
                     }
                 }
             }
@@ -197,7 +244,7 @@ mod x86 {
             for _ in 0..k {
                 let mut wv = [_mm512_setzero_ps(); V];
                 for (v, t) in wv.iter_mut().enumerate() {
-                    *t = _mm512_loadu_ps(wrow.add(16 * v));
+                    *t = load::<MASK, V>(wrow.add(16 * v), v, last);
                 }
                 for (r, row) in acc.iter_mut().enumerate() {
                     let xs = _mm512_set1_ps(*xp.add(r));
@@ -251,6 +298,55 @@ mod x86 {
         bias: Option<&[f32]>,
         relu: bool,
     ) {
+        // SAFETY: the caller's.
+        unsafe { rows_impl::<false>(y, m, x, w, stride, bias, relu) }
+    }
+
+    /// What [`packed`] (one row) and [`packed_rows`] (more) compute, in the
+    /// same order (the same bits), on a weight whose rows are not padded:
+    /// `stride >= n` (any), the last vector of every block loaded with a
+    /// mask, so nothing past a row's `n` values is read (`Linear`'s
+    /// training forward and the batches before its packed copy exists).
+    ///
+    /// # Safety
+    /// AVX-512F. `m > 0`, `y.len() == m * n`, `x.len() == m * k`, `w` at
+    /// least `(k - 1) * stride + n` values when `k > 0`, `stride >= n`,
+    /// `bias` at least `n` values.
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::kernels) unsafe fn unpadded_rows(
+        y: &mut [f32],
+        m: usize,
+        x: &[f32],
+        w: &[f32],
+        stride: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        // SAFETY: the caller's; with `MASK` no load passes column `n`.
+        unsafe {
+            if m == 1 {
+                packed_impl::<true>(y, x, w, stride, bias, relu);
+            } else {
+                rows_impl::<true>(y, m, x, w, stride, bias, relu);
+            }
+        }
+    }
+
+    /// [`packed_rows`], or with `MASK` [`unpadded_rows`].
+    ///
+    /// # Safety
+    /// As those.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn rows_impl<const MASK: bool>(
+        y: &mut [f32],
+        m: usize,
+        x: &[f32],
+        w: &[f32],
+        stride: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
         let n = y.len() / m;
         let k = x.len() / m;
         let (yp, xp, wp) = (y.as_mut_ptr(), x.as_ptr(), w.as_ptr());
@@ -267,7 +363,9 @@ mod x86 {
                     // 3 rows (12), 2 for 4 rows (8, plus the weights).
                     macro_rules! run {
                         ($v:literal, $m:literal) => {{
-                            rows_block::<$v, $m>(yp, m, n, xp, k, r0, wp, stride, bp, j0, relu);
+                            rows_block::<$v, $m, MASK>(
+                                yp, m, n, xp, k, r0, wp, stride, bp, j0, relu,
+                            );
                             j0 += 16 * $v;
                         }};
                     }

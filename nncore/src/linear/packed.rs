@@ -31,6 +31,69 @@ pub(super) const PACK_AFTER_ROWS: usize = 32;
 #[repr(C, align(64))]
 struct Line([f32; PACK_LANES]);
 
+fn as_values_mut(lines: &mut [Line]) -> &mut [f32] {
+    // SAFETY: as for `as_values`; the borrow is unique.
+    unsafe {
+        std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), lines.len() * PACK_LANES)
+    }
+}
+
+/// The packed row stride for `out_features` outputs.
+fn stride_for(out_features: usize) -> usize {
+    out_features.next_multiple_of(PACK_LANES).max(PACK_LANES)
+}
+
+/// Copies the column-major `out x in` weight `w` (`out` values per column,
+/// or a bias: `out` values in all) into `dst` as rows of `stride` values,
+/// each zero past its `out` values. `dst` holds whole rows.
+fn pad_into(dst: &mut [f32], w: &[f32], out: usize, stride: usize) {
+    let out = out.min(w.len());
+    if out == 0 {
+        dst.fill(0.0);
+        return;
+    }
+    for (row, col) in dst.chunks_exact_mut(stride).zip(w.chunks_exact(out)) {
+        row[..out].copy_from_slice(col);
+        row[out..].fill(0.0);
+    }
+}
+
+thread_local! {
+    /// This thread's padded copy for [`with_padded`], grown once.
+    static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f(w, stride, bias)` on the weight and bias laid out exactly as a
+/// [`Packed`] copy lays them out, in this thread's scratch buffer: so that
+/// a product that has no current packed copy (the first small batches on
+/// a weight version, every small-batch training forward) runs the same
+/// kernels, summing in the same order, as one that has (same weights and
+/// input, same output bits, in inference and in training).
+pub(super) fn with_padded<R>(
+    w: &crate::Tensor,
+    bias: Option<&[f32]>,
+    f: impl FnOnce(&[f32], usize, Option<&[f32]>) -> R,
+) -> R {
+    let (out_f, in_f) = w.shape();
+    let stride = stride_for(out_f);
+    let per_row = stride / PACK_LANES;
+    let lines = (in_f + 1) * per_row;
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        if scratch.len() < lines {
+            scratch.resize(lines, Line([0.0; PACK_LANES]));
+        }
+        let values = as_values_mut(&mut scratch[..lines]);
+        let (wv, bv) = values.split_at_mut(in_f * stride);
+        pad_into(wv, w.as_slice(), out_f, stride);
+        let bias = bias.map(|b| {
+            pad_into(bv, b, stride, stride);
+            &*bv
+        });
+        f(wv, stride, bias)
+    })
+}
+
 fn as_values(lines: &[Line]) -> &[f32] {
     // SAFETY: `Line` is `repr(C)` around `[f32; PACK_LANES]` with no
     // padding (64 bytes, alignment 64), so `lines` is
@@ -50,26 +113,13 @@ pub(super) struct Packed {
 impl Packed {
     fn new(weight: &Param, bias: Option<&Param>) -> Self {
         let w = weight.value();
-        let (out_f, in_f) = w.shape();
-        let stride = out_f.next_multiple_of(PACK_LANES).max(PACK_LANES);
+        let stride = stride_for(w.nrows());
         let per_row = stride / PACK_LANES;
-        let mut lines = vec![Line([0.0; PACK_LANES]); in_f * per_row];
-        // Column-major W (out x in): column p is row p of W^T, contiguous.
-        for (p, col) in w
-            .as_slice()
-            .chunks_exact(out_f.max(1))
-            .enumerate()
-            .take(in_f)
-        {
-            for (j, &v) in col.iter().enumerate() {
-                lines[p * per_row + j / PACK_LANES].0[j % PACK_LANES] = v;
-            }
-        }
+        let mut lines = vec![Line([0.0; PACK_LANES]); w.ncols() * per_row];
+        pad_into(as_values_mut(&mut lines), w.as_slice(), w.nrows(), stride);
         let bias_lines = bias.map(|b| {
             let mut l = vec![Line([0.0; PACK_LANES]); per_row];
-            for (j, &v) in b.value().as_slice().iter().enumerate() {
-                l[j / PACK_LANES].0[j % PACK_LANES] = v;
-            }
+            pad_into(as_values_mut(&mut l), b.value().as_slice(), stride, stride);
             l
         });
         Self {
@@ -148,5 +198,28 @@ impl std::fmt::Debug for PackedWeight {
         f.debug_struct("PackedWeight")
             .field("packed", &self.packed.get().is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scratch layout other CPUs fall back to is the packed copy's,
+    /// value for value, over a scratch buffer left dirty by a larger one.
+    #[test]
+    fn the_scratch_copy_is_laid_out_as_the_packed_copy() {
+        let big = crate::Linear::new(40, 70);
+        with_padded(big.weight().value(), None, |_, _, _| ());
+        for (k, n) in [(37usize, 23usize), (5, 1), (16, 32), (3, 0)] {
+            let fc = crate::with_seed(1, || crate::Linear::new(k, n));
+            let packed = Packed::new(fc.weight(), fc.bias());
+            let bias = fc.bias().map(|b| b.value().as_slice());
+            with_padded(fc.weight().value(), bias, |w, stride, b| {
+                assert_eq!(stride, packed.stride());
+                assert_eq!(w, &packed.weight()[..w.len()]);
+                assert_eq!(b, packed.bias());
+            });
+        }
     }
 }
