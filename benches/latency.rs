@@ -76,6 +76,42 @@ fn crossover(c: &mut Criterion) {
     }
 }
 
+/// Batches of 8 to 32 rows through a `Linear` (the packed few-row kernels
+/// up to 24 rows) against faer's GEMM on the same product
+/// (`ops::matmul_bias`, what `Linear` ran from 9 rows on before): where the
+/// crossover lies, for weights that fit L1 and ones that do not.
+fn few_rows(c: &mut Criterion) {
+    use nncore::ops::{Trans, matmul_bias};
+    nncore::ops::set_num_threads(1);
+    for (k, n) in [(100usize, 50usize), (256, 256), (512, 256), (1000, 100)] {
+        let fc = nncore::with_seed(0, || Linear::new(k, n));
+        let bias = fc.bias().unwrap().value().as_slice().to_vec();
+        for m in [8usize, 9, 16, 24, 32] {
+            let x = input(m, k, 9);
+            let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+            for _ in 0..4 {
+                fc.forward_into(&x, &mut out, &mut ws).unwrap();
+            }
+            c.bench_function(&format!("few_rows/{k}x{n}/b{m}/linear"), |b| {
+                b.iter(|| fc.forward_into(black_box(&x), &mut out, &mut ws).unwrap())
+            });
+            let mut y = Tensor::zeros(m, n);
+            c.bench_function(&format!("few_rows/{k}x{n}/b{m}/gemm"), |b| {
+                b.iter(|| {
+                    matmul_bias(
+                        black_box(&x),
+                        Trans::No,
+                        fc.weight().value(),
+                        Trans::Yes,
+                        &bias,
+                        &mut y,
+                    )
+                })
+            });
+        }
+    }
+}
+
 /// The batch-1 kernel alone (`kernels::row_packed`, on a padded weight as
 /// `Linear` packs it) for SimpleNet's two products: what is left of a
 /// forward is per-layer overhead (checks, dispatch, the chain's steps).
@@ -166,6 +202,6 @@ fn load_bound(_: &mut Criterion) {}
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = latency, crossover, kernels, load_bound
+    targets = latency, crossover, few_rows, kernels, load_bound
 }
 criterion_main!(benches);

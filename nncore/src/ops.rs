@@ -668,10 +668,18 @@ pub(crate) unsafe fn new_filled(
 /// large enough (so buffers that change shape between calls stop
 /// allocating once they have grown). The contents are unspecified
 /// afterwards.
+#[inline]
 pub fn ensure_shape(buf: &mut Tensor, rows: usize, cols: usize) {
-    if buf.shape() == (rows, cols) {
-        return;
+    if buf.shape() != (rows, cols) {
+        reshape_buffer(buf, rows, cols);
     }
+}
+
+/// [`ensure_shape`]'s reshape, out of line: the check above is on every
+/// layer's path at batch 1, inlined, without a call that saves registers
+/// for this.
+#[inline(never)]
+fn reshape_buffer(buf: &mut Tensor, rows: usize, cols: usize) {
     // Workspace buffers change shape on every call of a chain (they rotate
     // between layers), so this path is hot: no iterator machinery, and a
     // shrinking buffer is only truncated.
