@@ -40,9 +40,10 @@ fn latency(c: &mut Criterion) {
     }
 }
 
-/// The crossover between the small-batch kernel (`rows_axpy`) and the
-/// packed GEMM (faer, what `matmul` runs for more than one row today), on
-/// the workloads' forward products `x W^T`, one thread.
+/// The small-batch kernel (`rows_axpy`) against `ops::matmul` on the
+/// workloads' forward products `x W^T`, one thread. `matmul` runs that
+/// same kernel up to 8 rows and faer's GEMM above, so `m16` is the
+/// crossover's other side (`few_rows` compares `Linear`'s own kernels).
 fn crossover(c: &mut Criterion) {
     use nncore::ops::{Trans, matmul};
     nncore::ops::set_num_threads(1);
