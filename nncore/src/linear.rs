@@ -486,23 +486,21 @@ impl Backward for Linear {
         crate::ops::copy_into(x, &mut self.input);
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
         ensure_shape(&mut out, x.nrows(), self.out_features());
-        // A frozen weight keeps the transposed copy inference made (small
-        // batches keep the row kernels, which want the weight as it is); a
-        // weight that changes every step never gets one (`apply` takes
-        // `W^T` block by block instead).
         if self.packed_rows(x.nrows()) {
             // The kernels inference runs: the same bits as `forward`.
             self.apply_packed(x, &mut out, None);
-            self.output = out;
-            self.recorded = true;
-            return Ok(&self.output);
-        }
-        let version = self.weight.version();
-        match self.transposed.read().as_ref() {
-            Some((v, wt)) if *v == version && x.nrows() > crate::ops::SMALL_ROWS_LIMIT => {
-                self.apply(x, wt, Trans::No, &mut out);
+        } else {
+            // A frozen weight keeps the transposed copy inference made
+            // (small batches keep the row kernels, which want the weight
+            // as it is); a weight that changes every step never gets one
+            // (`apply` takes `W^T` block by block instead).
+            let version = self.weight.version();
+            match self.transposed.read().as_ref() {
+                Some((v, wt)) if *v == version && x.nrows() > crate::ops::SMALL_ROWS_LIMIT => {
+                    self.apply(x, wt, Trans::No, &mut out);
+                }
+                _ => self.apply(x, self.weight.value(), Trans::Yes, &mut out),
             }
-            _ => self.apply(x, self.weight.value(), Trans::Yes, &mut out),
         }
         self.output = out;
         self.recorded = true;
