@@ -15,6 +15,9 @@
 //! between single forwards never pays for it), is dropped by every
 //! mutable access to the layer's parameters, and remembers the versions
 //! of the weight and bias it was made from, so a stale copy is never used.
+//! Without a current copy the layer runs the same kernels on the weight as
+//! it is (AVX-512, masked loads) or on [`with_padded`]'s scratch copy, so
+//! whether the copy exists never changes an output's bits.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
