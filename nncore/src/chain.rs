@@ -19,7 +19,7 @@
 //! training, when every child can be trained) with one line per field,
 //! the containers with a loop.
 
-use crate::forward::{Backward, Flow, Forward, StepOutput, Workspace};
+use crate::forward::{Activation, Backward, Flow, Forward, StepOutput, Workspace};
 use crate::summary::Trace;
 use crate::{Dims, Error, Result, Tensor};
 
@@ -50,11 +50,18 @@ impl Name {
 
 /// Sees the children of a chain in order, shared.
 pub trait Visitor<'a> {
-    /// One child.
+    /// One child; `next` is the activation the next child would fuse
+    /// into this one ([`Forward::fused_activation`] of the next child, if
+    /// any): a visitor that fuses it skips the next child.
     ///
     /// # Errors
     /// Whatever the child reports, with its name.
-    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()>;
+    fn visit<F: Forward + ?Sized>(
+        &mut self,
+        name: Name,
+        m: &'a F,
+        next: Option<Activation>,
+    ) -> Result<()>;
 }
 
 /// Sees the children of a chain, mutably, to train them.
@@ -97,34 +104,44 @@ pub trait ChainMut: Chain {
 
 // Inference fuses an activation into the layer before it (`Linear` then
 // `ReLU`: the ReLU is applied to the sums before they are stored, one pass
-// and one buffer fewer). A module that can take one (`Forward::fusable`)
-// is held until the next child shows whether it is such an activation.
+// and one buffer fewer). The chain shows each child with the activation
+// the next one would fuse (`next`); a child that can take it
+// (`Forward::fusable`) runs with it, and the next child is skipped.
+//
+// (A first version held the fusable child until the next one arrived:
+// storing and reloading the held reference cost a store-forwarding stall
+// per layer, about 5% of SimpleNet's batch-1 forward.)
 
-struct Infer<'a, 'x> {
+struct Infer<'x> {
     // Always `Some` between visits.
     flow: Option<Flow<'x>>,
-    held: Option<(Name, &'a dyn Forward)>,
+    // The next child's activation ran fused into this one's output.
+    skip: bool,
     owner: &'static str,
 }
 
-impl<'a> Visitor<'a> for Infer<'a, '_> {
+impl<'a> Visitor<'a> for Infer<'_> {
     #[inline(always)]
-    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
-        if let Some((held_name, held)) = self.held.take() {
-            if let Some(act) = m.fused_activation() {
-                return self.run(held_name, |flow| flow.apply_fused(held, act));
-            }
-            self.run(held_name, |flow| flow.apply(held))?;
-        }
-        if let Some(f) = m.fusable() {
-            self.held = Some((name, f));
+    fn visit<F: Forward + ?Sized>(
+        &mut self,
+        name: Name,
+        m: &'a F,
+        next: Option<Activation>,
+    ) -> Result<()> {
+        if std::mem::take(&mut self.skip) {
             return Ok(());
+        }
+        if let Some(act) = next
+            && m.fusable()
+        {
+            self.skip = true;
+            return self.run(name, |flow| flow.apply_fused(m, act));
         }
         self.run(name, |flow| flow.apply(m))
     }
 }
 
-impl Infer<'_, '_> {
+impl Infer<'_> {
     #[inline(always)]
     fn run(&mut self, name: Name, f: impl FnOnce(Flow<'_>) -> Result<Flow<'_>>) -> Result<()> {
         if let Some(flow) = self.flow.take() {
@@ -133,58 +150,40 @@ impl Infer<'_, '_> {
         Ok(())
     }
 
-    fn into_tensor(mut self) -> Result<Tensor> {
-        if let Some((name, held)) = self.held.take() {
-            self.run(name, |flow| flow.apply(held))?;
-        }
-        Ok(self
-            .flow
-            .map_or_else(|| Tensor::zeros(0, 0), Flow::into_tensor))
+    fn into_tensor(self) -> Tensor {
+        self.flow
+            .map_or_else(|| Tensor::zeros(0, 0), Flow::into_tensor)
     }
 }
 
-struct Into<'a, 'x, 'w> {
+struct Into<'x, 'w> {
     x: &'x Tensor,
     cur: Option<StepOutput>,
     ws: &'w mut Workspace,
-    held: Option<(Name, &'a dyn Forward)>,
+    // As in `Infer`.
+    skip: bool,
     owner: &'static str,
 }
 
-impl<'a> Visitor<'a> for Into<'a, '_, '_> {
+impl<'a> Visitor<'a> for Into<'_, '_> {
     #[inline(always)]
-    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
-        if let Some((held_name, held)) = self.held.take() {
-            if let Some(act) = m.fused_activation() {
-                return self
-                    .ws
-                    .step_fused(held, act, self.x, &mut self.cur)
-                    .map_err(|e| held_name.wrap(e, self.owner));
-            }
-            self.step(held_name, held)?;
-        }
-        if let Some(f) = m.fusable() {
-            self.held = Some((name, f));
+    fn visit<F: Forward + ?Sized>(
+        &mut self,
+        name: Name,
+        m: &'a F,
+        next: Option<Activation>,
+    ) -> Result<()> {
+        if std::mem::take(&mut self.skip) {
             return Ok(());
         }
-        self.step(name, m)
-    }
-}
-
-impl Into<'_, '_, '_> {
-    #[inline(always)]
-    fn step<F: Forward + ?Sized>(&mut self, name: Name, m: &F) -> Result<()> {
-        self.ws
-            .step(m, self.x, &mut self.cur)
-            .map_err(|e| name.wrap(e, self.owner))
-    }
-
-    /// Runs the module still held, if any.
-    fn flush(&mut self) -> Result<()> {
-        match self.held.take() {
-            Some((name, held)) => self.step(name, held),
-            None => Ok(()),
-        }
+        let r = match next {
+            Some(act) if m.fusable() => {
+                self.skip = true;
+                self.ws.step_fused(m, act, self.x, &mut self.cur)
+            }
+            _ => self.ws.step(m, self.x, &mut self.cur),
+        };
+        r.map_err(|e| name.wrap(e, self.owner))
     }
 }
 
@@ -195,7 +194,12 @@ struct Traced<'x, 't> {
 }
 
 impl<'a> Visitor<'a> for Traced<'_, '_> {
-    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+    fn visit<F: Forward + ?Sized>(
+        &mut self,
+        name: Name,
+        m: &'a F,
+        _next: Option<Activation>,
+    ) -> Result<()> {
         let x = self.flow.as_tensor();
         let y = name
             .trace(self.trace, |t| m.forward_traced(x, t))
@@ -264,11 +268,11 @@ impl<'a> VisitorMut<'a> for BackParams<'a, 'a> {
 pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
     let mut v = Infer {
         flow: Some(Flow::Borrowed(x)),
-        held: None,
+        skip: false,
         owner: C::NAME,
     };
     m.visit(&mut v)?;
-    v.into_tensor()
+    Ok(v.into_tensor())
 }
 
 /// `Forward::forward_owned` of a chain.
@@ -279,11 +283,11 @@ pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
 pub fn forward_owned<C: Chain + ?Sized>(m: &C, x: Tensor) -> Result<Tensor> {
     let mut v = Infer {
         flow: Some(Flow::Owned(x)),
-        held: None,
+        skip: false,
         owner: C::NAME,
     };
     m.visit(&mut v)?;
-    v.into_tensor()
+    Ok(v.into_tensor())
 }
 
 /// `Forward::forward_into` of a chain.
@@ -297,18 +301,27 @@ pub fn forward_into<C: Chain + ?Sized>(
     out: &mut Tensor,
     ws: &mut Workspace,
 ) -> Result<()> {
-    ws.begin_chain();
+    let outermost = ws.begin_chain();
     let mut v = Into {
         x,
         cur: None,
         ws,
-        held: None,
+        skip: false,
         owner: C::NAME,
     };
     // `finish` runs on errors too: it ends the chain's use of the slots.
-    let r = m.visit(&mut v).and_then(|()| v.flush());
-    v.ws.finish(x, v.cur, out);
-    r
+    // (Matched rather than kept: copying the whole `Result` back after
+    // `finish` reloads its tag wider than it was stored, a stall.)
+    match m.visit(&mut v) {
+        Ok(()) => {
+            v.ws.finish(x, &mut v.cur, out, outermost);
+            Ok(())
+        }
+        Err(e) => {
+            v.ws.finish(x, &mut v.cur, out, outermost);
+            Err(e)
+        }
+    }
 }
 
 /// `Forward::forward_traced` of a chain.
@@ -390,7 +403,12 @@ struct InferDims<'x> {
 }
 
 impl<'a> Visitor<'a> for InferDims<'_> {
-    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+    fn visit<F: Forward + ?Sized>(
+        &mut self,
+        name: Name,
+        m: &'a F,
+        _next: Option<Activation>,
+    ) -> Result<()> {
         let r = match (self.cur.take(), self.x) {
             (Some(x), _) => m.forward_owned_dims(x, self.dims),
             (None, Some(x)) => m.forward_dims(x, self.dims),
@@ -450,7 +468,12 @@ struct IntoDims<'x, 'w> {
 }
 
 impl<'a> Visitor<'a> for IntoDims<'_, '_> {
-    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+    fn visit<F: Forward + ?Sized>(
+        &mut self,
+        name: Name,
+        m: &'a F,
+        _next: Option<Activation>,
+    ) -> Result<()> {
         self.dims = self
             .ws
             .step_dims(m, self.x, self.dims, &mut self.cur)
@@ -470,7 +493,7 @@ pub fn forward_into_dims<C: Chain + ?Sized>(
     out: &mut Tensor,
     ws: &mut Workspace,
 ) -> Result<Dims> {
-    ws.begin_chain();
+    let outermost = ws.begin_chain();
     let mut v = IntoDims {
         x,
         cur: None,
@@ -479,7 +502,7 @@ pub fn forward_into_dims<C: Chain + ?Sized>(
         owner: C::NAME,
     };
     let r = m.visit(&mut v);
-    v.ws.finish(x, v.cur, out);
+    v.ws.finish(x, &mut v.cur, out, outermost);
     r.map(|()| v.dims)
 }
 
@@ -492,7 +515,12 @@ struct TracedDims<'x, 't> {
 }
 
 impl<'a> Visitor<'a> for TracedDims<'_, '_> {
-    fn visit<F: Forward + ?Sized>(&mut self, name: Name, m: &'a F) -> Result<()> {
+    fn visit<F: Forward + ?Sized>(
+        &mut self,
+        name: Name,
+        m: &'a F,
+        _next: Option<Activation>,
+    ) -> Result<()> {
         let x = self.cur.as_ref().unwrap_or(self.x);
         let dims = self.dims;
         let (y, d) = name

@@ -219,8 +219,10 @@ macro_rules! module_list {
             const NAME: &'static str = "ModuleList";
 
             fn visit<'a, V: Visitor<'a>>(&'a self, v: &mut V) -> Result<()> {
-                for (i, m) in self.iter().enumerate() {
-                    v.visit(Name::Index(i), m)?;
+                let list: &[M] = self.as_ref();
+                for (i, m) in list.iter().enumerate() {
+                    let next = list.get(i + 1).and_then(Forward::fused_activation);
+                    v.visit(Name::Index(i), m, next)?;
                 }
                 Ok(())
             }
@@ -322,7 +324,7 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     fn fused_activation(&self) -> Option<crate::forward::Activation> {
         (**self).fused_activation()
     }
-    fn fusable(&self) -> Option<&dyn Forward> {
+    fn fusable(&self) -> bool {
         (**self).fusable()
     }
     fn forward_into_fused(
@@ -512,7 +514,8 @@ impl Chain for Sequential {
 
     fn visit<'a, V: Visitor<'a>>(&'a self, v: &mut V) -> Result<()> {
         for (i, l) in self.layers.iter().enumerate() {
-            v.visit(Name::Index(i), &**l)?;
+            let next = self.layers.get(i + 1).and_then(|n| n.fused_activation());
+            v.visit(Name::Index(i), &**l, next)?;
         }
         Ok(())
     }

@@ -135,13 +135,13 @@ pub trait Forward: Module {
         None
     }
 
-    /// This module, when it can run with an activation fused into its
+    /// Whether this module can run with an activation fused into its
     /// output ([`Forward::forward_into_fused`] does more than its default):
-    /// the chain engine then holds it until it sees the next module. Not
-    /// public API.
+    /// the chain engine then fuses the next module's
+    /// [`Forward::fused_activation`] into it. Not public API.
     #[doc(hidden)]
-    fn fusable(&self) -> Option<&dyn Forward> {
-        None
+    fn fusable(&self) -> bool {
+        false
     }
 
     /// [`Forward::forward_into`] followed by `act`, in one pass where the
@@ -486,9 +486,13 @@ pub struct Workspace {
     // One buffer per chain step, in call order from the outermost chain
     // (`None` while the step's buffer is out).
     slots: Vec<Option<Tensor>>,
-    // The next step's slot, and how many chains are running.
+    // The next step's slot; 0 between calls. A chain that starts at 0 is
+    // the outermost one (every step takes its slot before its module
+    // runs, so a nested chain starts above 0). (A depth counter next to
+    // the cursor cost a store-forwarding stall per call: LLVM merged the
+    // two counters' updates into one 16-byte load, which waited on the
+    // previous call's two 8-byte stores.)
     cursor: usize,
-    depth: usize,
 }
 
 /// A step's output in flight: its slot and the buffer taken out of it.
@@ -558,10 +562,12 @@ impl Workspace {
         self.slots.len()
     }
 
-    /// Starts a forward chain (the chain engine calls it).
+    /// Starts a forward chain (the chain engine calls it); returns
+    /// whether it is the outermost one, for [`Workspace::finish`].
     #[doc(hidden)]
-    pub fn begin_chain(&mut self) {
-        self.depth += 1;
+    #[must_use]
+    pub fn begin_chain(&self) -> bool {
+        self.cursor == 0
     }
 
     /// One step of a forward chain: runs `m` on the current tensor (`x`
@@ -608,9 +614,9 @@ impl Workspace {
     /// # Errors
     /// Whatever `m` reports.
     #[doc(hidden)]
-    pub fn step_fused(
+    pub fn step_fused<F: Forward + ?Sized>(
         &mut self,
-        m: &dyn Forward,
+        m: &F,
         act: Activation,
         x: &Tensor,
         cur: &mut Option<StepOutput>,
@@ -636,15 +642,21 @@ impl Workspace {
 
     /// Ends a forward chain: copies the current tensor (or `x` if no step
     /// ran) into `out` and puts the buffer back in its slot. When the
-    /// outermost chain ends, the next call starts again at the first slot.
+    /// `outermost` chain ends ([`Workspace::begin_chain`]), the next call
+    /// starts again at the first slot.
     #[doc(hidden)]
-    pub fn finish(&mut self, x: &Tensor, cur: Option<StepOutput>, out: &mut Tensor) {
+    pub fn finish(
+        &mut self,
+        x: &Tensor,
+        cur: &mut Option<StepOutput>,
+        out: &mut Tensor,
+        outermost: bool,
+    ) {
         crate::ops::copy_into(cur.as_ref().map_or(x, |c| &c.tensor), out);
-        if let Some(c) = cur {
+        if let Some(c) = cur.take() {
             self.slots[c.slot] = Some(c.tensor);
         }
-        self.depth = self.depth.saturating_sub(1);
-        if self.depth == 0 {
+        if outermost {
             self.cursor = 0;
         }
     }
@@ -699,7 +711,7 @@ impl Flow<'_> {
     /// # Errors
     /// Whatever `m` reports.
     #[inline]
-    pub fn apply_fused(self, m: &dyn Forward, act: Activation) -> Result<Self> {
+    pub fn apply_fused<F: Forward + ?Sized>(self, m: &F, act: Activation) -> Result<Self> {
         Ok(Flow::Owned(match self {
             Flow::Borrowed(x) => m.forward_fused(x, act)?,
             Flow::Owned(x) => m.forward_fused(&x, act)?,

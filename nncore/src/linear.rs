@@ -413,8 +413,8 @@ impl Forward for Linear {
         self.infer_into(x, out, None)
     }
 
-    fn fusable(&self) -> Option<&dyn Forward> {
-        Some(self)
+    fn fusable(&self) -> bool {
+        true
     }
 
     fn forward_into_fused(

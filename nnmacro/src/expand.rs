@@ -177,6 +177,28 @@ fn with_child(
     }
 }
 
+/// `act` (an expression of `__n`, the child `f` borrowed), or `None` when
+/// the optional child is absent.
+fn with_next(f: &Field<'_>, act: TokenStream) -> TokenStream {
+    let member = &f.member;
+    let span = f.module_ty().span();
+    if f.optional.is_some() {
+        quote_spanned! {span=>
+            match &self.#member {
+                ::core::option::Option::Some(__n) => #act,
+                ::core::option::Option::None => ::core::option::Option::None,
+            }
+        }
+    } else {
+        quote_spanned! {span=>
+            {
+                let __n = &self.#member;
+                #act
+            }
+        }
+    }
+}
+
 fn expand(input: &Input<'_>) -> TokenStream {
     let ident = input.ident;
     let name = ident.unraw().to_string();
@@ -315,11 +337,27 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
         } else {
             children.iter().collect()
         };
-        let steps = fields.into_iter().map(|f| {
+        let steps = fields.iter().enumerate().map(|(i, f)| {
             let child = &f.name;
             let span = f.module_ty().span();
-            let body = quote_spanned! {span=>
-                __v.visit(::nncore::__private_v1::chain::Name::Field(#child), __m)?;
+            let body = if mutable {
+                quote_spanned! {span=>
+                    __v.visit(::nncore::__private_v1::chain::Name::Field(#child), __m)?;
+                }
+            } else {
+                // The activation the next child would fuse into this one.
+                let next = fields.get(i + 1).map_or_else(
+                    || quote!(::core::option::Option::None),
+                    |n| {
+                        let act = quote_spanned! {n.module_ty().span()=>
+                            ::nncore::Forward::fused_activation(__n)
+                        };
+                        with_next(n, act)
+                    },
+                );
+                quote_spanned! {span=>
+                    __v.visit(::nncore::__private_v1::chain::Name::Field(#child), __m, #next)?;
+                }
             };
             with_child(f, mutable, body, TokenStream::new())
         });
@@ -333,6 +371,7 @@ fn forward_impl(input: &Input<'_>, name: &str, children: &[&Field<'_>]) -> Token
         impl #impl_generics ::nncore::__private_v1::chain::Chain for #ident #ty_generics #forward_where {
             const NAME: &'static str = #name;
 
+            #[inline]
             fn visit<'__a, __V: ::nncore::__private_v1::chain::Visitor<'__a>>(
                 &'__a self,
                 __v: &mut __V,
