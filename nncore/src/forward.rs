@@ -640,8 +640,9 @@ impl Workspace {
         self.step_with(x, cur, |x, out, ws| m.forward_into_dims(x, dims, out, ws))
     }
 
-    /// Ends a forward chain: copies the current tensor (or `x` if no step
-    /// ran) into `out` and puts the buffer back in its slot. When the
+    /// Ends a forward chain: the current tensor becomes `out` (swapped
+    /// with it: the buffer `out` held goes to the step's slot, for the
+    /// next call), or `x` is copied into `out` if no step ran. When the
     /// `outermost` chain ends ([`Workspace::begin_chain`]), the next call
     /// starts again at the first slot.
     #[doc(hidden)]
@@ -652,9 +653,12 @@ impl Workspace {
         out: &mut Tensor,
         outermost: bool,
     ) {
-        crate::ops::copy_into(cur.as_ref().map_or(x, |c| &c.tensor), out);
-        if let Some(c) = cur.take() {
-            self.slots[c.slot] = Some(c.tensor);
+        match cur.take() {
+            Some(mut c) => {
+                std::mem::swap(&mut c.tensor, out);
+                self.slots[c.slot] = Some(c.tensor);
+            }
+            None => crate::ops::copy_into(x, out),
         }
         if outermost {
             self.cursor = 0;
