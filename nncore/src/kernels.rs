@@ -212,6 +212,11 @@ multiversion! {
     /// This is [`crate::Linear`]'s batch-1 inference kernel; the bias is where
     /// the accumulators start.
     ///
+    /// `w` may carry, after its `k` rows, the [`packed_tail_len`]`(k, n)`
+    /// values of the tail block (see there): the AVX-512 kernel then takes
+    /// the last few outputs as dot products, with fewer loads, and gives
+    /// the same bits as without the block.
+    ///
     /// With `relu`, `y = max(y, 0)`
     /// after the sums (a ReLU that follows the layer, applied on the way
     /// out).
@@ -237,6 +242,48 @@ multiversion! {
 }
 
 mod row1;
+
+/// The length of the optional tail block of a packed weight (see
+/// [`row_packed`]) for `k` inputs and `n` outputs: when `n % 16` is 1 to
+/// 4 and either `n < 16` or the padded weight is larger than 8192 values
+/// (beyond L1, where loads dominate), those last outputs' weights, one
+/// output per row of `k.next_multiple_of(16)` values (zero past `k`);
+/// else nothing.
+///
+/// ```
+/// use nncore::kernels::packed_tail_len;
+/// assert_eq!(packed_tail_len(784, 50), 2 * 784); // outputs 48 and 49
+/// assert_eq!(packed_tail_len(100, 1), 112);
+/// assert_eq!(packed_tail_len(100, 50), 0); // in L1: rows padded to 64
+/// assert_eq!(packed_tail_len(784, 64), 0);
+/// ```
+#[must_use]
+pub fn packed_tail_len(k: usize, n: usize) -> usize {
+    row1::tail_len(k, n)
+}
+
+/// Writes the tail block of [`packed_tail_len`]`(k, n)` values into `dst`
+/// from the column-major `n x k` weight `w` (PyTorch's `out x in` weight
+/// as [`crate::Param`] holds it).
+///
+/// # Panics
+/// When `w` does not hold `k * n` values or `dst` is not
+/// [`packed_tail_len`]`(k, n)` long.
+pub fn pack_tail(dst: &mut [f32], w: &[f32], k: usize, n: usize) {
+    assert_eq!(w.len(), k * n, "pack_tail: w");
+    assert_eq!(dst.len(), packed_tail_len(k, n), "pack_tail: dst");
+    let t = row1::tail_outputs(k, n);
+    if t == 0 || k == 0 {
+        return; // no block
+    }
+    let kp = k.next_multiple_of(PACK_LANES);
+    for (j, row) in dst.chunks_exact_mut(kp).enumerate() {
+        let out = n - t + j;
+        for (p, v) in row.iter_mut().enumerate() {
+            *v = if p < k { w[p * n + out] } else { 0.0 };
+        }
+    }
+}
 
 /// [`row1::packed`], after `row_packed_with`'s checks.
 #[cfg(target_arch = "x86_64")]
@@ -1115,12 +1162,13 @@ mod tests {
     }
 
     /// The unpadded kernels give the packed kernels' bits, on a weight and
-    /// bias of exactly `k * n` and `n` values.
+    /// bias of exactly `k * n` and `n` values; one row gives the same bits
+    /// with the packed weight's tail block as without.
     #[test]
     fn the_unpadded_kernels_give_the_packed_kernels_bits() {
         for m in (1usize..=9).chain([16]) {
-            for k in [0usize, 1, 3, 50] {
-                for n in [1usize, 10, 16, 17, 33, 50, 64, 65, 130] {
+            for k in [0usize, 1, 3, 16, 37, 50, 300] {
+                for n in [1usize, 3, 4, 10, 16, 17, 20, 33, 50, 64, 65, 130] {
                     let stride = n.next_multiple_of(PACK_LANES);
                     let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
                     let raw: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
@@ -1140,6 +1188,14 @@ mod tests {
                         let mut want = vec![0.0f32; m * n];
                         if m == 1 {
                             row_packed(&mut want, &x, &w, stride, b, relu);
+                            let mut with_tail = w.clone();
+                            with_tail.resize(w.len() + packed_tail_len(k, n), f32::NAN);
+                            pack_tail(&mut with_tail[w.len()..], &raw, k, n);
+                            let mut dot = vec![f32::NAN; n];
+                            row_packed(&mut dot, &x, &with_tail, stride, b, relu);
+                            let bits =
+                                |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&dot), bits(&want), "tail block, k={k} n={n}");
                         } else {
                             rows_packed(&mut want, m, &x, &w, stride, b, relu);
                         }

@@ -797,6 +797,9 @@ mod tests {
         for (k, n, batches) in [
             (100usize, 50usize, &all[..]),
             (37, 23, &all),
+            // Dot-product tails in the batch-1 kernel (see
+            // `kernels::packed_tail_len`): 3 outputs; 500 = 31 * 16 + 4.
+            (100, 3, &[1, 2, 40]),
             (600, 500, &[1, 9, 300]),
         ] {
             for &rows in batches {

@@ -10,6 +10,13 @@
 //! store, the rows go by pointer (the shapes are checked once, by the
 //! caller), and a ReLU that follows the layer is applied on the way out.
 //!
+//! The last one to four outputs past the whole vectors can go as dot
+//! products over a transposed copy of their weights (`tail_dot`, when
+//! the packed weight carries it) instead of one more padded vector per
+//! row: fewer loads, worth it for weights beyond L1 and for fewer than
+//! 16 outputs (see [`tail_outputs`]). `tail_rows` computes the same sums
+//! in the same order from the rows as they are, for the unpadded path.
+//!
 //! Tried and dropped: keeping the last `n % 16` columns (when 1 to 8) in a
 //! compact layout, several input rows per vector, to skip the zero padding
 //! (SimpleNet's `fc1`: 313 multiply-adds with a load each instead of 400).
@@ -20,11 +27,50 @@
 #[cfg(target_arch = "x86_64")]
 pub(super) use x86::{packed, packed_rows, unpadded_rows};
 
+/// The batch-1 kernel takes the last `n % 16` outputs, when there are
+/// at most this many, as dot products over [`tail_len`] extra values
+/// after the packed rows: `t` outputs cost `t * ceil(k / 16)` vector
+/// loads instead of the `k` of one more padded vector per row.
+pub(super) const DOT_TAIL_MAX: usize = 4;
+
+/// Padded weights of at most this many values (32 KiB, in L1 with room
+/// for the input) keep their last vector of outputs in the rows: there
+/// the dot products' set-up and sums cost what their fewer loads save
+/// (SimpleNet's `fc1`, 100x50: 103-105 ns with them, 100-103 without;
+/// 100x48 alone 84). From L2 the loads dominate: 784x50 1354-1445 ns
+/// against 1594-1655, 256x36 202-205 against 266-282 (the AVX-512 VM,
+/// min over 2000-call batches, alternating processes).
+const DOT_TAIL_MIN_VALUES: usize = 8192;
+
+/// How many of `n` outputs (with `k` inputs) are the batch-1 kernel's
+/// dot-product tail: the last `n % 16` when 1 to [`DOT_TAIL_MAX`], and
+/// `n` is below 16 (one padded vector per row: 100x1 in 22.6 ns against
+/// 48.0) or the padded weight is larger than [`DOT_TAIL_MIN_VALUES`].
+pub(super) fn tail_outputs(k: usize, n: usize) -> usize {
+    let t = n % 16;
+    let big = k * n.next_multiple_of(16) > DOT_TAIL_MIN_VALUES;
+    if t <= DOT_TAIL_MAX && (n < 16 || big) {
+        t
+    } else {
+        0
+    }
+}
+
+/// The length of the tail block for `k` inputs and `n` outputs: its
+/// [`tail_outputs`] rows of `W` (one output's weights each), each padded
+/// with zeros to `k.next_multiple_of(16)` values.
+pub(super) fn tail_len(k: usize, n: usize) -> usize {
+    tail_outputs(k, n) * k.next_multiple_of(16)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{DOT_TAIL_MAX, tail_outputs};
     use std::arch::x86_64::{
-        __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
-        _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        __m512, __mmask16, _mm512_add_ps, _mm512_cvtss_f32, _mm512_fmadd_ps, _mm512_loadu_ps,
+        _mm512_mask_storeu_ps, _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps, _mm512_max_ps,
+        _mm512_permute_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
+        _mm512_storeu_ps,
     };
 
     /// The first `count` lanes (`count <= 16`).
@@ -158,6 +204,11 @@ mod x86 {
 
     /// [`packed`], or with `MASK` on unpadded rows.
     ///
+    /// The outputs up to the [`tail_outputs`] go by blocks of vectors;
+    /// the tail by [`tail_dot`] when `w` carries the tail block after its
+    /// rows (packed only), else by [`tail_rows`], which sums in the same
+    /// order (the same bits either way).
+    ///
     /// # Safety
     /// As [`packed`]; with `MASK`, `stride` need only be at least `y.len()`,
     /// `w` at least `(x.len() - 1) * stride + y.len()` values and `bias`
@@ -173,33 +224,172 @@ mod x86 {
         relu: bool,
     ) {
         let n = y.len();
+        let k = x.len();
+        let t = tail_outputs(k, n);
+        let main = n - t;
         let (yp, wp) = (y.as_mut_ptr(), w.as_ptr());
         let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
-        // SAFETY: the caller's shapes; every block stays below `stride`
-        // (a multiple of 16 at least `n`, so `ceil(n / 16)` vectors fit)
-        // and writes outputs below `n`.
+        // SAFETY: the caller's shapes; the tail writes `main..n`, reading
+        // the tail block only when `w` holds it; every block stays below
+        // `stride` (a multiple of 16 at least `n`, so `ceil(n / 16)`
+        // vectors fit) and writes outputs below `main`. The tail goes
+        // first: its dot products' latency (a chain of multiply-adds, then
+        // the sums by halves) then overlaps the blocks' loads.
         unsafe {
+            if t > 0 {
+                let bt = if bp.is_null() { bp } else { bp.add(main) };
+                let kp = k.next_multiple_of(16);
+                let rows_end = k * stride;
+                if !MASK && w.len() >= rows_end + t * kp {
+                    let tail = wp.add(rows_end);
+                    match t {
+                        1 => tail_dot::<1>(yp.add(main), x, tail, kp, bt, relu),
+                        2 => tail_dot::<2>(yp.add(main), x, tail, kp, bt, relu),
+                        3 => tail_dot::<3>(yp.add(main), x, tail, kp, bt, relu),
+                        _ => tail_dot::<DOT_TAIL_MAX>(yp.add(main), x, tail, kp, bt, relu),
+                    }
+                } else {
+                    tail_rows(yp.add(main), t, x, wp.add(main), stride, bt, relu);
+                }
+            }
             let mut j0 = 0;
-            while j0 < n {
-                match (n - j0).div_ceil(16) {
+            while j0 < main {
+                match (main - j0).div_ceil(16) {
                     1 => {
-                        block::<1, 4, MASK>(yp, n, x, wp, stride, bp, j0, relu);
+                        block::<1, 4, MASK>(yp, main, x, wp, stride, bp, j0, relu);
                         j0 += 16;
                     }
                     2 => {
-                        block::<2, 4, MASK>(yp, n, x, wp, stride, bp, j0, relu);
+                        block::<2, 4, MASK>(yp, main, x, wp, stride, bp, j0, relu);
                         j0 += 32;
                     }
                     3 => {
-                        block::<3, 2, MASK>(yp, n, x, wp, stride, bp, j0, relu);
+                        block::<3, 4, MASK>(yp, main, x, wp, stride, bp, j0, relu);
                         j0 += 48;
                     }
                     _ => {
-                        block::<4, 2, MASK>(yp, n, x, wp, stride, bp, j0, relu);
+                        block::<4, 2, MASK>(yp, main, x, wp, stride, bp, j0, relu);
                         j0 += 64;
                     }
                 }
             }
+        }
+    }
+
+    /// Lane 0 of `v` summed by halves: `v[r] + v[r + 8]`, then `+ 4`,
+    /// `+ 2`, `+ 1` (lower lane first): the order [`tail_rows`] sums its
+    /// sixteen accumulators in.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn sum_by_halves(v: __m512) -> f32 {
+        let h = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v));
+        let q = _mm512_add_ps(h, _mm512_shuffle_f32x4::<0b01_01_01_01>(h, h));
+        let d = _mm512_add_ps(q, _mm512_permute_ps::<0b11_10_11_10>(q));
+        let e = _mm512_add_ps(d, _mm512_permute_ps::<0b01_01_01_01>(d));
+        _mm512_cvtss_f32(e)
+    }
+
+    /// `T` outputs as dot products: `tail` holds their weights, one
+    /// output per row of `kp` values (zero past `k`). Lane `r` of output
+    /// `j`'s accumulator sums inputs `r, r + 16, ...` in order (the last
+    /// chunk masked: lanes past `k` are left as they are), then
+    /// [`sum_by_halves`], the bias, the ReLU (`0 > s ? 0 : s`, as MAXPS).
+    ///
+    /// # Safety
+    /// AVX-512F; `tail` holds `T * kp` values with `kp >= x.len()` a
+    /// multiple of 16; `bias` (when not null) `T` values; `y` room for `T`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tail_dot<const T: usize>(
+        y: *mut f32,
+        x: &[f32],
+        tail: *const f32,
+        kp: usize,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: chunk `c < kp / 16` of row `j < T` is inside `tail`;
+        // `x` is read below its length (the last chunk masked).
+        unsafe {
+            let k = x.len();
+            let xp = x.as_ptr();
+            let mut acc = [_mm512_setzero_ps(); T];
+            let full = k / 16;
+            for c in 0..full {
+                let xv = _mm512_loadu_ps(xp.add(16 * c));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(xv, _mm512_loadu_ps(tail.add(j * kp + 16 * c)), *a);
+                }
+            }
+            if !k.is_multiple_of(16) {
+                let m = lanes(k % 16);
+                let xv = _mm512_maskz_loadu_ps(m, xp.add(16 * full));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_loadu_ps(tail.add(j * kp + 16 * full));
+                    *a = _mm512_mask3_fmadd_ps(xv, wv, *a, m);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                let mut s = sum_by_halves(*a);
+                if !bias.is_null() {
+                    s += *bias.add(j);
+                }
+                if relu && 0.0 > s {
+                    s = 0.0;
+                }
+                *y.add(j) = s;
+            }
+        }
+    }
+
+    /// What [`tail_dot`] computes, in its order, from the rows as they
+    /// are: sixteen accumulators of the `t` outputs' lanes, row `p` going
+    /// to accumulator `p % 16`, summed by halves (`a[r] + a[r + 8]`, ...).
+    ///
+    /// # Safety
+    /// AVX-512F; `w` holds `x.len()` rows of `stride` values, the first
+    /// `t <= 16` of each readable; `bias` (when not null) `t` values; `y`
+    /// room for `t`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tail_rows(
+        y: *mut f32,
+        t: usize,
+        x: &[f32],
+        w: *const f32,
+        stride: usize,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: row `p < x.len()` is read at `w + p * stride`, `t` lanes.
+        unsafe {
+            let m = lanes(t);
+            let k = x.len();
+            let xp = x.as_ptr();
+            let mut a = [_mm512_setzero_ps(); 16];
+            let mut p = 0;
+            while p < k {
+                for (r, acc) in a.iter_mut().enumerate().take(k - p) {
+                    let wv = _mm512_maskz_loadu_ps(m, w.add((p + r) * stride));
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(p + r)), wv, *acc);
+                }
+                p += 16;
+            }
+            let mut width = 8;
+            while width > 0 {
+                for r in 0..width {
+                    a[r] = _mm512_add_ps(a[r], a[r + width]);
+                }
+                width /= 2;
+            }
+            let mut s = a[0];
+            if !bias.is_null() {
+                s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, bias));
+            }
+            if relu {
+                s = _mm512_max_ps(_mm512_setzero_ps(), s);
+            }
+            _mm512_mask_storeu_ps(y, m, s);
         }
     }
 

@@ -104,7 +104,8 @@ fn as_values(lines: &[Line]) -> &[f32] {
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * PACK_LANES) }
 }
 
-/// `W^T` (`in_features` rows of `stride` values) and the bias, padded.
+/// `W^T` (`in_features` rows of `stride` values) then the tail block of
+/// [`crate::kernels::packed_tail_len`], and the bias, padded.
 pub(super) struct Packed {
     weight_version: u64,
     bias_version: Option<u64>,
@@ -118,8 +119,13 @@ impl Packed {
         let w = weight.value();
         let stride = stride_for(w.nrows());
         let per_row = stride / PACK_LANES;
-        let mut lines = vec![Line([0.0; PACK_LANES]); w.ncols() * per_row];
-        pad_into(as_values_mut(&mut lines), w.as_slice(), w.nrows(), stride);
+        let rows = w.ncols() * per_row;
+        let (k, n) = (w.ncols(), w.nrows());
+        let tail = crate::kernels::packed_tail_len(k, n) / PACK_LANES;
+        let mut lines = vec![Line([0.0; PACK_LANES]); rows + tail];
+        let (main, tail) = as_values_mut(&mut lines).split_at_mut(rows * PACK_LANES);
+        pad_into(main, w.as_slice(), n, stride);
+        crate::kernels::pack_tail(tail, w.as_slice(), k, n);
         let bias_lines = bias.map(|b| {
             let mut l = vec![Line([0.0; PACK_LANES]); per_row];
             pad_into(as_values_mut(&mut l), b.value().as_slice(), stride, stride);
