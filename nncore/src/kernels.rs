@@ -31,7 +31,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use std::mem::MaybeUninit;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which compiled variant runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +61,43 @@ pub fn available_variants() -> Vec<Variant> {
     v
 }
 
+/// This CPU's variants as bits (`1 << variant as u8`), with bit 7 set once
+/// known: one relaxed load per kernel call picks and checks the variant.
+static SUPPORTED: AtomicU8 = AtomicU8::new(0);
+
+#[inline]
+fn supported() -> u8 {
+    #[cold]
+    fn detect() -> u8 {
+        let bits = available_variants()
+            .into_iter()
+            .fold(0x80, |b, v| b | 1 << v as u8);
+        SUPPORTED.store(bits, Ordering::Relaxed);
+        bits
+    }
+    match SUPPORTED.load(Ordering::Relaxed) {
+        0 => detect(),
+        bits => bits,
+    }
+}
+
+/// Whether this CPU runs `v`.
+#[inline]
+fn supports(v: Variant) -> bool {
+    supported() & 1 << v as u8 != 0
+}
+
+/// The best variant this CPU runs.
+#[inline]
 fn best() -> Variant {
-    static BEST: OnceLock<Variant> = OnceLock::new();
-    *BEST.get_or_init(|| available_variants()[0])
+    let bits = supported();
+    if bits & 1 << Variant::Avx512 as u8 != 0 {
+        Variant::Avx512
+    } else if bits & 1 << Variant::Avx2 as u8 != 0 {
+        Variant::Avx2
+    } else {
+        Variant::Portable
+    }
 }
 
 /// The one way a kernel picks its CPU variant. Defines `$name`, which runs
@@ -126,20 +160,22 @@ macro_rules! multiversion {
             $($item)*
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,fma")]
+            #[inline]
             fn on_avx512($($arg: $ty),*) $(-> $ret)? { $on512($($arg),*) }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
+            #[inline]
             fn on_avx2($($arg: $ty),*) $(-> $ret)? { $on2($($arg),*) }
             match variant {
                 #[cfg(target_arch = "x86_64")]
                 Variant::Avx512 => {
-                    assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+                    assert!(supports(Variant::Avx512), "this CPU lacks AVX-512F or FMA");
                     // SAFETY: the CPU supports the features (checked above).
                     unsafe { on_avx512($($arg),*) }
                 }
                 #[cfg(target_arch = "x86_64")]
                 Variant::Avx2 => {
-                    assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+                    assert!(supports(Variant::Avx2), "this CPU lacks AVX2 or FMA");
                     // SAFETY: the CPU supports the features (checked above).
                     unsafe { on_avx2($($arg),*) }
                 }
@@ -288,6 +324,7 @@ pub fn pack_tail(dst: &mut [f32], w: &[f32], k: usize, n: usize) {
 /// [`row1::packed`], after `row_packed_with`'s checks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 fn packed512(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>, relu: bool) {
     // SAFETY: `row_packed_with` checked the shapes `row1::packed` needs.
     unsafe { row1::packed(y, x, w, stride, bias, relu) }
@@ -432,7 +469,7 @@ pub fn rows_packed_with(
     match variant {
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => {
-            assert!(is_x86_feature_detected!("avx512f"));
+            assert!(supports(Variant::Avx512), "this CPU lacks AVX-512F or FMA");
             // SAFETY: the CPU supports AVX-512F (checked above).
             unsafe { rows_packed512(y, m, x, w, stride, bias, relu) }
         }

@@ -190,6 +190,7 @@ mod x86 {
     /// values, `bias` at least `stride`, `tail` at least
     /// [`super::tail_len`]`(x.len(), y.len())`.
     #[target_feature(enable = "avx512f")]
+    #[inline]
     pub(in crate::kernels) unsafe fn packed(
         y: &mut [f32],
         x: &[f32],
