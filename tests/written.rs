@@ -676,3 +676,77 @@ fn generic_and_tuple_structs_write_forwards() {
         "Pair.0 (Linear): expected input with 3 features, got 4"
     );
 }
+
+/// `relu(self.fc(x)?)`, `self.fc(x)?.relu()` and the ReLU written on its
+/// own line: the first two let `Linear` apply the ReLU to its sums at
+/// inference (`Eval::call_relu`); every form gives the derived chain's
+/// bits, in `forward` and `forward_into`, at every batch size the kernels
+/// distinguish, and an error in the fused call still names the child.
+#[derive(Module)]
+struct FusedForms {
+    fc1: Linear,
+    fc2: Linear,
+    #[module(skip)]
+    form: usize,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl FusedForms {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = match self.form {
+            0 => relu(self.fc1(x)?),
+            1 => self.fc1(x)?.relu(),
+            _ => {
+                let h = self.fc1(x)?;
+                relu(h)
+            }
+        };
+        self.fc2(h)
+    }
+}
+
+#[derive(Module)]
+struct ChainForm {
+    fc1: Linear,
+    relu: ReLU,
+    fc2: Linear,
+}
+
+#[test]
+fn a_relu_around_a_child_call_fuses_with_the_chains_bits() {
+    let chain = nncore::with_seed(4, || ChainForm {
+        fc1: Linear::new(37, 50),
+        relu: ReLU::new(),
+        fc2: Linear::new(50, 3),
+    });
+    let bits = |t: &Tensor| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for form in 0..3 {
+        let m = nncore::with_seed(4, || FusedForms {
+            fc1: Linear::new(37, 50),
+            fc2: Linear::new(50, 3),
+            form,
+            tape: Tape::default(),
+        });
+        for rows in [1usize, 3, 30, 200] {
+            let x = nncore::Generator::new(rows as u64).uniform_tensor(rows, 37, -1.0, 1.0);
+            let (mut out, mut ws) = (Tensor::zeros(0, 0), nncore::Workspace::new());
+            // Before and after the layers' packed copies exist.
+            for _ in 0..3 {
+                let want = bits(&chain.forward(&x).unwrap());
+                assert_eq!(
+                    bits(&m.forward(&x).unwrap()),
+                    want,
+                    "form {form}, {rows} rows"
+                );
+                m.forward_into(&x, &mut out, &mut ws).unwrap();
+                assert_eq!(bits(&out), want, "form {form}, {rows} rows, forward_into");
+            }
+        }
+        let e = m.forward(&Tensor::zeros(1, 36)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "FusedForms.fc1 (Linear): expected input with 37 features, got 36"
+        );
+    }
+}

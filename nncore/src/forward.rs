@@ -138,7 +138,8 @@ pub trait Forward: Module {
     /// Whether this module can run with an activation fused into its
     /// output ([`Forward::forward_into_fused`] does more than its default):
     /// the chain engine then fuses the next module's
-    /// [`Forward::fused_activation`] into it. Not public API.
+    /// [`Forward::fused_activation`] into it, and a written forward a
+    /// `relu(self.child(x)?)` around its call. Not public API.
     #[doc(hidden)]
     fn fusable(&self) -> bool {
         false

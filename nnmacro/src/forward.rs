@@ -61,6 +61,10 @@ struct Lower<'a> {
     cx: &'a mut Ctxt,
     scopes: Vec<HashMap<String, Kind>>,
     sites: Vec<Access>,
+    /// Inference only: each child call lowered so far (its tokens, as
+    /// text), with the same call taking a ReLU into its output, for
+    /// `relu(self.fc(x))`.
+    relu_fused: HashMap<String, TokenStream>,
 }
 
 fn member_name(m: &syn::Member) -> String {
@@ -320,10 +324,15 @@ impl Lower<'_> {
                 let (ts, kind) = self.expr(&t.expr);
                 let q = t.question_token;
                 match kind {
-                    Kind::Tensor => (
-                        quote!({ let __v = #ts; __cx.check(__v) #q }),
-                        Kind::Tensor,
-                    ),
+                    Kind::Tensor => {
+                        let checked = quote!({ let __v = #ts; __cx.check(__v) #q });
+                        // `relu(self.fc(x)?)` fuses as `relu(self.fc(x))`.
+                        if let Some(fused) = self.relu_fused.get(&ts.to_string()) {
+                            let fused = quote!({ let __v = #fused; __cx.check(__v) #q });
+                            self.relu_fused.insert(checked.to_string(), fused);
+                        }
+                        (checked, Kind::Tensor)
+                    }
                     Kind::Tensors => (
                         quote!({ let __v = #ts; __cx.check(::nncore::Var::INPUT) #q; __v }),
                         Kind::Tensors,
@@ -546,12 +555,16 @@ impl Lower<'_> {
         // The module expression takes the call's place, so that a child
         // that cannot be trained is reported at its call in the forward.
         let m = relocate(if self.train { module_mut } else { module }, span);
-        (
-            quote_spanned! {span=>
-                { let __a = #arg; __cx.call(#m, #site, __a) }
-            },
-            Kind::Tensor,
-        )
+        let call = quote_spanned! {span=>
+            { let __a = #arg; __cx.call(#m, #site, __a) }
+        };
+        if !self.train {
+            let fused = quote_spanned! {span=>
+                { let __a = #arg; __cx.call_relu(#m, #site, __a) }
+            };
+            self.relu_fused.insert(call.to_string(), fused);
+        }
+        (call, Kind::Tensor)
     }
 
     /// `self.<list>[i](x)`.
@@ -735,6 +748,13 @@ impl Lower<'_> {
             "relu" | "sigmoid" | "tanh" | "exp" | "log" | "sqrt" => {
                 if !(arity(1) && first_tensor) {
                     return self.error(whole, usage("x"));
+                }
+                // `relu(self.fc(x))`: the child's output feeds only the
+                // ReLU, which the child can then apply on its way out.
+                if name == "relu"
+                    && let Some(fused) = self.relu_fused.get(&x.to_string())
+                {
+                    return (fused.clone(), Kind::Tensor);
                 }
                 let k = match name {
                     "relu" => quote!(Relu),
@@ -1209,6 +1229,7 @@ pub(crate) fn expand(attr: TokenStream, item: syn::ItemImpl) -> TokenStream {
             cx,
             scopes: vec![HashMap::new()],
             sites: Vec::new(),
+            relu_fused: HashMap::new(),
         };
         l.bind(&input.ident, Kind::Tensor);
         let (body, kind) = l.block(&fun.block);

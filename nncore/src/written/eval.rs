@@ -3,7 +3,7 @@
 
 use super::math::{self, Binary, ScalarOp, Unary};
 use super::{Engine, Site, Var};
-use crate::forward::{Forward, Workspace};
+use crate::forward::{Activation, Forward, Workspace};
 use crate::summary::Trace;
 use crate::{Dims, Error, Result, Tensor};
 
@@ -148,6 +148,50 @@ impl<'x, 'w> Eval<'x, 'w> {
         };
         match r {
             Ok((y, d)) => self.push(y, d),
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some(site.wrap(e, self.owner));
+                }
+                Var::POISON
+            }
+        }
+    }
+
+    /// `relu(m(a))` for child `m` (called at `site`), as the forward wrote
+    /// it (the child's output is used by nothing else): on flat samples a
+    /// child that can take the ReLU into its own output
+    /// ([`Forward::fusable`], `Linear`) applies it to its sums before
+    /// storing them, one pass and one buffer fewer; otherwise the call,
+    /// then the ReLU. The same bits either way.
+    pub fn call_relu<F: Forward + ?Sized>(&mut self, m: &F, site: Site, a: Var) -> Var {
+        let fuse = self.ok(&[a])
+            && self.dims_of(a).rank() == 1
+            && m.fusable()
+            && !matches!(self.mode, Mode::Traced(_));
+        if !fuse {
+            let y = self.call(m, site, a);
+            return self.unary(Unary::Relu, y);
+        }
+        let x: &Tensor = if a == Var::INPUT {
+            self.input
+        } else {
+            &self.vals[a.0 as usize - 1]
+        };
+        let r = match &mut self.mode {
+            Mode::Into(ws) => {
+                let mut out = ws.take();
+                match m.forward_into_fused(x, &mut out, ws, Activation::Relu) {
+                    Ok(()) => Ok(out),
+                    Err(e) => {
+                        ws.give(out);
+                        Err(e)
+                    }
+                }
+            }
+            _ => m.forward_fused(x, Activation::Relu),
+        };
+        match r {
+            Ok(y) => self.push(y, None),
             Err(e) => {
                 if self.error.is_none() {
                     self.error = Some(site.wrap(e, self.owner));
