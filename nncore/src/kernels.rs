@@ -396,6 +396,52 @@ pub fn rows_packed(
     rows_packed_with(best(), y, m, x, w, stride, bias, relu);
 }
 
+/// [`row_packed`] (`m == 1`) or [`rows_packed`] without their shape
+/// checks, the CPU's variant picked inline: for [`crate::Linear`], whose
+/// packed layout and input checks already guarantee the shapes. A batch-1
+/// call skips a call level, its argument shuffling and the checks (about
+/// 70 of the 200 instructions a call spent outside the kernel's loops).
+///
+/// # Safety
+/// The shapes [`rows_packed`] checks: `m > 0`, `y.len() == m * n`,
+/// `x.len() == m * k`, `stride` a multiple of [`PACK_LANES`] and at least
+/// `n`, `w` at least `k * stride` values (then, optionally, the tail block
+/// of [`packed_tail_len`]), `bias` (when given) at least `stride` values.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn packed_unchecked(
+    y: &mut [f32],
+    m: usize,
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    debug_assert!(m > 0 && y.len().is_multiple_of(m) && x.len().is_multiple_of(m));
+    debug_assert!(stride.is_multiple_of(PACK_LANES) && y.len() / m <= stride);
+    debug_assert!(w.len() >= x.len() / m * stride);
+    debug_assert!(bias.is_none_or(|b| b.len() >= stride));
+    #[cfg(target_arch = "x86_64")]
+    if best() == Variant::Avx512 {
+        // SAFETY: AVX-512F (the best variant); the caller's shapes are
+        // the ones the kernels need.
+        unsafe {
+            if m == 1 {
+                packed512(y, x, w, stride, bias, relu);
+            } else {
+                rows_packed512(y, m, x, w, stride, bias, relu);
+            }
+        }
+        return;
+    }
+    if m == 1 {
+        row_packed(y, x, w, stride, bias, relu);
+    } else {
+        rows_packed(y, m, x, w, stride, bias, relu);
+    }
+}
+
 /// What [`row_packed`] (`m == 1`) and [`rows_packed`] compute on the
 /// packed copy, in the same order, so the same bits, on `W^T` as
 /// [`crate::Linear`] holds it: `k = x.len() / m` rows of `n = y.len() /

@@ -275,9 +275,19 @@ impl Linear {
     /// bits every way, in inference and in training. Returns whether `act`
     /// (if any) was applied.
     fn apply_packed(&self, x: &Tensor, out: &mut Tensor, act: Option<Activation>) -> bool {
+        // What the unchecked kernels need beyond the packed layout (the
+        // callers have checked and shaped both already: two compares).
+        assert!(
+            x.nrows() > 0
+                && x.ncols() == self.in_features()
+                && out.shape() == (x.nrows(), self.out_features()),
+            "Linear::apply_packed: shapes"
+        );
         let bias = self.bias.as_ref();
         if let Some(p) = self.packed.get(&self.weight, bias, x.nrows()) {
-            return apply_packed(p.weight(), p.stride(), p.bias(), x, out, act);
+            // SAFETY: the packed copy of this weight and bias, current;
+            // `x` and `out` were checked above.
+            return unsafe { apply_packed(p.weight(), p.stride(), p.bias(), x, out, act) };
         }
         let relu = act == Some(Activation::Relu);
         let (w, b) = (self.weight.value(), bias.map(|b| b.value().as_slice()));
@@ -294,7 +304,11 @@ impl Linear {
         if direct {
             return act.is_none() || relu;
         }
-        packed::with_padded(w, b, |w, stride, b| apply_packed(w, stride, b, x, out, act))
+        // SAFETY: `with_padded` lays the weight out as the packed copy;
+        // `x` and `out` were checked above.
+        packed::with_padded(w, b, |w, stride, b| unsafe {
+            apply_packed(w, stride, b, x, out, act)
+        })
     }
 
     /// Calls `f` with `W^T` for an inference product of `rows` rows: for
@@ -532,7 +546,15 @@ impl Backward for Linear {
 /// row, the multi-row kernel for a few (the bias is where the sums start).
 /// A ReLU as `act` is applied to the sums before they are stored; returns
 /// whether `act` (if any) was applied.
-fn apply_packed(
+///
+/// # Safety
+/// `w`, `stride` and `bias` are laid out as [`packed::Packed`] (and
+/// [`packed::with_padded`]) lay them out for this layer's weight: `stride`
+/// a multiple of 16 at least `out_features`, `w` at least `in_features *
+/// stride` values, `bias` `stride` values; `x` has `in_features` columns
+/// and at least one row, `out` is `x.nrows() x out_features`.
+#[inline]
+unsafe fn apply_packed(
     w: &[f32],
     stride: usize,
     bias: Option<&[f32]>,
@@ -542,11 +564,18 @@ fn apply_packed(
 ) -> bool {
     let relu = act == Some(Activation::Relu);
     let m = x.nrows();
-    if m == 1 {
-        crate::kernels::row_packed(out.as_mut_slice(), x.as_slice(), w, stride, bias, relu);
-        return act.is_none() || relu;
+    // SAFETY: the caller's layout is the kernels' (see above).
+    unsafe {
+        crate::kernels::packed_unchecked(
+            out.as_mut_slice(),
+            m,
+            x.as_slice(),
+            w,
+            stride,
+            bias,
+            relu,
+        );
     }
-    crate::kernels::rows_packed(out.as_mut_slice(), m, x.as_slice(), w, stride, bias, relu);
     act.is_none() || relu
 }
 
