@@ -44,9 +44,27 @@ pub enum Variant {
     Portable,
 }
 
-/// The variants this CPU can run, best first.
+/// The variants the kernels may use on this CPU, best first: every one
+/// it can run, unless the environment variable `NNCORE_CPU` (read once,
+/// at the first kernel call) caps them at `avx2` or `portable`, to run
+/// and test the other variants on a newer CPU (`NNCORE_CPU=avx2 cargo
+/// test`). Other values leave the variants as detected.
+///
+/// ```
+/// use nncore::kernels::{Variant, available_variants};
+/// assert_eq!(available_variants().last(), Some(&Variant::Portable));
+/// ```
 #[must_use]
 pub fn available_variants() -> Vec<Variant> {
+    let bits = supported();
+    [Variant::Avx512, Variant::Avx2, Variant::Portable]
+        .into_iter()
+        .filter(|v| bits & 1 << *v as u8 != 0)
+        .collect()
+}
+
+/// The variants the CPU runs, then `NNCORE_CPU`'s cap.
+fn detect_variants() -> Vec<Variant> {
     let mut v = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
@@ -58,18 +76,25 @@ pub fn available_variants() -> Vec<Variant> {
         }
     }
     v.push(Variant::Portable);
+    let cap = match std::env::var("NNCORE_CPU").as_deref() {
+        Ok("avx2") => Variant::Avx2,
+        Ok("portable") => Variant::Portable,
+        _ => Variant::Avx512,
+    };
+    v.retain(|v| *v as u8 >= cap as u8);
     v
 }
 
-/// This CPU's variants as bits (`1 << variant as u8`), with bit 7 set once
-/// known: one relaxed load per kernel call picks and checks the variant.
+/// The usable variants as bits (`1 << variant as u8`), with bit 7 set
+/// once known: one relaxed load per kernel call picks and checks the
+/// variant.
 static SUPPORTED: AtomicU8 = AtomicU8::new(0);
 
 #[inline]
 fn supported() -> u8 {
     #[cold]
     fn detect() -> u8 {
-        let bits = available_variants()
+        let bits = detect_variants()
             .into_iter()
             .fold(0x80, |b, v| b | 1 << v as u8);
         SUPPORTED.store(bits, Ordering::Relaxed);
@@ -81,13 +106,13 @@ fn supported() -> u8 {
     }
 }
 
-/// Whether this CPU runs `v`.
+/// Whether the kernels may use `v` ([`available_variants`]).
 #[inline]
-fn supports(v: Variant) -> bool {
+pub(crate) fn supports(v: Variant) -> bool {
     supported() & 1 << v as u8 != 0
 }
 
-/// The best variant this CPU runs.
+/// The best variant the kernels may use.
 #[inline]
 fn best() -> Variant {
     let bits = supported();
@@ -2338,7 +2363,7 @@ pub fn transpose_with(variant: Variant, src: &[f32], dst: &mut [f32], width: usi
     match variant {
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => {
-            assert!(is_x86_feature_detected!("avx512f"));
+            assert!(supports(Variant::Avx512), "this CPU lacks AVX-512F or FMA");
             // SAFETY: the CPU has AVX-512F (checked above); the lengths
             // were checked.
             unsafe { transpose_avx512(src, width, dst, height, width, height) }
@@ -2393,7 +2418,7 @@ fn transpose_block_with(
     );
     #[cfg(target_arch = "x86_64")]
     if variant == Variant::Avx512 {
-        assert!(is_x86_feature_detected!("avx512f"));
+        assert!(supports(Variant::Avx512), "this CPU lacks AVX-512F or FMA");
         // SAFETY: the CPU has AVX-512F; the extents were checked above.
         unsafe { transpose_avx512(src, src_stride, dst, dst_stride, width, height) };
         return;

@@ -117,13 +117,18 @@ mod x86_gemm {
         *BEST.get_or_init(|| available().first().copied())
     }
 
-    /// The instruction sets this CPU can run, widest first.
+    /// The instruction sets this CPU can run, widest first, within the
+    /// kernels' `NNCORE_CPU` cap ([`crate::kernels::available_variants`]).
     pub(super) fn available() -> Vec<InstrSet> {
+        use crate::kernels::{Variant, supports};
         let mut v = Vec::new();
-        if is_x86_feature_detected!("avx512f") {
+        if is_x86_feature_detected!("avx512f") && supports(Variant::Avx512) {
             v.push(InstrSet::Avx512);
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && supports(Variant::Avx2)
+        {
             v.push(InstrSet::Avx256);
         }
         v
