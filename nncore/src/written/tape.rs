@@ -410,8 +410,18 @@ impl Tape {
         math::accumulate(&mut self.grads[i], &mut self.live[i], g, shape);
     }
 
-    /// Adds the scratch buffer into the gradient of `v`.
+    /// Adds the scratch buffer into the gradient of `v`. The first
+    /// contribution of `v`'s own shape trades buffers with the gradient
+    /// instead of copying the scratch into it (both hold `v`'s shape, so
+    /// no buffer grows: a copy of 1 MB per residual-block value was 1.7%
+    /// of `res_b256_train`).
     fn accumulate_scratch(&mut self, v: Var) {
+        let i = v.0 as usize;
+        if !self.live[i] && self.scratch.shape() == self.vals[i].shape() {
+            std::mem::swap(&mut self.scratch, &mut self.grads[i]);
+            self.live[i] = true;
+            return;
+        }
         let scratch = std::mem::replace(&mut self.scratch, Tensor::zeros(0, 0));
         self.accumulate(v, &scratch);
         self.scratch = scratch;
