@@ -146,6 +146,12 @@ impl<'x, 'w> Eval<'x, 'w> {
                 .trace(t, |t| m.forward_traced_dims(x, d, t))
                 .map(|(y, d)| (y, Some(d))),
         };
+        self.child_value(r, site)
+    }
+
+    /// A child's output (with its sample shape, `None` when flat) as a new
+    /// value, or its error, named by `site`, as the forward's first error.
+    fn child_value(&mut self, r: Result<(Tensor, Option<Dims>)>, site: Site) -> Var {
         match r {
             Ok((y, d)) => self.push(y, d),
             Err(e) => {
@@ -190,15 +196,7 @@ impl<'x, 'w> Eval<'x, 'w> {
             }
             _ => m.forward_fused(x, Activation::Relu),
         };
-        match r {
-            Ok(y) => self.push(y, None),
-            Err(e) => {
-                if self.error.is_none() {
-                    self.error = Some(site.wrap(e, self.owner));
-                }
-                Var::POISON
-            }
-        }
+        self.child_value(r.map(|y| (y, None)), site)
     }
 
     /// An element-wise function.
