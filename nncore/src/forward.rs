@@ -372,6 +372,65 @@ pub trait Backward: Forward {
         let d = keep.unwrap_or(Dims::flat(y.ncols()));
         Ok((y, d))
     }
+
+    /// [`Backward::forward_train_dims`] for a caller that keeps `x` alive
+    /// and unchanged until it calls [`Backward::backward_kept`] with it
+    /// (the recording of a written forward does): writes the output into
+    /// `out`, whose buffer it reuses, and returns its sample shape. A module
+    /// may then keep neither its own copy of `x` nor of its output
+    /// ([`Linear`](crate::Linear) keeps neither: two copies of its
+    /// activations fewer per training step). The default runs
+    /// `forward_train_dims` and copies its output into `out`.
+    ///
+    /// # Example
+    /// ```
+    /// use nncore::prelude::*;
+    /// let mut fc = Linear::from_weights(Tensor::from_element(2, 3, 1.0), None)?;
+    /// let x = Tensor::from_element(4, 3, 0.5); // batch 4, 3 features
+    /// let mut y = Tensor::zeros(0, 0);
+    /// let d = fc.forward_train_kept(&x, Dims::flat(3), &mut y)?;
+    /// assert_eq!((y.shape(), d), ((4, 2), Dims::flat(2)));
+    /// let mut dx = Tensor::zeros(0, 0);
+    /// fc.backward_kept(&x, &Tensor::from_element(4, 2, 1.0), Some((&mut dx, false)))?;
+    /// assert_eq!(dx, Tensor::from_element(4, 3, 2.0));
+    /// assert_eq!(fc.weight().grad().unwrap(), &Tensor::from_element(2, 3, 2.0));
+    /// # Ok::<(), nncore::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Backward::forward_train_dims`].
+    fn forward_train_kept(&mut self, x: &Tensor, dims: Dims, out: &mut Tensor) -> Result<Dims> {
+        let (y, d) = self.forward_train_dims(x, dims)?;
+        crate::ops::copy_into(y, out);
+        Ok(d)
+    }
+
+    /// The backward pass of the last [`Backward::forward_train_kept`], given
+    /// the same `x`: accumulates every parameter's gradient and, with
+    /// `dx = Some((buffer, add))`, writes `dL/dx` into `buffer` (its
+    /// buffer reused), or adds it there when `add` (then `buffer` holds
+    /// `x`'s shape). `None` skips `dL/dx` as
+    /// [`Backward::backward_params`] does.
+    ///
+    /// # Errors
+    /// As [`Backward::backward`]; an `x` of another shape than the
+    /// forward's.
+    fn backward_kept(
+        &mut self,
+        x: &Tensor,
+        grad: &Tensor,
+        dx: Option<(&mut Tensor, bool)>,
+    ) -> Result<()> {
+        match dx {
+            Some((buffer, add)) => {
+                let mut live = add;
+                let d = self.backward(grad)?;
+                crate::written::math::accumulate(buffer, &mut live, d, x.shape());
+                Ok(())
+            }
+            None => self.backward_params(grad),
+        }
+    }
 }
 
 /// Checks that `x` holds samples of shape `dims` and that `m` can take

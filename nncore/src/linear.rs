@@ -9,7 +9,7 @@ mod packed;
 use crate::forward::{Activation, Backward, Forward};
 use crate::module::Module;
 use crate::ops::{Trans, ensure_shape, matmul, matmul_bias, matmul_bias_new};
-use crate::{Error, Generator, ModulePath, Param, Result, Tensor, with_default_generator};
+use crate::{Dims, Error, Generator, ModulePath, Param, Result, Tensor, with_default_generator};
 
 /// PyTorch's `nn.Linear`: `y = x W^T + b`.
 ///
@@ -62,7 +62,19 @@ pub struct Linear {
     input: Tensor,
     output: Tensor,
     grad_input: Tensor,
-    recorded: bool,
+    recorded: Recorded,
+}
+
+/// What the last training forward left for the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// Nothing (no training forward, or its backward ran).
+    No,
+    /// `forward_train`: the input is in `Linear::input`.
+    Own,
+    /// `forward_train_kept` of a batch of `rows`: the caller holds the
+    /// input and passes it to `backward_kept`.
+    Kept { rows: usize },
 }
 
 impl Linear {
@@ -191,7 +203,7 @@ impl Linear {
             input: Tensor::zeros(0, 0),
             output: Tensor::zeros(0, 0),
             grad_input: Tensor::zeros(0, 0),
-            recorded: false,
+            recorded: Recorded::No,
         }
     }
 
@@ -353,15 +365,26 @@ impl Linear {
         f(&wt.1, Trans::No)
     }
 
-    /// The weight and bias gradients of a backward pass (`dW = g^T x`,
-    /// `db` = column sums of `g`), accumulated into the parameters.
+    /// The weight and bias gradients of the backward pass of a
+    /// `forward_train` (`dW = g^T x`, `db` = column sums of `g`),
+    /// accumulated into the parameters.
     fn param_grads(&mut self, grad: &Tensor) -> Result<()> {
+        let mut own = self.recorded == Recorded::Own;
         let expected = (self.input.nrows(), self.out_features());
-        crate::module::begin_backward(&mut self.recorded, "Linear", expected, grad)?;
-        // dW = g^T x, db = column sums of g, dx = g W.
+        crate::module::begin_backward(&mut own, "Linear", expected, grad)?;
+        self.recorded = Recorded::No;
+        let input = std::mem::replace(&mut self.input, Tensor::zeros(0, 0));
+        self.accumulate_param_grads(&input, grad);
+        self.input = input;
+        Ok(())
+    }
+
+    /// `dW += g^T x`, `db +=` column sums of `g` (or `=`, on a parameter's
+    /// first gradient); the shapes were checked.
+    fn accumulate_param_grads(&mut self, x: &Tensor, grad: &Tensor) {
         if let Some((_, dw, acc)) = self.weight.grad_slot() {
             let beta = if acc { 1.0 } else { 0.0 };
-            matmul(1.0, grad, Trans::Yes, &self.input, Trans::No, beta, dw);
+            matmul(1.0, grad, Trans::Yes, x, Trans::No, beta, dw);
         }
         if let Some((_, db, acc)) = self.bias.as_mut().and_then(Param::grad_slot) {
             // Column sums of g; an empty batch sums to zero (as in
@@ -376,7 +399,28 @@ impl Linear {
                 *d = if acc { *d + s } else { s };
             }
         }
-        Ok(())
+    }
+
+    /// The training output `x W^T + b` into `out` (reshaped): the kernels
+    /// inference runs for small batches (the same bits as `forward`).
+    fn train_output(&self, x: &Tensor, out: &mut Tensor) {
+        ensure_shape(out, x.nrows(), self.out_features());
+        if self.packed_rows(x.nrows()) {
+            // The kernels inference runs: the same bits as `forward`.
+            self.apply_packed(x, out, None);
+        } else {
+            // A frozen weight keeps the transposed copy inference made
+            // (small batches keep the row kernels, which want the weight
+            // as it is); a weight that changes every step never gets one
+            // (`apply` takes `W^T` block by block instead).
+            let version = self.weight.version();
+            match self.transposed.read().as_ref() {
+                Some((v, wt)) if *v == version && x.nrows() > crate::ops::SMALL_ROWS_LIMIT => {
+                    self.apply(x, wt, Trans::No, out);
+                }
+                _ => self.apply(x, self.weight.value(), Trans::Yes, out),
+            }
+        }
     }
 }
 
@@ -499,26 +543,74 @@ impl Backward for Linear {
         self.check_input(x)?;
         crate::ops::copy_into(x, &mut self.input);
         let mut out = std::mem::replace(&mut self.output, Tensor::zeros(0, 0));
-        ensure_shape(&mut out, x.nrows(), self.out_features());
-        if self.packed_rows(x.nrows()) {
-            // The kernels inference runs: the same bits as `forward`.
-            self.apply_packed(x, &mut out, None);
-        } else {
-            // A frozen weight keeps the transposed copy inference made
-            // (small batches keep the row kernels, which want the weight
-            // as it is); a weight that changes every step never gets one
-            // (`apply` takes `W^T` block by block instead).
-            let version = self.weight.version();
-            match self.transposed.read().as_ref() {
-                Some((v, wt)) if *v == version && x.nrows() > crate::ops::SMALL_ROWS_LIMIT => {
-                    self.apply(x, wt, Trans::No, &mut out);
-                }
-                _ => self.apply(x, self.weight.value(), Trans::Yes, &mut out),
-            }
-        }
+        self.train_output(x, &mut out);
         self.output = out;
-        self.recorded = true;
+        self.recorded = Recorded::Own;
         Ok(&self.output)
+    }
+
+    /// Keeps neither `x` (the caller passes it again to `backward_kept`)
+    /// nor the output (written into `out`).
+    fn forward_train_kept(&mut self, x: &Tensor, dims: Dims, out: &mut Tensor) -> Result<Dims> {
+        let keep = crate::forward::flat_or_elementwise(self, x, dims)?;
+        self.check_input(x)?;
+        self.train_output(x, out);
+        self.recorded = Recorded::Kept { rows: x.nrows() };
+        Ok(keep.unwrap_or(Dims::flat(self.out_features())))
+    }
+
+    /// `dL/dx = g W` straight into the caller's buffer, added by the
+    /// product itself when `add`.
+    fn backward_kept(
+        &mut self,
+        x: &Tensor,
+        grad: &Tensor,
+        dx: Option<(&mut Tensor, bool)>,
+    ) -> Result<()> {
+        let rows = match self.recorded {
+            Recorded::No => {
+                return Err(Error::NoRecordedForward {
+                    path: ModulePath::leaf("Linear"),
+                });
+            }
+            Recorded::Own => self.input.nrows(),
+            Recorded::Kept { rows } => rows,
+        };
+        if x.shape() != (rows, self.in_features()) {
+            return Err(Error::InvalidInput {
+                path: ModulePath::leaf("Linear"),
+                message: format!(
+                    "backward_kept: the input is {:?}, the forward's was {:?}",
+                    x.shape(),
+                    (rows, self.in_features())
+                ),
+            });
+        }
+        let expected = (rows, self.out_features());
+        if grad.shape() != expected {
+            return Err(Error::gradient_shape("Linear", expected, grad.shape()));
+        }
+        self.recorded = Recorded::No;
+        self.accumulate_param_grads(x, grad);
+        if let Some((buffer, add)) = dx {
+            let beta = if add {
+                assert_eq!(buffer.shape(), x.shape(), "backward_kept: dx buffer shape");
+                1.0
+            } else {
+                ensure_shape(buffer, rows, self.in_features());
+                0.0
+            };
+            matmul(
+                1.0,
+                grad,
+                Trans::No,
+                self.weight.value(),
+                Trans::No,
+                beta,
+                buffer,
+            );
+        }
+        Ok(())
     }
 
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
@@ -877,5 +969,96 @@ mod tests {
         }
         assert!(close(&big.forward(&row).unwrap(), &reference(&big, &row)));
         assert!(big.transposed.read().is_none());
+    }
+
+    #[test]
+    fn the_kept_protocol_gives_the_bits_of_forward_train_and_backward() {
+        // 1 and 3 rows (the row kernels), 70 (faer, W^T blocks); with and
+        // without bias; dx written, added to, or skipped.
+        for (rows, k, n, bias) in [
+            (1usize, 37usize, 23usize, true),
+            (3, 16, 33, false),
+            (70, 300, 200, true),
+        ] {
+            let make = || {
+                let fc = crate::with_seed(3, || Linear::new(k, n));
+                if bias {
+                    fc
+                } else {
+                    Linear::from_weights(fc.weight().value().clone(), None).unwrap()
+                }
+            };
+            let mut rng = crate::Generator::new(4);
+            let x = rng.uniform_tensor(rows, k, -1.0, 1.0);
+            let g = rng.uniform_tensor(rows, n, -1.0, 1.0);
+            let prior = rng.uniform_tensor(rows, k, -1.0, 1.0);
+            let (mut own, mut kept) = (make(), make());
+            let y = own.forward_train(&x).unwrap().clone();
+            let dx = own.backward(&g).unwrap().clone();
+            let mut out = Tensor::zeros(0, 0);
+            let d = kept
+                .forward_train_kept(&x, Dims::flat(k), &mut out)
+                .unwrap();
+            assert_eq!((&out, d), (&y, Dims::flat(n)));
+            let mut buf = Tensor::zeros(5, 5);
+            kept.backward_kept(&x, &g, Some((&mut buf, false))).unwrap();
+            assert_eq!(buf, dx);
+            assert_eq!(kept.weight().grad(), own.weight().grad());
+            assert_eq!(
+                kept.bias().and_then(|b| b.grad()),
+                own.bias().and_then(|b| b.grad())
+            );
+            // Added by the product: within float reordering of dx + prior.
+            let mut acc = prior.clone();
+            kept.forward_train_kept(&x, Dims::flat(k), &mut out)
+                .unwrap();
+            kept.backward_kept(&x, &g, Some((&mut acc, true))).unwrap();
+            assert!(close(&acc, &(&dx + &prior)));
+            // Skipped: parameter gradients only (accumulated a third time).
+            kept.forward_train_kept(&x, Dims::flat(k), &mut out)
+                .unwrap();
+            kept.backward_kept(&x, &g, None).unwrap();
+            let three = own.weight().grad().unwrap() * 3.0;
+            assert!(close(kept.weight().grad().unwrap(), &three));
+        }
+    }
+
+    #[test]
+    fn the_kept_protocol_reports_misuse() {
+        let mut fc = Linear::new(3, 2);
+        let x = Tensor::from_element(4, 3, 0.5);
+        let g = Tensor::from_element(4, 2, 1.0);
+        let mut out = Tensor::zeros(0, 0);
+        let no_forward = fc.backward_kept(&x, &g, None).unwrap_err();
+        assert!(
+            matches!(no_forward, Error::NoRecordedForward { .. }),
+            "{no_forward}"
+        );
+        fc.forward_train_kept(&x, Dims::flat(3), &mut out).unwrap();
+        // The module kept no input: its own backward has nothing to use.
+        let own = fc.backward(&g).unwrap_err();
+        assert!(matches!(own, Error::NoRecordedForward { .. }), "{own}");
+        let other = Tensor::from_element(5, 3, 0.5);
+        let e = fc.backward_kept(&other, &g, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the input is (5, 3), the forward's was (4, 3)"),
+            "{e}"
+        );
+        let e = fc
+            .backward_kept(&x, &Tensor::zeros(4, 3), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("gradient"), "{e}");
+        fc.backward_kept(&x, &g, None).unwrap();
+        let twice = fc.backward_kept(&x, &g, None).unwrap_err();
+        assert!(matches!(twice, Error::NoRecordedForward { .. }), "{twice}");
+        let wide = fc
+            .forward_train_kept(&Tensor::zeros(4, 5), Dims::flat(5), &mut out)
+            .unwrap_err();
+        assert!(
+            wide.to_string()
+                .contains("expected input with 3 features, got 5"),
+            "{wide}"
+        );
     }
 }

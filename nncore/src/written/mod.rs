@@ -13,7 +13,7 @@
 //! earlier call, so that its gradients accumulate over every use.
 
 mod eval;
-mod math;
+pub(crate) mod math;
 mod tape;
 
 pub use eval::Eval;

@@ -209,12 +209,8 @@ impl Tape {
         let v = self.new_value();
         let mut out = std::mem::replace(&mut self.vals[v.0 as usize], Tensor::zeros(0, 0));
         let d = self.dims_of(a);
-        let r = m
-            .forward_train_dims(&self.vals[a.0 as usize], d)
-            .map(|(y, d)| {
-                copy_into(y, &mut out);
-                d
-            });
+        // The tape keeps the input unchanged until the backward pass.
+        let r = m.forward_train_kept(&self.vals[a.0 as usize], d, &mut out);
         self.vals[v.0 as usize] = out;
         if let Ok(d) = r {
             self.dims[v.0 as usize] = d;
@@ -489,17 +485,15 @@ impl Tape {
                     }
                     self.last_call[slot].1 = index;
                 }
+                let i = input.0 as usize;
                 if self.needs(input) {
-                    let mut acc =
-                        std::mem::replace(&mut self.grads[input.0 as usize], Tensor::zeros(0, 0));
-                    let i = input.0 as usize;
-                    let r = child.backward(g).map(|dx| {
-                        math::accumulate(&mut acc, &mut self.live[i], dx, self.vals[i].shape());
-                    });
+                    let mut acc = std::mem::replace(&mut self.grads[i], Tensor::zeros(0, 0));
+                    let r = child.backward_kept(&self.vals[i], g, Some((&mut acc, self.live[i])));
                     self.grads[i] = acc;
                     r.map_err(wrap)?;
+                    self.live[i] = true;
                 } else {
-                    child.backward_params(g).map_err(wrap)?;
+                    child.backward_kept(&self.vals[i], g, None).map_err(wrap)?;
                 }
             }
             Op::Unary { k, a, out } => {
