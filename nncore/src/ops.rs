@@ -316,10 +316,10 @@ pub fn matmul_bias_new(a: &Tensor, ta: Trans, b: &Tensor, tb: Trans, bias: &[f32
     from_vec(m, n, data)
 }
 
-/// Output columns per block of [`linear_blocked`]: `k x 128` values of
-/// `W^T` (512 KiB at `k = 1024`), which stay in L2 while the block's
-/// product reads them.
-const WT_BLOCK: usize = 128;
+/// Values of `W^T` per block of [`linear_blocked`]: 512 KiB, which stay
+/// in L2 while the block's product reads them (beside the output's
+/// columns and the block's columns of `x`).
+const WT_BLOCK_VALUES: usize = 128 * 1024;
 
 std::thread_local! {
     /// Each thread's block of `W^T` for [`linear_blocked`] (kept, so that
@@ -328,12 +328,20 @@ std::thread_local! {
 }
 
 /// `y = x W^T + bias` for a column-major weight `W` (`n x k`), taking `W^T`
-/// block by block: each block of [`WT_BLOCK`] output columns transposes
-/// its rows of `W` into a per-thread buffer that stays in L2, then
-/// multiplies `x` by it. What a training forward runs for a large weight,
-/// which changes every step: a whole transposed copy would be written to
-/// memory and read back once, while the packed kernels multiply through
-/// the untransposed weight at half speed. `y`'s old contents are not read.
+/// block by block. Each thread owns a range of output columns `J` (all of
+/// them on one thread) and walks the inner dimension in blocks of `kb`
+/// (`|J| * kb` about [`WT_BLOCK_VALUES`]): it transposes `W[J, k0..k0+kb]`
+/// into a per-thread buffer that stays in L2 and adds `x[:, k0..k0+kb]`
+/// times it into `y[:, J]`. What a training forward runs for a large
+/// weight, which changes every step: a whole transposed copy would be
+/// written to memory and read back once, while the packed kernels
+/// multiply through the untransposed weight at half speed. Blocks along
+/// the inner dimension read `W` in runs of `|J|` values (whole 4 KiB
+/// columns at `n = 1024`), which the hardware prefetchers follow, and
+/// the kernels pack only the block's columns of `x`; blocks of output
+/// columns read runs of 128 values and repacked all of `x` per block
+/// (`res_b256_train`'s forward: see the README). `y`'s old contents are
+/// not read.
 ///
 /// # Panics
 /// When the shapes do not agree (`x` is `m x k`, `y` must be `m x n`,
@@ -349,55 +357,77 @@ pub(crate) fn linear_blocked(x: &Tensor, w: &Tensor, bias: Option<&[f32]>, y: &m
     if m == 0 || n == 0 {
         return;
     }
-    let blocks = n.div_ceil(WT_BLOCK);
+    if k == 0 {
+        // No inputs: the bias alone (or zeros).
+        match bias {
+            // SAFETY: the whole m x n output.
+            Some(b) => unsafe { fill_bias(y.as_mut_ptr(), m, 0..m, 0..n, b) },
+            None => y.fill(0.0),
+        }
+        return;
+    }
+    let pool = helpers().filter(|_| n >= 32);
+    let parts = pool.map_or(1, |_| parts(m, n, k));
+    // Column ranges in multiples of 16 (whole vectors of a W row run).
+    let per = n.div_ceil(parts).div_ceil(16) * 16;
     let p = Shared {
         a: x.as_ptr(),
         b: w.as_ptr(),
         c: y.as_mut_ptr(),
     };
-    let block = |i: usize| {
+    let part = |i: usize| {
         #[allow(clippy::redundant_locals)]
         let p = p;
-        let j0 = i * WT_BLOCK;
-        let nb = WT_BLOCK.min(n - j0);
+        let (j0, j1) = ((i * per).min(n), ((i + 1) * per).min(n));
+        let nb = j1 - j0;
+        if nb == 0 {
+            return;
+        }
+        if let Some(b) = bias {
+            // SAFETY: columns j0..j1 of the m x n output, this part's.
+            unsafe { fill_bias(p.c, m, 0..m, j0..j1, b) };
+        }
+        let kb = (WT_BLOCK_VALUES / nb / 16 * 16).max(16);
+        let kb = if kb >= k { k } else { kb };
         WT_SCRATCH.with(|scratch| {
             let mut wt = scratch.borrow_mut();
-            if wt.len() < k * nb {
-                wt.resize(k * nb, 0.0);
+            if wt.len() < kb * nb {
+                wt.resize(kb * nb, 0.0);
             }
-            // SAFETY: `w` is a live n x k matrix; this block reads it only.
+            // SAFETY: `w` is a live n x k matrix; the parts read it only.
             let w_all = unsafe { std::slice::from_raw_parts(p.b, n * k) };
-            // Column-major W is a row-major k x n matrix: rows kk, columns
-            // j. Its columns j0..j0+nb become the block's k x nb
-            // column-major W^T (rows j of length k, row-major).
-            crate::kernels::transpose_block(&w_all[j0..], n, &mut wt, k, nb, k);
-            let c = Shared {
-                a: p.a,
-                b: wt.as_ptr(),
-                // SAFETY: column j0 of the m x n output.
-                c: unsafe { p.c.add(j0 * m) },
-            };
-            let accum = match bias {
-                Some(b) => {
-                    // SAFETY: columns j0..j0+nb of the output, this block's.
-                    unsafe { fill_bias(p.c, m, 0..m, j0..j0 + nb, b) };
+            for k0 in (0..k).step_by(kb) {
+                let kl = kb.min(k - k0);
+                // Column-major W is a row-major k x n matrix (rows kk,
+                // columns j): its rows k0..k0+kl, columns j0..j1 become
+                // the block's kl x nb column-major W^T.
+                crate::kernels::transpose_block(&w_all[k0 * n + j0..], n, &mut wt, kl, nb, kl);
+                let c = Shared {
+                    // SAFETY: column k0 of the m x k input.
+                    a: unsafe { p.a.add(k0 * m) },
+                    b: wt.as_ptr(),
+                    // SAFETY: column j0 of the m x n output.
+                    c: unsafe { p.c.add(j0 * m) },
+                };
+                let accum = if bias.is_none() && k0 == 0 {
+                    Accum::Replace
+                } else {
                     Accum::Add
-                }
-                None => Accum::Replace,
-            };
-            block_product(
-                c,
-                (m, nb, k),
-                (1, m as isize, 1, k as isize),
-                m as isize,
-                1.0,
-                accum,
-            );
+                };
+                block_product(
+                    c,
+                    (m, nb, kl),
+                    (1, m as isize, 1, kl as isize),
+                    m as isize,
+                    1.0,
+                    accum,
+                );
+            }
         });
     };
-    match helpers() {
-        Some(pool) if parts(m, n, k) > 1 && blocks > 1 => run_parts(pool, 0, blocks, &block),
-        _ => (0..blocks).for_each(block),
+    match pool {
+        Some(pool) if parts > 1 => run_parts(pool, 0, parts, &part),
+        _ => part(0),
     }
 }
 
@@ -920,9 +950,19 @@ mod blocked_tests {
         let _turn = crate::threads::THREAD_SETTING
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        // Ragged last block (n = 300 = 2 x 128 + 44), odd k, one block
-        // only, and large enough to split over threads.
-        for &(m, k, n) in &[(70, 33, 300), (64, 129, 100), (96, 256, 512), (1, 5, 130)] {
+        // One block of the inner dimension (small k), several with a
+        // ragged last one (k = 1000 over 300 outputs: 432 + 432 + 136;
+        // over 2 x 160 on two threads: 816 + 184), output columns split
+        // over threads off a multiple of 16 (1030), no inputs at all.
+        for &(m, k, n) in &[
+            (70, 33, 300),
+            (64, 129, 100),
+            (96, 256, 512),
+            (1, 5, 130),
+            (70, 1000, 300),
+            (40, 2000, 1030),
+            (3, 0, 40),
+        ] {
             let x = Tensor::from_fn(m, k, |r, c| ((r * 7 + c * 3) % 17) as f32 * 0.1 - 0.8);
             let w = Tensor::from_fn(n, k, |r, c| ((r * 5 + c) % 13) as f32 * 0.1 - 0.6);
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 1.0).collect();
