@@ -202,6 +202,18 @@ fn steady_state_training_and_inference_into_allocate_nothing() {
         );
     }
 
+    // A written `forward` of a small batch takes its values from a
+    // per-thread workspace: after a warm-up it allocates its output only.
+    let x = input(1, 100, 3);
+    let warm = res.model.forward(&x).unwrap();
+    let mut again = None;
+    let n = allocations_in(|| again = Some(res.model.forward(&x).unwrap()));
+    assert_eq!(again.as_ref(), Some(&warm));
+    assert_eq!(
+        n, 1,
+        "written residual MLP forward, batch 1: {n} allocations"
+    );
+
     // Images: every layer keeps its unfolded inputs, indices and
     // statistics between steps; inference takes its scratch from the
     // workspace.

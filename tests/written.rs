@@ -750,3 +750,70 @@ fn a_relu_around_a_child_call_fuses_with_the_chains_bits() {
         );
     }
 }
+
+/// A hand-written module whose forward calls a written child's `forward`.
+#[derive(Module, Debug)]
+#[module(custom_forward)]
+struct CallsWritten {
+    inner: ResBlock,
+    #[module(skip)]
+    out: Tensor,
+    #[module(skip)]
+    grad: Tensor,
+}
+
+impl Forward for CallsWritten {
+    fn forward(&self, x: &Tensor) -> nncore::Result<Tensor> {
+        Ok(self.inner.forward(x)? * 2.0)
+    }
+}
+
+impl Backward for CallsWritten {
+    fn forward_train<'a>(&'a mut self, x: &'a Tensor) -> nncore::Result<&'a Tensor> {
+        self.out = self.inner.forward_train(x)? * 2.0;
+        Ok(&self.out)
+    }
+
+    fn backward<'a>(&'a mut self, grad: &'a Tensor) -> nncore::Result<&'a Tensor> {
+        self.grad = self.inner.backward(&(grad * 2.0))?.clone();
+        Ok(&self.grad)
+    }
+}
+
+#[derive(Module, Debug)]
+struct AroundHandWritten {
+    wrap: CallsWritten,
+    tape: Tape,
+}
+
+#[nncore::forward]
+impl AroundHandWritten {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.wrap(x)? - x)
+    }
+}
+
+/// A small batch's written `forward` runs on a per-thread workspace; a
+/// written forward called inside it (through a hand-written module, while
+/// the workspace is in use) runs without it, with the same numbers.
+#[test]
+fn a_written_forward_inside_a_pooled_one_gives_the_same_numbers() {
+    let m = nncore::with_seed(4, || AroundHandWritten {
+        wrap: CallsWritten {
+            inner: res_block(6),
+            out: Tensor::zeros(0, 0),
+            grad: Tensor::zeros(0, 0),
+        },
+        tape: Tape::default(),
+    });
+    for rows in [1usize, 3, 16, 17, 40] {
+        let x = nncore::Generator::new(rows as u64).uniform_tensor(rows, 6, -1.0, 1.0);
+        let want = &(m.wrap.inner.forward(&x).unwrap() * 2.0) - &x;
+        for _ in 0..2 {
+            assert_eq!(m.forward(&x).unwrap(), want, "{rows} rows");
+            let (mut out, mut ws) = (Tensor::zeros(0, 0), nncore::Workspace::new());
+            m.forward_into(&x, &mut out, &mut ws).unwrap();
+            assert_eq!(out, want, "{rows} rows, forward_into");
+        }
+    }
+}

@@ -292,7 +292,15 @@ impl<'x, 'w> Eval<'x, 'w> {
 
     pub(crate) fn finish_into(mut self, r: Result<Var>, out: &mut Tensor) -> Result<Dims> {
         let r = self.finish_run(r).map(|v| {
-            crate::ops::copy_into(self.get(v), out);
+            if out.is_empty() && v != Var::INPUT {
+                // A new output (the pooled `forward`): take the value's
+                // buffer rather than copy it; the workspace gets the empty
+                // one. A caller's buffer is filled instead, so that the
+                // buffers keep their sizes and nothing is allocated.
+                std::mem::swap(&mut self.vals[v.0 as usize - 1], out);
+            } else {
+                crate::ops::copy_into(self.get(v), out);
+            }
             self.dims_of(v)
         });
         if let Mode::Into(ws) = &mut self.mode {

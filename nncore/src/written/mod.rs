@@ -320,6 +320,16 @@ pub trait HasTape {
     fn tape_mut(&mut self) -> &mut Tape;
 }
 
+/// Up to how many rows [`forward_dims`] runs on a per-thread
+/// [`Workspace`] instead of allocating each value: small batches, where
+/// the allocations were a fifth of a 100-64-64-10 residual model's batch-1
+/// forward (2.2 µs), and the buffers the workspace keeps stay small.
+const POOLED_ROWS: usize = 16;
+
+std::thread_local! {
+    static POOL: std::cell::RefCell<Workspace> = std::cell::RefCell::new(Workspace::new());
+}
+
 /// `Forward::forward` of a written forward.
 ///
 /// # Errors
@@ -334,6 +344,19 @@ pub fn forward<W: Written + ?Sized>(m: &W, x: &Tensor) -> Result<Tensor> {
 /// Whatever the forward reports.
 pub fn forward_dims<W: Written + ?Sized>(m: &W, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
     crate::forward::check_dims(W::NAME, x, dims)?;
+    if x.nrows() <= POOLED_ROWS {
+        // The latency path: the values between operations come from this
+        // thread's workspace, as in `forward_into`; only the output is new.
+        // (A nested call, which finds the workspace in use, allocates.)
+        let pooled = POOL.with(|ws| {
+            let mut ws = ws.try_borrow_mut().ok()?;
+            let mut out = Tensor::zeros(0, 0);
+            Some(forward_into_dims(m, x, dims, &mut out, &mut ws).map(|d| (out, d)))
+        });
+        if let Some(r) = pooled {
+            return r;
+        }
+    }
     let mut cx = Eval::new(x, dims, W::NAME, eval::Mode::Plain);
     let r = m.eval(&mut cx, Var::INPUT);
     cx.finish(r)
