@@ -401,6 +401,19 @@ impl Linear {
         }
     }
 
+    /// `dx = g W + beta * dx` (`dx` shaped `batch x in_features`).
+    fn input_grad(&self, grad: &Tensor, beta: f32, dx: &mut Tensor) {
+        matmul(
+            1.0,
+            grad,
+            Trans::No,
+            self.weight.value(),
+            Trans::No,
+            beta,
+            dx,
+        );
+    }
+
     /// The training output `x W^T + b` into `out` (reshaped): the kernels
     /// inference runs for small batches (the same bits as `forward`).
     fn train_output(&self, x: &Tensor, out: &mut Tensor) {
@@ -600,15 +613,7 @@ impl Backward for Linear {
                 ensure_shape(buffer, rows, self.in_features());
                 0.0
             };
-            matmul(
-                1.0,
-                grad,
-                Trans::No,
-                self.weight.value(),
-                Trans::No,
-                beta,
-                buffer,
-            );
+            self.input_grad(grad, beta, buffer);
         }
         Ok(())
     }
@@ -616,16 +621,10 @@ impl Backward for Linear {
     fn backward<'a>(&'a mut self, grad: &'a Tensor) -> Result<&'a Tensor> {
         self.param_grads(grad)?;
         let in_features = self.in_features();
-        ensure_shape(&mut self.grad_input, grad.nrows(), in_features);
-        matmul(
-            1.0,
-            grad,
-            Trans::No,
-            self.weight.value(),
-            Trans::No,
-            0.0,
-            &mut self.grad_input,
-        );
+        let mut dx = std::mem::replace(&mut self.grad_input, Tensor::zeros(0, 0));
+        ensure_shape(&mut dx, grad.nrows(), in_features);
+        self.input_grad(grad, 0.0, &mut dx);
+        self.grad_input = dx;
         Ok(&self.grad_input)
     }
 
