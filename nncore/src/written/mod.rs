@@ -347,12 +347,16 @@ pub fn forward_dims<W: Written + ?Sized>(m: &W, x: &Tensor, dims: Dims) -> Resul
     if x.nrows() <= POOLED_ROWS {
         // The latency path: the values between operations come from this
         // thread's workspace, as in `forward_into`; only the output is new.
-        // (A nested call, which finds the workspace in use, allocates.)
-        let pooled = POOL.with(|ws| {
-            let mut ws = ws.try_borrow_mut().ok()?;
-            let mut out = Tensor::zeros(0, 0);
-            Some(forward_into_dims(m, x, dims, &mut out, &mut ws).map(|d| (out, d)))
-        });
+        // A nested call, which finds the workspace in use, allocates as
+        // before; so does one while the thread's locals are destroyed.
+        let pooled = POOL
+            .try_with(|ws| {
+                let mut ws = ws.try_borrow_mut().ok()?;
+                let mut out = Tensor::zeros(0, 0);
+                Some(forward_into_dims(m, x, dims, &mut out, &mut ws).map(|d| (out, d)))
+            })
+            .ok()
+            .flatten();
         if let Some(r) = pooled {
             return r;
         }
