@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// Which compiled variant runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// x86-64 with AVX-512F (and FMA).
+    /// x86-64 with AVX-512F and VL (and FMA): every AVX-512 CPU since
+    /// Skylake-SP and Zen 4.
     Avx512,
     /// x86-64 with AVX2 and FMA.
     Avx2,
@@ -48,7 +49,9 @@ pub enum Variant {
 /// it can run, unless the environment variable `NNCORE_CPU` (read once,
 /// at the first kernel call) caps them at `avx2` or `portable`, to run
 /// and test the other variants on a newer CPU (`NNCORE_CPU=avx2 cargo
-/// test`). Other values leave the variants as detected.
+/// test`). Other values leave the variants as detected. On AVX-512,
+/// `NNCORE_AVX512_WIDTH=256` or `512` picks the batch-1 kernels' vector
+/// width (see [`half_width`]).
 ///
 /// ```
 /// use nncore::kernels::{Variant, available_variants};
@@ -68,7 +71,10 @@ fn detect_variants() -> Vec<Variant> {
     let mut v = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("fma")
+        {
             v.push(Variant::Avx512);
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -85,18 +91,55 @@ fn detect_variants() -> Vec<Variant> {
     v
 }
 
-/// The usable variants as bits (`1 << variant as u8`), with bit 7 set
-/// once known: one relaxed load per kernel call picks and checks the
-/// variant.
+/// Whether the CPU runs a 512-bit operation as two 256-bit halves, so
+/// that the batch-1 kernel does better on 256-bit vectors (see
+/// [`half_width`]). AMD's Zen 4 (family 19h with AVX-512) does; Intel's
+/// AVX-512 cores and Zen 5 have 512-bit units. The environment variable
+/// `NNCORE_AVX512_WIDTH` (`256` or `512`, read with `NNCORE_CPU`)
+/// overrides the guess, to measure one against the other.
+fn detect_half_width() -> bool {
+    match std::env::var("NNCORE_AVX512_WIDTH").as_deref() {
+        Ok("256") => return true,
+        Ok("512") => return false,
+        _ => {}
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        // Leaves 0 (the vendor) and 1 (the family) exist on every x86-64 CPU.
+        let (vendor, sig) = (__cpuid(0), __cpuid(1));
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let base = (sig.eax >> 8) & 0xf;
+        let family = if base == 0xf {
+            base + ((sig.eax >> 20) & 0xff)
+        } else {
+            base
+        };
+        amd && family == 0x19
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Bit of [`SUPPORTED`]: [`detect_half_width`], on a CPU with the
+/// [`Variant::Avx512`] kernels.
+const HALF_WIDTH: u8 = 1 << 6;
+
+/// The usable variants as bits (`1 << variant as u8`), [`HALF_WIDTH`],
+/// and bit 7 set once known: one relaxed load per kernel call picks and
+/// checks the variant.
 static SUPPORTED: AtomicU8 = AtomicU8::new(0);
 
 #[inline]
 fn supported() -> u8 {
     #[cold]
     fn detect() -> u8 {
-        let bits = detect_variants()
+        let mut bits = detect_variants()
             .into_iter()
             .fold(0x80, |b, v| b | 1 << v as u8);
+        if bits & 1 << Variant::Avx512 as u8 != 0 && detect_half_width() {
+            bits |= HALF_WIDTH;
+        }
         SUPPORTED.store(bits, Ordering::Relaxed);
         bits
     }
@@ -110,6 +153,25 @@ fn supported() -> u8 {
 #[inline]
 pub(crate) fn supports(v: Variant) -> bool {
     supported() & 1 << v as u8 != 0
+}
+
+/// Whether the batch-1 kernels ([`row_packed`] and [`rows_unpadded`] of
+/// one row, on AVX-512) run on 256-bit vectors: on a CPU whose 512-bit
+/// operations take two 256-bit halves (AMD's Zen 4) they then load and
+/// multiply only the half-vectors that hold outputs (`fc1` of SimpleNet,
+/// 50 outputs: 7 halves per row instead of 4 full vectors, 8 halves), and
+/// spread the inputs by shuffles instead of one broadcast load per row.
+/// The same sums in the same order: the same bits either way. Detected
+/// once (see `NNCORE_AVX512_WIDTH` in [`available_variants`]).
+///
+/// ```
+/// // Either answer is correct; the kernels' results do not depend on it.
+/// let _ = nncore::kernels::half_width();
+/// ```
+#[must_use]
+#[inline]
+pub fn half_width() -> bool {
+    supported() & HALF_WIDTH != 0
 }
 
 /// The best variant the kernels may use.
@@ -184,7 +246,7 @@ macro_rules! multiversion {
             $check
             $($item)*
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,fma")]
+            #[target_feature(enable = "avx512f,avx512vl,fma")]
             #[inline]
             fn on_avx512($($arg: $ty),*) $(-> $ret)? { $on512($($arg),*) }
             #[cfg(target_arch = "x86_64")]
@@ -346,18 +408,19 @@ pub fn pack_tail(dst: &mut [f32], w: &[f32], k: usize, n: usize) {
     }
 }
 
-/// [`row1::packed`], after `row_packed_with`'s checks.
+/// [`row1::packed`], after `row_packed_with`'s checks, at the CPU's
+/// [`half_width`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn packed512(y: &mut [f32], x: &[f32], w: &[f32], stride: usize, bias: Option<&[f32]>, relu: bool) {
     // SAFETY: `row_packed_with` checked the shapes `row1::packed` needs.
-    unsafe { row1::packed(y, x, w, stride, bias, relu) }
+    unsafe { row1::packed(y, x, w, stride, bias, relu, half_width()) }
 }
 
 /// [`row1::packed_rows`], after `rows_packed_with`'s checks.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 fn rows_packed512(
     y: &mut [f32],
     m: usize,
@@ -503,7 +566,7 @@ pub fn rows_unpadded(
     #[cfg(target_arch = "x86_64")]
     if best() == Variant::Avx512 {
         // SAFETY: AVX-512F (the best variant); the shapes were checked.
-        unsafe { row1::unpadded_rows(y, m, x, w, stride, bias, relu) };
+        unsafe { row1::unpadded_rows(y, m, x, w, stride, bias, relu, half_width()) };
         return true;
     }
     false
@@ -1316,6 +1379,74 @@ mod tests {
                             bits(&got),
                             bits(&want),
                             "m={m} k={k} n={n} bias={with_bias} relu={relu}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The batch-1 AVX-512 kernels give the same bits on 256-bit vectors
+    /// ([`half_width`]) as on 512-bit ones, on the packed weight with and
+    /// without its tail block and on the weight as it is, and write
+    /// nothing past the outputs.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn both_avx512_widths_give_the_same_bits() {
+        if !supports(Variant::Avx512) {
+            return;
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for k in [0usize, 1, 2, 3, 7, 8, 9, 15, 16, 17, 37, 50, 100, 300] {
+            for n in [
+                1usize, 2, 3, 4, 5, 8, 9, 10, 15, 16, 17, 20, 24, 25, 33, 40, 47, 48, 49, 50, 56,
+                57, 63, 64, 65, 100, 113, 130, 200,
+            ] {
+                let stride = n.next_multiple_of(PACK_LANES);
+                let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+                let raw: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+                let mut w = vec![0.0f32; k * stride + packed_tail_len(k, n)];
+                for p in 0..k {
+                    w[p * stride..p * stride + n].copy_from_slice(&raw[p * n..(p + 1) * n]);
+                }
+                pack_tail(&mut w[k * stride..], &raw, k, n);
+                let raw_bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
+                let mut bias = raw_bias.clone();
+                bias.resize(stride, 0.0);
+                for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
+                    let (b, rb) = if with_bias {
+                        (Some(&bias[..]), Some(&raw_bias[..]))
+                    } else {
+                        (None, None)
+                    };
+                    let mut outs = Vec::new();
+                    for half in [false, true] {
+                        for form in 0..3 {
+                            let mut buf = vec![f32::NAN; n + 16];
+                            buf[n..].fill(7.0);
+                            let y = &mut buf[..n];
+                            // SAFETY: AVX-512F and VL (checked above); the
+                            // shapes are the ones the kernels need.
+                            unsafe {
+                                match form {
+                                    0 => {
+                                        row1::packed(y, &x, &w[..k * stride], stride, b, relu, half)
+                                    }
+                                    1 => row1::packed(y, &x, &w, stride, b, relu, half),
+                                    _ => row1::unpadded_rows(y, 1, &x, &raw, n, rb, relu, half),
+                                }
+                            }
+                            assert!(
+                                buf[n..].iter().all(|&a| a == 7.0),
+                                "k={k} n={n}: wrote past y"
+                            );
+                            outs.push((half, form, bits(&buf[..n])));
+                        }
+                    }
+                    for (half, form, got) in &outs[1..] {
+                        assert_eq!(
+                            got, &outs[0].2,
+                            "k={k} n={n} bias={with_bias} relu={relu} half={half} form={form}"
                         );
                     }
                 }

@@ -63,14 +63,24 @@ pub(super) fn tail_len(k: usize, n: usize) -> usize {
     tail_outputs(k, n) * k.next_multiple_of(16)
 }
 
+/// With [`crate::kernels::half_width`], padded weights of at most this
+/// many values (32 KiB, Zen 4's L1) run on 256-bit vectors; larger ones,
+/// which come from L2, keep 512-bit loads: on Zen 4, 100x50 in 117 ns
+/// against 143, 32x100 77 against 106, 100x10 44 against 67, but 256x36
+/// 323-327 against 313, 100x100 345 against 335 (min over 2000-call
+/// batches).
+const HALF_MAX_VALUES: usize = 8192;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{DOT_TAIL_MAX, tail_outputs};
+    use super::{DOT_TAIL_MAX, HALF_MAX_VALUES, tail_outputs};
     use std::arch::x86_64::{
-        __m512, __mmask16, _mm512_add_ps, _mm512_cvtss_f32, _mm512_fmadd_ps, _mm512_loadu_ps,
-        _mm512_mask_storeu_ps, _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps, _mm512_max_ps,
-        _mm512_permute_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
-        _mm512_storeu_ps,
+        __m256, __m512, __mmask8, __mmask16, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_mask_storeu_ps, _mm256_maskz_loadu_ps, _mm256_max_ps, _mm256_permute_ps,
+        _mm256_permute2f128_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm512_add_ps,
+        _mm512_cvtss_f32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
+        _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_permute_ps,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps,
     };
 
     /// The first `count` lanes (`count <= 16`).
@@ -86,7 +96,7 @@ mod x86 {
     /// # Safety
     /// AVX-512F; the 16 values at `p` (padded) or the lanes of `mask` (the
     /// last vector, unpadded) are readable.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn load<const MASK: bool, const V: usize>(
         p: *const f32,
@@ -111,7 +121,7 @@ mod x86 {
     /// AVX-512F; `w` holds `x.len()` rows of `stride` values with
     /// `j0 + 16 * V <= stride`; `bias` (when not null) `j0 + 16 * V`
     /// values; `y` room for `n` values.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     #[allow(clippy::needless_range_loop)] // `v` indexes every set's accumulators
     unsafe fn block<const V: usize, const S: usize, const MASK: bool>(
@@ -180,6 +190,146 @@ mod x86 {
         }
     }
 
+    /// The first `count` lanes of a 256-bit vector (`count <= 8`).
+    fn lanes8(count: usize) -> __mmask8 {
+        ((1u32 << count) - 1) as __mmask8
+    }
+
+    /// [`load`] on 256-bit vectors: vector `v` of a block of `Y`.
+    ///
+    /// # Safety
+    /// AVX-512F and VL; the 8 values at `p` (padded) or the lanes of
+    /// `mask` (the last vector, unpadded) are readable.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn load_y<const MASK: bool, const Y: usize>(
+        p: *const f32,
+        v: usize,
+        mask: __mmask8,
+    ) -> __m256 {
+        // SAFETY: the caller's.
+        unsafe {
+            if MASK && v == Y - 1 {
+                _mm256_maskz_loadu_ps(mask, p)
+            } else {
+                _mm256_loadu_ps(p)
+            }
+        }
+    }
+
+    /// [`block`] on 256-bit vectors, for CPUs that run a 512-bit
+    /// operation as two 256-bit halves (AMD's Zen 4): outputs `j0 ..
+    /// min(n, j0 + 8 * Y)`, the same sums in the same order as [`block`]
+    /// with `S` sets on the 16-wide block that holds them (the same bits),
+    /// but only `ceil(outputs / 8)` half-vectors per row, so less of the
+    /// zero padding is loaded and multiplied (SimpleNet's `fc1`: 7 of 8
+    /// halves). The inputs come eight at a time in one vector and are
+    /// spread to each row's broadcast by two shuffles, which run beside
+    /// the multiply-adds, instead of one broadcast load per row, which
+    /// shares the load ports with the weights.
+    ///
+    /// # Safety
+    /// As [`block`] with `16 * V` replaced by `8 * Y`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // `v` indexes every set's accumulators
+    unsafe fn block_y<const Y: usize, const S: usize, const MASK: bool>(
+        y: *mut f32,
+        n: usize,
+        x: &[f32],
+        w: *const f32,
+        stride: usize,
+        bias: *const f32,
+        j0: usize,
+        relu: bool,
+    ) {
+        // SAFETY (the whole body): as `block`'s, with rows read at
+        // `w + p * stride + j0`, 8 * Y values, and `x` read below its
+        // length (eight at a time while eight remain).
+        unsafe {
+            let last = lanes8((n - j0 - 8 * (Y - 1)).min(8));
+            let mut acc = [[_mm256_setzero_ps(); Y]; S];
+            if !bias.is_null() {
+                for (v, a) in acc[0].iter_mut().enumerate() {
+                    *a = load_y::<MASK, Y>(bias.add(j0 + 8 * v), v, last);
+                }
+            }
+            let k = x.len();
+            let xp = x.as_ptr();
+            let mut row = w.add(j0);
+            let mut p = 0;
+            // Eight rows per vector of inputs; row `p` goes to set `p % S`
+            // (`S` divides 8), as in `block`.
+            while p + 8 <= k {
+                let mut xv = _mm256_loadu_ps(xp.add(p));
+                // Keeps `xv` a register: LLVM would otherwise turn the
+                // shuffles of a loaded vector back into broadcast loads.
+                std::arch::asm!("/* {0} */", inout(ymm_reg) xv, options(pure, nomem, nostack));
+                let halves = [
+                    _mm256_permute2f128_ps::<0x00>(xv, xv),
+                    _mm256_permute2f128_ps::<0x11>(xv, xv),
+                ];
+                for (h, l) in halves.into_iter().enumerate() {
+                    let spread = [
+                        _mm256_permute_ps::<0x00>(l),
+                        _mm256_permute_ps::<0x55>(l),
+                        _mm256_permute_ps::<0xaa>(l),
+                        _mm256_permute_ps::<0xff>(l),
+                    ];
+                    for (e, xs) in spread.into_iter().enumerate() {
+                        let r = 4 * h + e;
+                        let src = row.add(r * stride);
+                        for v in 0..Y {
+                            acc[r % S][v] = _mm256_fmadd_ps(
+                                load_y::<MASK, Y>(src.add(8 * v), v, last),
+                                xs,
+                                acc[r % S][v],
+                            );
+                        }
+                    }
+                }
+                row = row.add(8 * stride);
+                p += 8;
+            }
+            let full = k / S * S;
+            while p < full {
+                for (s, set) in acc.iter_mut().enumerate() {
+                    let xs = _mm256_set1_ps(*xp.add(p + s));
+                    let r = row.add(s * stride);
+                    for (v, a) in set.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(load_y::<MASK, Y>(r.add(8 * v), v, last), xs, *a);
+                    }
+                }
+                row = row.add(S * stride);
+                p += S;
+            }
+            while p < k {
+                let xs = _mm256_set1_ps(*xp.add(p));
+                for (v, a) in acc[0].iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(load_y::<MASK, Y>(row.add(8 * v), v, last), xs, *a);
+                }
+                row = row.add(stride);
+                p += 1;
+            }
+            for v in 0..Y {
+                let pair = |a: usize, b: usize| _mm256_add_ps(acc[a % S][v], acc[b % S][v]);
+                let mut sum = match S {
+                    2 => pair(0, 1),
+                    _ => _mm256_add_ps(pair(0, 1), pair(2, 3)),
+                };
+                if relu {
+                    sum = _mm256_max_ps(_mm256_setzero_ps(), sum);
+                }
+                let j = j0 + 8 * v;
+                if j + 8 <= n {
+                    _mm256_storeu_ps(y.add(j), sum);
+                } else if j < n {
+                    _mm256_mask_storeu_ps(y.add(j), lanes8(n - j), sum);
+                }
+            }
+        }
+    }
+
     /// `y = x w + bias` (then `max(y, 0)` when `relu`) for one row `x` and
     /// a packed `w` (see [`crate::kernels::row_packed`]), with the last
     /// columns from `tail` when given, on AVX-512F.
@@ -189,7 +339,7 @@ mod x86 {
     /// of 16 and at least `y.len()`, `w` at least `x.len() * stride`
     /// values, `bias` at least `stride`, `tail` at least
     /// [`super::tail_len`]`(x.len(), y.len())`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     pub(in crate::kernels) unsafe fn packed(
         y: &mut [f32],
@@ -198,9 +348,16 @@ mod x86 {
         stride: usize,
         bias: Option<&[f32]>,
         relu: bool,
+        half: bool,
     ) {
         // SAFETY: the caller's.
-        unsafe { packed_impl::<false>(y, x, w, stride, bias, relu) }
+        unsafe {
+            if half && x.len() * stride <= HALF_MAX_VALUES {
+                packed_impl::<false, true>(y, x, w, stride, bias, relu);
+            } else {
+                packed_impl::<false, false>(y, x, w, stride, bias, relu);
+            }
+        }
     }
 
     /// [`packed`], or with `MASK` on unpadded rows.
@@ -214,9 +371,9 @@ mod x86 {
     /// As [`packed`]; with `MASK`, `stride` need only be at least `y.len()`,
     /// `w` at least `(x.len() - 1) * stride + y.len()` values and `bias`
     /// `y.len()`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
-    unsafe fn packed_impl<const MASK: bool>(
+    unsafe fn packed_impl<const MASK: bool, const HALF: bool>(
         y: &mut [f32],
         x: &[f32],
         w: &[f32],
@@ -254,7 +411,29 @@ mod x86 {
                 }
             }
             let mut j0 = 0;
-            while j0 < main {
+            while HALF && j0 < main {
+                // The 16-wide block `block` would take here (up to four
+                // vectors; four sets for up to three, two for four), as
+                // half-vectors: the same sums, the same bits.
+                macro_rules! run {
+                    ($y:literal, $s:literal) => {
+                        block_y::<$y, $s, MASK>(yp, main, x, wp, stride, bp, j0, relu)
+                    };
+                }
+                let halves = (main - j0).min(64).div_ceil(8);
+                match halves {
+                    1 => run!(1, 4),
+                    2 => run!(2, 4),
+                    3 => run!(3, 4),
+                    4 => run!(4, 4),
+                    5 => run!(5, 4),
+                    6 => run!(6, 4),
+                    7 => run!(7, 2),
+                    _ => run!(8, 2),
+                }
+                j0 += 16 * halves.div_ceil(2);
+            }
+            while !HALF && j0 < main {
                 match (main - j0).div_ceil(16) {
                     1 => {
                         block::<1, 4, MASK>(yp, main, x, wp, stride, bp, j0, relu);
@@ -280,7 +459,7 @@ mod x86 {
     /// Lane 0 of `v` summed by halves: `v[r] + v[r + 8]`, then `+ 4`,
     /// `+ 2`, `+ 1` (lower lane first): the order [`tail_rows`] sums its
     /// sixteen accumulators in.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     fn sum_by_halves(v: __m512) -> f32 {
         let h = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v));
@@ -299,7 +478,7 @@ mod x86 {
     /// # Safety
     /// AVX-512F; `tail` holds `T * kp` values with `kp >= x.len()` a
     /// multiple of 16; `bias` (when not null) `T` values; `y` room for `T`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn tail_dot<const T: usize>(
         y: *mut f32,
@@ -351,7 +530,7 @@ mod x86 {
     /// AVX-512F; `w` holds `x.len()` rows of `stride` values, the first
     /// `t <= 16` of each readable; `bias` (when not null) `t` values; `y`
     /// room for `t`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn tail_rows(
         y: *mut f32,
@@ -402,7 +581,7 @@ mod x86 {
     /// # Safety
     /// AVX-512F; as [`block`], and `x` / `y` hold `m` rows with
     /// `r0 + M <= m`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     #[allow(clippy::needless_range_loop)] // `r` and `v` index the tile
     unsafe fn rows_block<const V: usize, const M: usize, const MASK: bool>(
@@ -479,7 +658,7 @@ mod x86 {
     /// AVX-512F. The shapes were checked by the caller: `y.len() == m * n`,
     /// `x.len() >= m * k`, `stride` a multiple of 16 and at least `n`, `w`
     /// at least `k * stride` values, `bias` at least `stride`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub(in crate::kernels) unsafe fn packed_rows(
         y: &mut [f32],
         m: usize,
@@ -503,7 +682,7 @@ mod x86 {
     /// AVX-512F. `m > 0`, `y.len() == m * n`, `x.len() == m * k`, `w` at
     /// least `(k - 1) * stride + n` values when `k > 0`, `stride >= n`,
     /// `bias` at least `n` values.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub(in crate::kernels) unsafe fn unpadded_rows(
         y: &mut [f32],
         m: usize,
@@ -512,11 +691,14 @@ mod x86 {
         stride: usize,
         bias: Option<&[f32]>,
         relu: bool,
+        half: bool,
     ) {
         // SAFETY: the caller's; with `MASK` no load passes column `n`.
         unsafe {
-            if m == 1 {
-                packed_impl::<true>(y, x, w, stride, bias, relu);
+            if m == 1 && half && x.len() * y.len().next_multiple_of(16) <= HALF_MAX_VALUES {
+                packed_impl::<true, true>(y, x, w, stride, bias, relu);
+            } else if m == 1 {
+                packed_impl::<true, false>(y, x, w, stride, bias, relu);
             } else {
                 rows_impl::<true>(y, m, x, w, stride, bias, relu);
             }
@@ -527,7 +709,7 @@ mod x86 {
     ///
     /// # Safety
     /// As those.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn rows_impl<const MASK: bool>(
         y: &mut [f32],
