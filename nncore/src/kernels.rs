@@ -377,8 +377,10 @@ mod row1;
 /// use nncore::kernels::packed_tail_len;
 /// assert_eq!(packed_tail_len(784, 50), 2 * 784); // outputs 48 and 49
 /// assert_eq!(packed_tail_len(100, 1), 112);
-/// assert_eq!(packed_tail_len(100, 50), 0); // in L1: rows padded to 64
 /// assert_eq!(packed_tail_len(784, 64), 0);
+/// // In L1: rows padded to 64, or on half-vectors outputs 48 and 49.
+/// let in_l1 = if nncore::kernels::half_width() { 2 * 112 } else { 0 };
+/// assert_eq!(packed_tail_len(100, 50), in_l1);
 /// ```
 #[must_use]
 pub fn packed_tail_len(k: usize, n: usize) -> usize {
@@ -393,9 +395,20 @@ pub fn packed_tail_len(k: usize, n: usize) -> usize {
 /// When `w` does not hold `k * n` values or `dst` is not
 /// [`packed_tail_len`]`(k, n)` long.
 pub fn pack_tail(dst: &mut [f32], w: &[f32], k: usize, n: usize) {
-    assert_eq!(w.len(), k * n, "pack_tail: w");
     assert_eq!(dst.len(), packed_tail_len(k, n), "pack_tail: dst");
-    let t = row1::tail_outputs(k, n);
+    pack_tail_for(dst, w, k, n, half_width());
+}
+
+/// [`pack_tail`] for the given [`half_width`] (`dst` as long as the
+/// block is for it).
+fn pack_tail_for(dst: &mut [f32], w: &[f32], k: usize, n: usize, half: bool) {
+    assert_eq!(w.len(), k * n, "pack_tail: w");
+    let t = row1::tail_outputs(k, n, half);
+    assert_eq!(
+        dst.len(),
+        t * k.next_multiple_of(PACK_LANES),
+        "pack_tail: dst"
+    );
     if t == 0 || k == 0 {
         return; // no block
     }
@@ -1386,10 +1399,11 @@ mod tests {
         }
     }
 
-    /// The batch-1 AVX-512 kernels give the same bits on 256-bit vectors
-    /// ([`half_width`]) as on 512-bit ones, on the packed weight with and
-    /// without its tail block and on the weight as it is, and write
-    /// nothing past the outputs.
+    /// At either AVX-512 width ([`half_width`]), the batch-1 kernels give
+    /// the same bits on the packed weight with and without its tail block
+    /// and on the weight as it is, near a plain loop's sums, and write
+    /// nothing past the outputs; the two widths give the same bits where
+    /// they take the same dot-product tail.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn both_avx512_widths_give_the_same_bits() {
@@ -1399,17 +1413,16 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for k in [0usize, 1, 2, 3, 7, 8, 9, 15, 16, 17, 37, 50, 100, 300] {
             for n in [
-                1usize, 2, 3, 4, 5, 8, 9, 10, 15, 16, 17, 20, 24, 25, 33, 40, 47, 48, 49, 50, 56,
-                57, 63, 64, 65, 100, 113, 130, 200,
+                1usize, 2, 3, 4, 5, 8, 9, 10, 12, 13, 15, 16, 17, 20, 24, 25, 33, 40, 47, 48, 49,
+                50, 56, 57, 63, 64, 65, 100, 113, 130, 200,
             ] {
                 let stride = n.next_multiple_of(PACK_LANES);
                 let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
                 let raw: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
-                let mut w = vec![0.0f32; k * stride + packed_tail_len(k, n)];
+                let mut rows = vec![0.0f32; k * stride];
                 for p in 0..k {
-                    w[p * stride..p * stride + n].copy_from_slice(&raw[p * n..(p + 1) * n]);
+                    rows[p * stride..p * stride + n].copy_from_slice(&raw[p * n..(p + 1) * n]);
                 }
-                pack_tail(&mut w[k * stride..], &raw, k, n);
                 let raw_bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
                 let mut bias = raw_bias.clone();
                 bias.resize(stride, 0.0);
@@ -1419,8 +1432,13 @@ mod tests {
                     } else {
                         (None, None)
                     };
-                    let mut outs = Vec::new();
+                    let mut per_width = Vec::new();
                     for half in [false, true] {
+                        let t = row1::tail_outputs(k, n, half);
+                        let mut w = rows.clone();
+                        w.resize(k * stride + t * k.next_multiple_of(PACK_LANES), f32::NAN);
+                        pack_tail_for(&mut w[k * stride..], &raw, k, n, half);
+                        let mut outs = Vec::new();
                         for form in 0..3 {
                             let mut buf = vec![f32::NAN; n + 16];
                             buf[n..].fill(7.0);
@@ -1429,25 +1447,36 @@ mod tests {
                             // shapes are the ones the kernels need.
                             unsafe {
                                 match form {
-                                    0 => {
-                                        row1::packed(y, &x, &w[..k * stride], stride, b, relu, half)
-                                    }
+                                    0 => row1::packed(y, &x, &rows, stride, b, relu, half),
                                     1 => row1::packed(y, &x, &w, stride, b, relu, half),
                                     _ => row1::unpadded_rows(y, 1, &x, &raw, n, rb, relu, half),
                                 }
                             }
-                            assert!(
-                                buf[n..].iter().all(|&a| a == 7.0),
-                                "k={k} n={n}: wrote past y"
+                            let at = format!(
+                                "k={k} n={n} bias={with_bias} relu={relu} half={half} form={form}"
                             );
-                            outs.push((half, form, bits(&buf[..n])));
+                            assert!(buf[n..].iter().all(|&a| a == 7.0), "{at}: wrote past y");
+                            for (j, g) in buf[..n].iter().enumerate() {
+                                let mut e = if with_bias { bias[j] } else { 0.0 }
+                                    + (0..k).map(|p| x[p] * raw[p * n + j]).sum::<f32>();
+                                if relu {
+                                    e = crate::activation::relu(e);
+                                }
+                                assert!(
+                                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                                    "{at} j={j}: {g} vs {e}"
+                                );
+                            }
+                            outs.push(bits(&buf[..n]));
                         }
-                    }
-                    for (half, form, got) in &outs[1..] {
-                        assert_eq!(
-                            got, &outs[0].2,
-                            "k={k} n={n} bias={with_bias} relu={relu} half={half} form={form}"
+                        assert!(
+                            outs.iter().all(|o| *o == outs[0]),
+                            "k={k} n={n} half={half}: forms differ"
                         );
+                        per_width.push((t, outs.swap_remove(0)));
+                    }
+                    if per_width[0].0 == per_width[1].0 {
+                        assert_eq!(per_width[0].1, per_width[1].1, "k={k} n={n}: widths differ");
                     }
                 }
             }

@@ -43,10 +43,27 @@ pub(super) const DOT_TAIL_MAX: usize = 4;
 const DOT_TAIL_MIN_VALUES: usize = 8192;
 
 /// How many of `n` outputs (with `k` inputs) are the batch-1 kernel's
-/// dot-product tail: the last `n % 16` when 1 to [`DOT_TAIL_MAX`], and
-/// `n` is below 16 (one padded vector per row: 100x1 in 22.6 ns against
-/// 48.0) or the padded weight is larger than [`DOT_TAIL_MIN_VALUES`].
-pub(super) fn tail_outputs(k: usize, n: usize) -> usize {
+/// dot-product tail on 512-bit vectors: the last `n % 16` when 1 to
+/// [`DOT_TAIL_MAX`], and `n` is below 16 (one padded vector per row:
+/// 100x1 in 22.6 ns against 48.0) or the padded weight is larger than
+/// [`DOT_TAIL_MIN_VALUES`]. On half-vectors ([`runs_half`]) the last
+/// `n % 8` when 1 to [`DOT_TAIL_MAX`], and `n` is below 8, or at least 16
+/// with enough inputs that the half-vector saved per row (`k` loads and
+/// multiply-adds, two per cycle) outweighs `t` dot products of
+/// `ceil(k / 16)` full vectors plus about [`HALF_DOT_OVERHEAD`] cycles
+/// for each one's sums and store. Zen 4, min over 2000-call batches, with
+/// and without the tail: 100x50 112-113 against 117-118 ns, 100x17 54
+/// against 58, 100x33 79-80 against 86-88, 100x4 23.6 against 35.2; and
+/// where the rule leaves it out: 64x20 47-57 against 41-51, 32x36 40
+/// against 36-37, 50x26 43-44 against 42, 50x10 33 against 27.5, 100x12
+/// 55 against 44-45 (between 8 and 16 outputs the one half-vector left
+/// per row costs what two did: the shuffles then bound the loop).
+pub(super) fn tail_outputs(k: usize, n: usize, half: bool) -> usize {
+    if runs_half(k, n, half) {
+        let t = n % 8;
+        let worth = n < 8 || (n >= 16 && 2 * t * (k.div_ceil(16) + HALF_DOT_OVERHEAD) <= k);
+        return if t <= DOT_TAIL_MAX && worth { t } else { 0 };
+    }
     let t = n % 16;
     let big = k * n.next_multiple_of(16) > DOT_TAIL_MIN_VALUES;
     if t <= DOT_TAIL_MAX && (n < 16 || big) {
@@ -56,11 +73,22 @@ pub(super) fn tail_outputs(k: usize, n: usize) -> usize {
     }
 }
 
-/// The length of the tail block for `k` inputs and `n` outputs: its
-/// [`tail_outputs`] rows of `W` (one output's weights each), each padded
-/// with zeros to `k.next_multiple_of(16)` values.
+/// See [`tail_outputs`]: a dot product's sums by halves, bias, ReLU and
+/// store, in cycles of the main loop (fitted to the measurements there).
+const HALF_DOT_OVERHEAD: usize = 12;
+
+/// Whether a batch-1 product of `k` inputs and `n` outputs runs on
+/// half-vectors when the CPU prefers them (`half`): when its padded
+/// weight has at most [`HALF_MAX_VALUES`] values.
+pub(super) fn runs_half(k: usize, n: usize, half: bool) -> bool {
+    half && k * n.next_multiple_of(16) <= HALF_MAX_VALUES
+}
+
+/// The length of the tail block for `k` inputs and `n` outputs on this
+/// CPU: its [`tail_outputs`] rows of `W` (one output's weights each),
+/// each padded with zeros to `k.next_multiple_of(16)` values.
 pub(super) fn tail_len(k: usize, n: usize) -> usize {
-    tail_outputs(k, n) * k.next_multiple_of(16)
+    tail_outputs(k, n, super::half_width()) * k.next_multiple_of(16)
 }
 
 /// With [`crate::kernels::half_width`], padded weights of at most this
@@ -73,7 +101,7 @@ const HALF_MAX_VALUES: usize = 8192;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{DOT_TAIL_MAX, HALF_MAX_VALUES, tail_outputs};
+    use super::{DOT_TAIL_MAX, runs_half, tail_outputs};
     use std::arch::x86_64::{
         __m256, __m512, __mmask8, __mmask16, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
         _mm256_mask_storeu_ps, _mm256_maskz_loadu_ps, _mm256_max_ps, _mm256_permute_ps,
@@ -352,7 +380,7 @@ mod x86 {
     ) {
         // SAFETY: the caller's.
         unsafe {
-            if half && x.len() * stride <= HALF_MAX_VALUES {
+            if runs_half(x.len(), y.len(), half) {
                 packed_impl::<false, true>(y, x, w, stride, bias, relu);
             } else {
                 packed_impl::<false, false>(y, x, w, stride, bias, relu);
@@ -383,7 +411,7 @@ mod x86 {
     ) {
         let n = y.len();
         let k = x.len();
-        let t = tail_outputs(k, n);
+        let t = tail_outputs(k, n, HALF);
         let main = n - t;
         let (yp, wp) = (y.as_mut_ptr(), w.as_ptr());
         let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
@@ -695,7 +723,7 @@ mod x86 {
     ) {
         // SAFETY: the caller's; with `MASK` no load passes column `n`.
         unsafe {
-            if m == 1 && half && x.len() * y.len().next_multiple_of(16) <= HALF_MAX_VALUES {
+            if m == 1 && runs_half(x.len(), y.len(), half) {
                 packed_impl::<true, true>(y, x, w, stride, bias, relu);
             } else if m == 1 {
                 packed_impl::<true, false>(y, x, w, stride, bias, relu);
