@@ -296,7 +296,14 @@ const STREAM_MIN_OUTPUTS: usize = 256;
 const STREAM_MIN_ELEMENTS: usize = 1 << 18;
 
 /// [`rows_axpy`] streams such a weight for up to this many rows, in one
-/// pass.
+/// pass. Not on Zen 4 ([`half_width`]): there the blocks of outputs with
+/// every accumulator in registers, the weight read once per group of four
+/// rows, were faster at every batch (the MLP 784-1024-1024-10's
+/// `forward_into`, min of 40: 2 rows 177-183 us against 189-205, 4 rows
+/// 181-190 against 290-482, 8 rows 350-352 against 577-1051; faer's GEMM
+/// 537-558 from 2 to 16 rows). Its 32 MiB L3 holds the weights, and the
+/// streaming pass's sums, loaded and stored every four rows of the
+/// weight, bound it.
 const STREAM_MAX_ROWS: usize = 8;
 
 thread_local! {
@@ -963,6 +970,7 @@ macro_rules! bodies {
         ) {
             let n = if m == 0 { 0 } else { y.len() / m };
             if (2..=crate::kernels::STREAM_MAX_ROWS).contains(&m)
+                && !crate::kernels::half_width()
                 && n >= crate::kernels::STREAM_MIN_OUTPUTS
                 && k.saturating_mul(row_stride) >= crate::kernels::STREAM_MIN_ELEMENTS
             {
@@ -2067,6 +2075,9 @@ mod rows_tests {
                 (9, 129),
                 // Streams the weight (n >= 256, k * stride >= 2^18).
                 (259, 1024),
+                // The same, outputs past the last block of 16, and three
+                // rows of the weight past the fours.
+                (263, 1001),
             ] {
                 // op(a) = x (m x k) column-major: (r, p) at r + p m.
                 let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
