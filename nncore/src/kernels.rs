@@ -1353,6 +1353,48 @@ mod tests {
         }
     }
 
+    /// An input of `m` rows (column-major), a weight of `k x n` values as
+    /// it is and packed (rows padded to `stride`), and its bias both ways.
+    struct PackedCase {
+        stride: usize,
+        x: Vec<f32>,
+        raw: Vec<f32>,
+        rows: Vec<f32>,
+        raw_bias: Vec<f32>,
+        bias: Vec<f32>,
+    }
+
+    impl PackedCase {
+        fn new(m: usize, k: usize, n: usize) -> Self {
+            let stride = n.next_multiple_of(PACK_LANES);
+            let raw: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut rows = vec![0.0f32; k * stride];
+            for p in 0..k {
+                rows[p * stride..p * stride + n].copy_from_slice(&raw[p * n..(p + 1) * n]);
+            }
+            let raw_bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
+            let mut bias = raw_bias.clone();
+            bias.resize(stride, 0.0);
+            Self {
+                stride,
+                x: (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect(),
+                raw,
+                rows,
+                raw_bias,
+                bias,
+            }
+        }
+
+        /// The packed and the raw bias, or neither.
+        fn biases(&self, with_bias: bool) -> (Option<&[f32]>, Option<&[f32]>) {
+            if with_bias {
+                (Some(&self.bias[..]), Some(&self.raw_bias[..]))
+            } else {
+                (None, None)
+            }
+        }
+    }
+
     /// The unpadded kernels give the packed kernels' bits, on a weight and
     /// bias of exactly `k * n` and `n` values; one row gives the same bits
     /// with the packed weight's tail block as without.
@@ -1361,38 +1403,26 @@ mod tests {
         for m in (1usize..=9).chain([16]) {
             for k in [0usize, 1, 3, 16, 37, 50, 300] {
                 for n in [1usize, 3, 4, 10, 16, 17, 20, 33, 50, 64, 65, 130] {
-                    let stride = n.next_multiple_of(PACK_LANES);
-                    let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-                    let raw: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
-                    let mut w = vec![0.0f32; k * stride];
-                    for p in 0..k {
-                        w[p * stride..p * stride + n].copy_from_slice(&raw[p * n..(p + 1) * n]);
-                    }
-                    let raw_bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
-                    let mut bias = raw_bias.clone();
-                    bias.resize(stride, 0.0);
+                    let c = PackedCase::new(m, k, n);
+                    let (stride, x, raw, w) = (c.stride, &c.x, &c.raw, &c.rows);
                     for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
-                        let (b, rb) = if with_bias {
-                            (Some(&bias[..]), Some(&raw_bias[..]))
-                        } else {
-                            (None, None)
-                        };
+                        let (b, rb) = c.biases(with_bias);
                         let mut want = vec![0.0f32; m * n];
                         if m == 1 {
-                            row_packed(&mut want, &x, &w, stride, b, relu);
+                            row_packed(&mut want, x, w, stride, b, relu);
                             let mut with_tail = w.clone();
                             with_tail.resize(w.len() + packed_tail_len(k, n), f32::NAN);
-                            pack_tail(&mut with_tail[w.len()..], &raw, k, n);
+                            pack_tail(&mut with_tail[w.len()..], raw, k, n);
                             let mut dot = vec![f32::NAN; n];
-                            row_packed(&mut dot, &x, &with_tail, stride, b, relu);
+                            row_packed(&mut dot, x, &with_tail, stride, b, relu);
                             let bits =
                                 |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                             assert_eq!(bits(&dot), bits(&want), "tail block, k={k} n={n}");
                         } else {
-                            rows_packed(&mut want, m, &x, &w, stride, b, relu);
+                            rows_packed(&mut want, m, x, w, stride, b, relu);
                         }
                         let mut got = vec![f32::NAN; m * n];
-                        if !rows_unpadded(&mut got, m, &x, &raw, n, rb, relu) {
+                        if !rows_unpadded(&mut got, m, x, raw, n, rb, relu) {
                             return; // no AVX-512: callers pad a copy instead
                         }
                         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -1424,28 +1454,16 @@ mod tests {
                 1usize, 2, 3, 4, 5, 8, 9, 10, 12, 13, 15, 16, 17, 20, 24, 25, 33, 40, 47, 48, 49,
                 50, 56, 57, 63, 64, 65, 100, 113, 130, 200,
             ] {
-                let stride = n.next_multiple_of(PACK_LANES);
-                let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
-                let raw: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
-                let mut rows = vec![0.0f32; k * stride];
-                for p in 0..k {
-                    rows[p * stride..p * stride + n].copy_from_slice(&raw[p * n..(p + 1) * n]);
-                }
-                let raw_bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
-                let mut bias = raw_bias.clone();
-                bias.resize(stride, 0.0);
+                let c = PackedCase::new(1, k, n);
+                let (stride, x, raw, rows, bias) = (c.stride, &c.x, &c.raw, &c.rows, &c.bias);
                 for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
-                    let (b, rb) = if with_bias {
-                        (Some(&bias[..]), Some(&raw_bias[..]))
-                    } else {
-                        (None, None)
-                    };
+                    let (b, rb) = c.biases(with_bias);
                     let mut per_width = Vec::new();
                     for half in [false, true] {
                         let t = row1::tail_outputs(k, n, half);
                         let mut w = rows.clone();
                         w.resize(k * stride + t * k.next_multiple_of(PACK_LANES), f32::NAN);
-                        pack_tail_for(&mut w[k * stride..], &raw, k, n, half);
+                        pack_tail_for(&mut w[k * stride..], raw, k, n, half);
                         let mut outs = Vec::new();
                         for form in 0..3 {
                             let mut buf = vec![f32::NAN; n + 16];
@@ -1455,9 +1473,9 @@ mod tests {
                             // shapes are the ones the kernels need.
                             unsafe {
                                 match form {
-                                    0 => row1::packed(y, &x, &rows, stride, b, relu, half),
-                                    1 => row1::packed(y, &x, &w, stride, b, relu, half),
-                                    _ => row1::unpadded_rows(y, 1, &x, &raw, n, rb, relu, half),
+                                    0 => row1::packed(y, x, rows, stride, b, relu, half),
+                                    1 => row1::packed(y, x, &w, stride, b, relu, half),
+                                    _ => row1::unpadded_rows(y, 1, x, raw, n, rb, relu, half),
                                 }
                             }
                             let at = format!(
