@@ -545,7 +545,12 @@ pub struct Workspace {
     lists: Vec<Vec<Tensor>>,
     // One buffer per chain step, in call order from the outermost chain
     // (`None` while the step's buffer is out).
-    slots: Vec<Option<Tensor>>,
+    // Boxed: a step moves its buffer out of its slot and the previous
+    // one back, and a 40-byte `Tensor` moved through the stack was
+    // reloaded in wider pieces than it was stored (store-forwarding
+    // stalls, about a tenth of SimpleNet's batch-1 `forward_into` on Zen
+    // 4); a box moves in one register.
+    slots: Vec<Option<Box<Tensor>>>,
     // The next step's slot; 0 between calls. A chain that starts at 0 is
     // the outermost one (every step takes its slot before its module
     // runs, so a nested chain starts above 0). (A depth counter next to
@@ -560,7 +565,7 @@ pub struct Workspace {
 #[derive(Debug)]
 pub struct StepOutput {
     slot: usize,
-    tensor: Tensor,
+    tensor: Box<Tensor>,
 }
 
 fn empty() -> Tensor {
@@ -659,8 +664,8 @@ impl Workspace {
         if self.slots.len() <= slot {
             self.slots.resize_with(slot + 1, || None);
         }
-        let mut next = self.slots[slot].take().unwrap_or_else(empty);
-        let r = f(cur.as_ref().map_or(x, |c| &c.tensor), &mut next, self);
+        let mut next = self.slots[slot].take().unwrap_or_else(|| Box::new(empty()));
+        let r = f(cur.as_ref().map_or(x, |c| &*c.tensor), &mut next, self);
         let next = StepOutput { slot, tensor: next };
         if let Some(prev) = cur.replace(next) {
             self.slots[prev.slot] = Some(prev.tensor);
@@ -715,7 +720,7 @@ impl Workspace {
     ) {
         match cur.take() {
             Some(mut c) => {
-                std::mem::swap(&mut c.tensor, out);
+                std::mem::swap(&mut *c.tensor, out);
                 self.slots[c.slot] = Some(c.tensor);
             }
             None => crate::ops::copy_into(x, out),
