@@ -550,6 +550,103 @@ pub(crate) unsafe fn packed_unchecked(
     }
 }
 
+/// The batch-1 product on one packed weight, picked once per weight (when
+/// [`crate::Linear`] packs it) for its shape on this CPU: what
+/// [`packed_unchecked`] computes for `m == 1`, the same sums in the same
+/// order (the same bits), without deciding again at every call which
+/// block widths, accumulator sets and dot-product tail the shape takes.
+/// On AVX-512 a weight whose outputs fit one block (at most 64 past the
+/// tail) gets a function made for its block width; other shapes and
+/// CPUs call [`packed_unchecked`].
+///
+/// (SimpleNet's batch-1 forward spent about 280 of its 2,200
+/// instructions, counted by single-stepping, on that choice and the
+/// calls down to the kernel, twice per forward.)
+#[derive(Clone, Copy)]
+pub(crate) struct Row1Plan {
+    run: Row1Fn,
+    k: usize,
+    n: usize,
+    stride: usize,
+    // The outputs past the blocks that go as dot products.
+    tail: usize,
+}
+
+/// A [`Row1Plan`]'s kernel: `(plan, y, x, w, bias or null, relu)`.
+type Row1Fn = unsafe fn(&Row1Plan, *mut f32, *const f32, *const f32, *const f32, bool);
+
+impl Row1Plan {
+    /// The plan for a weight of `k` inputs and `n` outputs packed with row
+    /// `stride` (and the tail block of [`packed_tail_len`]) on this CPU.
+    pub(crate) fn new(k: usize, n: usize, stride: usize) -> Self {
+        let generic = Self {
+            run: row1_generic,
+            k,
+            n,
+            stride,
+            tail: 0,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if best() == Variant::Avx512 && k > 0 && n > 0 {
+            let tail = row1::tail_outputs(k, n, half_width());
+            if let Some(run) = row1::one_block(k, n, half_width()) {
+                return Self {
+                    run,
+                    tail,
+                    ..generic
+                };
+            }
+        }
+        generic
+    }
+
+    /// `y = x w + bias` (then `max(y, 0)` when `relu`): `y` the `n`
+    /// outputs, `x` the `k` inputs.
+    ///
+    /// # Safety
+    /// `w` the packed weight this plan was made for (`k * stride` values
+    /// and the tail block), `bias` (when given) `stride` values, made for
+    /// this CPU's [`half_width`]; `x.len() == k`, `y.len() == n`.
+    #[inline]
+    pub(crate) unsafe fn run(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        debug_assert!(x.len() == self.k && y.len() == self.n);
+        debug_assert!(w.len() >= self.k * self.stride + packed_tail_len(self.k, self.n));
+        debug_assert!(bias.is_none_or(|b| b.len() >= self.stride));
+        let b = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        // SAFETY: the caller's.
+        unsafe { (self.run)(self, y.as_mut_ptr(), x.as_ptr(), w.as_ptr(), b, relu) }
+    }
+}
+
+/// [`Row1Plan`]'s kernel for the shapes without one of their own.
+///
+/// # Safety
+/// As [`Row1Plan::run`].
+unsafe fn row1_generic(
+    p: &Row1Plan,
+    y: *mut f32,
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    relu: bool,
+) {
+    // SAFETY: the plan's shapes, which the caller guarantees.
+    unsafe {
+        let y = std::slice::from_raw_parts_mut(y, p.n);
+        let x = std::slice::from_raw_parts(x, p.k);
+        let w = std::slice::from_raw_parts(w, p.k * p.stride + packed_tail_len(p.k, p.n));
+        let bias = (!bias.is_null()).then(|| std::slice::from_raw_parts(bias, p.stride));
+        packed_unchecked(y, 1, x, w, p.stride, bias, relu);
+    }
+}
+
 /// What [`row_packed`] (`m == 1`) and [`rows_packed`] compute on the
 /// packed copy, in the same order, so the same bits, on `W^T` as
 /// [`crate::Linear`] holds it: `k = x.len() / m` rows of `n = y.len() /
@@ -1391,6 +1488,37 @@ mod tests {
                 (Some(&self.bias[..]), Some(&self.raw_bias[..]))
             } else {
                 (None, None)
+            }
+        }
+    }
+
+    /// A batch-1 plan gives what `packed_unchecked` gives on the same
+    /// packed weight, bit for bit, for every kind of shape it picks a
+    /// kernel for (one block of half or whole vectors, with and without
+    /// a dot-product tail, only a tail, several blocks), and writes
+    /// nothing past its outputs.
+    #[test]
+    fn a_row1_plan_gives_the_packed_kernels_bits() {
+        for k in [1usize, 3, 8, 17, 50, 100, 300] {
+            for n in [1usize, 2, 4, 5, 8, 10, 16, 17, 33, 48, 50, 64, 66, 100, 130] {
+                let c = PackedCase::new(1, k, n);
+                let mut w = c.rows.clone();
+                w.resize(k * c.stride + packed_tail_len(k, n), f32::NAN);
+                pack_tail(&mut w[k * c.stride..], &c.raw, k, n);
+                let plan = Row1Plan::new(k, n, c.stride);
+                for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
+                    let (b, _) = c.biases(with_bias);
+                    let mut want = vec![f32::NAN; n];
+                    // SAFETY: the packed layout `packed_unchecked` takes.
+                    unsafe { packed_unchecked(&mut want, 1, &c.x, &w, c.stride, b, relu) };
+                    let mut got = vec![7.0f32; n + 16];
+                    // SAFETY: the layout the plan was made for.
+                    unsafe { plan.run(&mut got[..n], &c.x, &w, b, relu) };
+                    let at = format!("k={k} n={n} bias={with_bias} relu={relu}");
+                    assert!(got[n..].iter().all(|&v| v == 7.0), "{at}: wrote past y");
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got[..n]), bits(&want), "{at}");
+                }
             }
         }
     }

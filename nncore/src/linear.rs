@@ -296,12 +296,18 @@ impl Linear {
             "Linear::apply_packed: shapes"
         );
         let bias = self.bias.as_ref();
+        let relu = act == Some(Activation::Relu);
         if let Some(p) = self.packed.get(&self.weight, bias, x.nrows()) {
             // SAFETY: the packed copy of this weight and bias, current;
             // `x` and `out` were checked above.
-            return unsafe { apply_packed(p.weight(), p.stride(), p.bias(), x, out, act) };
+            unsafe {
+                if x.nrows() == 1 {
+                    p.row1(x.as_slice(), out.as_mut_slice(), relu);
+                    return act.is_none() || relu;
+                }
+                return apply_packed(p.weight(), p.stride(), p.bias(), x, out, act);
+            }
         }
-        let relu = act == Some(Activation::Relu);
         let (w, b) = (self.weight.value(), bias.map(|b| b.value().as_slice()));
         let (rows, stride) = (x.nrows(), w.nrows());
         let direct = crate::kernels::rows_unpadded(

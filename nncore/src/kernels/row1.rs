@@ -25,7 +25,7 @@
 //! 296-317 without, on the AVX-512 VM).
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{packed, packed_rows, unpadded_rows};
+pub(super) use x86::{one_block, packed, packed_rows, unpadded_rows};
 
 /// The batch-1 kernel takes the last `n % 16` outputs, when there are
 /// at most this many, as dot products over [`tail_len`] extra values
@@ -101,6 +101,7 @@ const HALF_MAX_VALUES: usize = 8192;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::{Row1Fn, Row1Plan};
     use super::{DOT_TAIL_MAX, runs_half, tail_outputs};
     use std::arch::x86_64::{
         __m256, __m512, __mmask8, __mmask16, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
@@ -481,6 +482,135 @@ mod x86 {
                     }
                 }
             }
+        }
+    }
+
+    /// The kernel of a [`Row1Plan`] for `k` inputs and `n` outputs on
+    /// AVX-512 (`half`: [`crate::kernels::half_width`]) when the outputs
+    /// before the dot-product tail fit one block: [`packed_impl`]'s
+    /// choice for that shape, made once. `None` for wider layers.
+    pub(in crate::kernels) fn one_block(k: usize, n: usize, half: bool) -> Option<Row1Fn> {
+        let main = n - tail_outputs(k, n, half);
+        if main > 64 {
+            return None;
+        }
+        let f: Row1Fn = if main == 0 {
+            tail_only
+        } else if runs_half(k, n, half) {
+            match main.div_ceil(8) {
+                1 => one_block_y::<1, 4>,
+                2 => one_block_y::<2, 4>,
+                3 => one_block_y::<3, 4>,
+                4 => one_block_y::<4, 4>,
+                5 => one_block_y::<5, 4>,
+                6 => one_block_y::<6, 4>,
+                7 => one_block_y::<7, 2>,
+                _ => one_block_y::<8, 2>,
+            }
+        } else {
+            match main.div_ceil(16) {
+                1 => one_block_z::<1, 4>,
+                2 => one_block_z::<2, 4>,
+                3 => one_block_z::<3, 4>,
+                _ => one_block_z::<4, 2>,
+            }
+        };
+        Some(f)
+    }
+
+    /// The plan's dot-product tail, as [`packed_impl`] runs it (first).
+    ///
+    /// # Safety
+    /// As [`Row1Plan::run`]; `p.tail` is 1 to [`DOT_TAIL_MAX`].
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn plan_tail(
+        p: &Row1Plan,
+        y: *mut f32,
+        x: &[f32],
+        w: *const f32,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        let main = p.n - p.tail;
+        let kp = p.k.next_multiple_of(16);
+        // SAFETY: the tail block follows the `k` rows; the outputs and
+        // bias values `main..n` exist.
+        unsafe {
+            let (y, tail) = (y.add(main), w.add(p.k * p.stride));
+            let b = if bias.is_null() { bias } else { bias.add(main) };
+            match p.tail {
+                1 => tail_dot::<1>(y, x, tail, kp, b, relu),
+                2 => tail_dot::<2>(y, x, tail, kp, b, relu),
+                3 => tail_dot::<3>(y, x, tail, kp, b, relu),
+                _ => tail_dot::<DOT_TAIL_MAX>(y, x, tail, kp, b, relu),
+            }
+        }
+    }
+
+    /// A plan whose outputs are all its tail.
+    ///
+    /// # Safety
+    /// As [`Row1Plan::run`].
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn tail_only(
+        p: &Row1Plan,
+        y: *mut f32,
+        x: *const f32,
+        w: *const f32,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller's.
+        unsafe { plan_tail(p, y, std::slice::from_raw_parts(x, p.k), w, bias, relu) }
+    }
+
+    /// The tail, then one block of `Y` half-vectors ([`packed_impl`] on
+    /// half-vectors with a single block).
+    ///
+    /// # Safety
+    /// As [`Row1Plan::run`].
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn one_block_y<const Y: usize, const S: usize>(
+        p: &Row1Plan,
+        y: *mut f32,
+        x: *const f32,
+        w: *const f32,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller's; the block covers the outputs below
+        // `n - tail`.
+        unsafe {
+            let x = std::slice::from_raw_parts(x, p.k);
+            if p.tail > 0 {
+                plan_tail(p, y, x, w, bias, relu);
+            }
+            block_y::<Y, S, false>(y, p.n - p.tail, x, w, p.stride, bias, 0, relu);
+        }
+    }
+
+    /// The tail, then one block of `V` vectors ([`packed_impl`] on 512-bit
+    /// vectors with a single block).
+    ///
+    /// # Safety
+    /// As [`Row1Plan::run`].
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn one_block_z<const V: usize, const S: usize>(
+        p: &Row1Plan,
+        y: *mut f32,
+        x: *const f32,
+        w: *const f32,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: as `one_block_y`.
+        unsafe {
+            let x = std::slice::from_raw_parts(x, p.k);
+            if p.tail > 0 {
+                plan_tail(p, y, x, w, bias, relu);
+            }
+            block::<V, S, false>(y, p.n - p.tail, x, w, p.stride, bias, 0, relu);
         }
     }
 

@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Param;
-use crate::kernels::PACK_LANES;
+use crate::kernels::{PACK_LANES, Row1Plan};
 
 /// Rows of input that go through one weight before it is packed: packing
 /// SimpleNet's `fc1` costs about what 20 batch-1 products save.
@@ -112,6 +112,8 @@ pub(super) struct Packed {
     stride: usize,
     weight: Vec<Line>,
     bias: Option<Vec<Line>>,
+    // The batch-1 kernel for this shape, picked once.
+    row1: Row1Plan,
 }
 
 impl Packed {
@@ -137,6 +139,7 @@ impl Packed {
             stride,
             weight: lines,
             bias: bias_lines,
+            row1: Row1Plan::new(k, n, stride),
         }
     }
 
@@ -157,6 +160,18 @@ impl Packed {
     /// The padded bias.
     pub(super) fn bias(&self) -> Option<&[f32]> {
         self.bias.as_deref().map(as_values)
+    }
+
+    /// `y = x W^T + b` (then `max(y, 0)` when `relu`) for one row, by the
+    /// kernel picked for this shape when the copy was made: the same bits
+    /// as [`crate::kernels::packed_unchecked`] on this copy.
+    ///
+    /// # Safety
+    /// `x` holds the layer's `in_features` values, `y` room for its
+    /// `out_features`.
+    pub(super) unsafe fn row1(&self, x: &[f32], y: &mut [f32], relu: bool) {
+        // SAFETY: this copy's layout is the plan's; the caller's shapes.
+        unsafe { self.row1.run(y, x, self.weight(), self.bias(), relu) }
     }
 }
 
