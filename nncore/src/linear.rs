@@ -515,6 +515,21 @@ impl Linear {
     fn infer(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         self.check_input(x)?;
         let (rows, cols) = (x.nrows(), self.out_features());
+        // As in `infer_into`.
+        if rows == 1
+            && let Some(p) = self.packed.current(&self.weight, self.bias.as_ref())
+        {
+            let relu = act == Some(Activation::Relu);
+            let mut out = Tensor::zeros(1, cols);
+            // SAFETY: as in `infer_into`.
+            unsafe { p.row1(x.as_slice(), out.as_mut_slice(), relu) };
+            if let Some(act) = act
+                && !relu
+            {
+                act.apply(out.as_mut_slice());
+            }
+            return Ok(out);
+        }
         let mut out = if self.packed_rows(rows) {
             let mut out = Tensor::zeros(rows, cols);
             if self.apply_packed(x, &mut out, act) {
@@ -543,6 +558,24 @@ impl Linear {
     fn infer_into(&self, x: &Tensor, out: &mut Tensor, act: Option<Activation>) -> Result<()> {
         self.check_input(x)?;
         ensure_shape(out, x.nrows(), self.out_features());
+        // One row on a current packed copy: its kernel straight away (the
+        // path a batch-1 forward takes on every layer; `apply_packed`
+        // takes the same kernel with its checks and choices).
+        if x.nrows() == 1
+            && let Some(p) = self.packed.current(&self.weight, self.bias.as_ref())
+        {
+            let relu = act == Some(Activation::Relu);
+            // SAFETY: the packed copy of this weight and bias, current;
+            // `x` holds `in_features` values (checked above) and `out`
+            // one row of `out_features`.
+            unsafe { p.row1(x.as_slice(), out.as_mut_slice(), relu) };
+            if let Some(act) = act
+                && !relu
+            {
+                act.apply(out.as_mut_slice());
+            }
+            return Ok(());
+        }
         if self.packed_rows(x.nrows()) {
             if self.apply_packed(x, out, act) {
                 return Ok(());

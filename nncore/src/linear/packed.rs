@@ -143,6 +143,7 @@ impl Packed {
         }
     }
 
+    #[inline]
     fn matches(&self, weight: &Param, bias: Option<&Param>) -> bool {
         self.weight_version == weight.version() && self.bias_version == bias.map(Param::version)
     }
@@ -169,6 +170,7 @@ impl Packed {
     /// # Safety
     /// `x` holds the layer's `in_features` values, `y` room for its
     /// `out_features`.
+    #[inline]
     pub(super) unsafe fn row1(&self, x: &[f32], y: &mut [f32], relu: bool) {
         // SAFETY: this copy's layout is the plan's; the caller's shapes.
         unsafe { self.row1.run(y, x, self.weight(), self.bias(), relu) }
@@ -197,6 +199,13 @@ impl PackedWeight {
             }
         };
         p.matches(weight, bias).then_some(p)
+    }
+
+    /// The packed weight if it exists and is current (without counting
+    /// rows towards making it).
+    #[inline]
+    pub(super) fn current(&self, weight: &Param, bias: Option<&Param>) -> Option<&Packed> {
+        self.packed.get().filter(|p| p.matches(weight, bias))
     }
 
     /// Whether a copy exists (current or not).
