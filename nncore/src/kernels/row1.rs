@@ -565,54 +565,48 @@ mod x86 {
         unsafe { plan_tail(p, y, std::slice::from_raw_parts(x, p.k), w, bias, relu) }
     }
 
-    /// The tail, then one block of `Y` half-vectors ([`packed_impl`] on
-    /// half-vectors with a single block).
-    ///
-    /// # Safety
-    /// As [`Row1Plan::run`].
-    #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn one_block_y<const Y: usize, const S: usize>(
-        p: &Row1Plan,
-        y: *mut f32,
-        x: *const f32,
-        w: *const f32,
-        bias: *const f32,
-        relu: bool,
-    ) {
-        // SAFETY: the caller's; the block covers the outputs below
-        // `n - tail`.
-        unsafe {
-            let x = std::slice::from_raw_parts(x, p.k);
-            if p.tail > 0 {
-                plan_tail(p, y, x, w, bias, relu);
+    /// Defines a [`Row1Plan`] kernel: the tail, then one block of `$width`
+    /// vectors by `$block` (what [`packed_impl`] runs for a single block).
+    macro_rules! one_block_kernel {
+        ($(#[$doc:meta])* $name:ident, $block:ident, $width:ident) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// As [`Row1Plan::run`].
+            #[target_feature(enable = "avx512f,avx512vl")]
+            unsafe fn $name<const $width: usize, const S: usize>(
+                p: &Row1Plan,
+                y: *mut f32,
+                x: *const f32,
+                w: *const f32,
+                bias: *const f32,
+                relu: bool,
+            ) {
+                // SAFETY: the caller's; the block covers the outputs below
+                // `n - tail`, the tail the rest.
+                unsafe {
+                    let x = std::slice::from_raw_parts(x, p.k);
+                    if p.tail > 0 {
+                        plan_tail(p, y, x, w, bias, relu);
+                    }
+                    $block::<$width, S, false>(y, p.n - p.tail, x, w, p.stride, bias, 0, relu);
+                }
             }
-            block_y::<Y, S, false>(y, p.n - p.tail, x, w, p.stride, bias, 0, relu);
-        }
+        };
     }
 
-    /// The tail, then one block of `V` vectors ([`packed_impl`] on 512-bit
-    /// vectors with a single block).
-    ///
-    /// # Safety
-    /// As [`Row1Plan::run`].
-    #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn one_block_z<const V: usize, const S: usize>(
-        p: &Row1Plan,
-        y: *mut f32,
-        x: *const f32,
-        w: *const f32,
-        bias: *const f32,
-        relu: bool,
-    ) {
-        // SAFETY: as `one_block_y`.
-        unsafe {
-            let x = std::slice::from_raw_parts(x, p.k);
-            if p.tail > 0 {
-                plan_tail(p, y, x, w, bias, relu);
-            }
-            block::<V, S, false>(y, p.n - p.tail, x, w, p.stride, bias, 0, relu);
-        }
-    }
+    one_block_kernel!(
+        /// One block of `Y` half-vectors.
+        one_block_y,
+        block_y,
+        Y
+    );
+    one_block_kernel!(
+        /// One block of `V` 512-bit vectors.
+        one_block_z,
+        block,
+        V
+    );
 
     /// Lane 0 of `v` summed by halves: `v[r] + v[r + 8]`, then `+ 4`,
     /// `+ 2`, `+ 1` (lower lane first): the order [`tail_rows`] sums its
