@@ -518,7 +518,7 @@ mod x86 {
         Some(f)
     }
 
-    /// The plan's dot-product tail, as [`packed_impl`] runs it (first).
+    /// The plan's dot-product tail, as [`packed_impl`] computes it.
     ///
     /// # Safety
     /// As [`Row1Plan::run`]; `p.tail` is 1 to [`DOT_TAIL_MAX`].
@@ -565,8 +565,14 @@ mod x86 {
         unsafe { plan_tail(p, y, std::slice::from_raw_parts(x, p.k), w, bias, relu) }
     }
 
-    /// Defines a [`Row1Plan`] kernel: the tail, then one block of `$width`
-    /// vectors by `$block` (what [`packed_impl`] runs for a single block).
+    /// Defines a [`Row1Plan`] kernel: one block of `$width` vectors by
+    /// `$block`, then the tail (what [`packed_impl`] computes for a single
+    /// block, the same bits). The tail goes last here: in a chain the next
+    /// layer reads the tail's outputs last (its leftover rows), so the
+    /// tail's chain of multiply-adds and sums finishes while that layer
+    /// starts on the block's outputs (SimpleNet `forward_into` on Zen 4,
+    /// alternating builds: 150-153 ns against 154-166 with the tail
+    /// first).
     macro_rules! one_block_kernel {
         ($(#[$doc:meta])* $name:ident, $block:ident, $width:ident) => {
             $(#[$doc])*
@@ -586,10 +592,10 @@ mod x86 {
                 // `n - tail`, the tail the rest.
                 unsafe {
                     let x = std::slice::from_raw_parts(x, p.k);
+                    $block::<$width, S, false>(y, p.n - p.tail, x, w, p.stride, bias, 0, relu);
                     if p.tail > 0 {
                         plan_tail(p, y, x, w, bias, relu);
                     }
-                    $block::<$width, S, false>(y, p.n - p.tail, x, w, p.stride, bias, 0, relu);
                 }
             }
         };
