@@ -574,3 +574,97 @@ fn summary_prints_torchinfo_text() {
     // A written forward: its layers show their output shapes.
     check_summary("res_mlp", &nnrs::workloads::res_mlp(0, 100, 64, 2, 10));
 }
+
+/// At batch 1 a chain runs its children on one sample's values, without
+/// tensors, once each `Linear` has its packed copy; a child without that
+/// path (here `LayerNorm`, a nested `Sequential`, an output wider than the
+/// path's buffers) hands over to tensors mid-chain. Every way gives the
+/// layers' own results bit for bit, before and after the packing, through
+/// `forward`, `forward_owned` and `forward_into`, and the same errors.
+#[test]
+fn batch_1_chains_equal_the_layers_one_by_one() {
+    #[derive(Module)]
+    struct Rows {
+        fc1: Linear,
+        act: ReLU,
+        fc2: Linear,
+        tanh: Tanh,
+        fc3: Linear,
+        gelu: GELU,
+        fc4: Linear,
+    }
+    #[derive(Module)]
+    struct Mixed {
+        fc1: Linear,
+        act: ReLU,
+        norm: LayerNorm,
+        inner: Sequential,
+        wide: Linear,
+        fc2: Linear,
+        sig: Sigmoid,
+    }
+    let rows = nncore::with_seed(7, || Rows {
+        fc1: Linear::new(37, 50),
+        act: ReLU::new(),
+        fc2: Linear::new_no_bias(50, 64),
+        tanh: Tanh::new(),
+        fc3: Linear::new(64, 130),
+        gelu: GELU::new(),
+        fc4: Linear::new(130, 3),
+    });
+    let mixed = nncore::with_seed(8, || Mixed {
+        fc1: Linear::new(37, 20),
+        act: ReLU::new(),
+        norm: LayerNorm::new(20),
+        inner: seq![Linear::new(20, 9), ReLU::new()],
+        wide: Linear::new(9, 1500),
+        fc2: Linear::new(1500, 4),
+        sig: Sigmoid::new(),
+    });
+    let one_by_one = |layers: &[&dyn Forward], x: &Tensor| {
+        layers.iter().fold(x.clone(), |h, m| m.forward(&h).unwrap())
+    };
+    let rows_layers: [&dyn Forward; 7] = [
+        &rows.fc1, &rows.act, &rows.fc2, &rows.tanh, &rows.fc3, &rows.gelu, &rows.fc4,
+    ];
+    let mixed_layers: [&dyn Forward; 7] = [
+        &mixed.fc1,
+        &mixed.act,
+        &mixed.norm,
+        &mixed.inner,
+        &mixed.wide,
+        &mixed.fc2,
+        &mixed.sig,
+    ];
+    let mut ws = nncore::Workspace::new();
+    let mut out = Tensor::zeros(0, 0);
+    // Enough calls for every layer's packed copy (made after 32 rows).
+    for i in 0..40u64 {
+        let x = nncore::Generator::new(i).uniform_tensor(1, 37, -2.0, 2.0);
+        for (model, layers) in [
+            (&rows as &dyn Forward, &rows_layers[..]),
+            (&mixed as &dyn Forward, &mixed_layers[..]),
+        ] {
+            let want = one_by_one(layers, &x);
+            assert_eq!(want.shape().0, 1);
+            assert_eq!(model.forward(&x).unwrap(), want, "call {i}");
+            assert_eq!(model.forward_owned(x.clone()).unwrap(), want, "call {i}");
+            model.forward_into(&x, &mut out, &mut ws).unwrap();
+            assert_eq!(out, want, "call {i}");
+        }
+    }
+    let bad = Tensor::zeros(1, 36);
+    for err in [
+        rows.forward(&bad).unwrap_err(),
+        rows.forward_into(&bad, &mut out, &mut ws).unwrap_err(),
+    ] {
+        assert_eq!(
+            err.to_string(),
+            "Rows.fc1 (Linear): expected input with 37 features, got 36"
+        );
+    }
+    // Still right after an error.
+    let x = nncore::Generator::new(99).uniform_tensor(1, 37, -2.0, 2.0);
+    rows.forward_into(&x, &mut out, &mut ws).unwrap();
+    assert_eq!(out, one_by_one(&rows_layers, &x));
+}

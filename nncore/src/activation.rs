@@ -158,6 +158,22 @@ macro_rules! elementwise {
                 crate::kernels::map_in_place(x.as_mut_slice(), |$x| $f);
                 Ok(x)
             }
+
+            fn forward_row(
+                &self,
+                x: &[f32],
+                y: &mut [std::mem::MaybeUninit<f32>],
+                act: Option<crate::forward::Activation>,
+            ) -> Option<usize> {
+                let $s = self;
+                let y = y.get_mut(..x.len())?;
+                let y = y.write_copy_of_slice(x);
+                crate::kernels::map_in_place(y, |$x| $f);
+                if let Some(act) = act {
+                    act.apply(y);
+                }
+                Some(x.len())
+            }
         }
 
         impl Backward for $name {

@@ -22,6 +22,7 @@
 use crate::forward::{Activation, Backward, Flow, Forward, StepOutput, Workspace};
 use crate::summary::Trace;
 use crate::{Dims, Error, Result, Tensor};
+use std::mem::MaybeUninit;
 
 /// A child's name in its parent: a field, or an index in a list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,15 +113,114 @@ pub trait ChainMut: Chain {
 // storing and reloading the held reference cost a store-forwarding stall
 // per layer, about 5% of SimpleNet's batch-1 forward.)
 
-struct Infer<'x> {
-    // Always `Some` between visits.
+// At batch 1 a chain first runs its children on one sample's values,
+// alternating between two buffers on the stack (`Forward::forward_row`),
+// and makes a tensor only of the output: no intermediate tensors, no
+// workspace slots (SimpleNet's batch-1 `forward` allocated two tensors
+// and freed one, about 30 ns of 180; `forward_into` moved the slots'
+// buffers and checked their shapes at every step). The first child
+// without a row path hands over to the tensor path, which goes on from
+// the values so far.
+
+/// The most values the row path keeps between two children (4 KiB).
+const ROW_MAX: usize = 1024;
+
+/// The row path's two buffers.
+struct RowBufs([[MaybeUninit<f32>; ROW_MAX]; 2]);
+
+impl RowBufs {
+    #[inline(always)]
+    fn new() -> Self {
+        Self([[MaybeUninit::uninit(); ROW_MAX]; 2])
+    }
+}
+
+/// Where the row path's current values are: the input, or the first
+/// `len` values of buffer `buf` (written by the last step).
+#[derive(Clone, Copy)]
+enum RowAt {
+    Input,
+    Buf { buf: usize, len: usize },
+}
+
+/// The row path of one chain call.
+struct Row<'x, 'b> {
+    x: &'x [f32],
+    bufs: &'b mut RowBufs,
+    at: RowAt,
+}
+
+/// The first `len` values of `buf`, written.
+///
+/// # Safety
+/// They were written (a step returned `len` for this buffer).
+#[inline(always)]
+unsafe fn written(buf: &[MaybeUninit<f32>], len: usize) -> &[f32] {
+    // SAFETY: the caller's; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &*(std::ptr::from_ref(&buf[..len]) as *const [f32]) }
+}
+
+impl<'x, 'b> Row<'x, 'b> {
+    #[inline(always)]
+    fn new(x: &'x Tensor, bufs: &'b mut RowBufs) -> Option<Self> {
+        (x.nrows() == 1 && x.ncols() <= ROW_MAX).then(|| Self {
+            x: x.as_slice(),
+            bufs,
+            at: RowAt::Input,
+        })
+    }
+
+    /// The values written by the last step (`None`: no step ran).
+    #[inline(always)]
+    fn output(&self) -> Option<&[f32]> {
+        match self.at {
+            RowAt::Input => None,
+            // SAFETY: the last step wrote them.
+            RowAt::Buf { buf, len } => Some(unsafe { written(&self.bufs.0[buf], len) }),
+        }
+    }
+
+    /// Runs `m` (with `act` fused) on the current values: `None` when it
+    /// has no row path (or does not take them).
+    #[inline(always)]
+    fn step<F: Forward + ?Sized>(&mut self, m: &F, act: Option<Activation>) -> Option<()> {
+        let [a, b] = &mut self.bufs.0;
+        // SAFETY (both): the last step wrote `len` values there.
+        let (x, y, buf) = match self.at {
+            RowAt::Input => (self.x, a, 0),
+            RowAt::Buf { buf: 0, len } => (unsafe { written(a, len) }, b, 1),
+            RowAt::Buf { len, .. } => (unsafe { written(b, len) }, a, 0),
+        };
+        let len = m.forward_row(x, y, act)?;
+        self.at = RowAt::Buf { buf, len };
+        Some(())
+    }
+}
+
+/// The activation a visited child runs with: the next child's, when the
+/// child can fuse it (the next child is then skipped).
+#[inline(always)]
+fn fused<F: Forward + ?Sized>(
+    m: &F,
+    next: Option<Activation>,
+    skip: &mut bool,
+) -> Option<Activation> {
+    let act = next.filter(|_| m.fusable());
+    *skip = act.is_some();
+    act
+}
+
+struct Infer<'x, 'b> {
+    // Always `Some` between visits once `row` is `None`.
     flow: Option<Flow<'x>>,
+    // The row path, until a child has none.
+    row: Option<Row<'x, 'b>>,
     // The next child's activation ran fused into this one's output.
     skip: bool,
     owner: &'static str,
 }
 
-impl<'a> Visitor<'a> for Infer<'_> {
+impl<'a> Visitor<'a> for Infer<'_, '_> {
     #[inline(always)]
     fn visit<F: Forward + ?Sized>(
         &mut self,
@@ -131,17 +231,25 @@ impl<'a> Visitor<'a> for Infer<'_> {
         if std::mem::take(&mut self.skip) {
             return Ok(());
         }
-        if let Some(act) = next
-            && m.fusable()
-        {
-            self.skip = true;
-            return self.run(name, |flow| flow.apply_fused(m, act));
+        let act = fused(m, next, &mut self.skip);
+        if let Some(row) = &mut self.row {
+            if row.step(m, act).is_some() {
+                return Ok(());
+            }
+            // On with tensors, from the values so far.
+            if let Some(y) = row.output() {
+                self.flow = Some(Flow::Owned(crate::ops::from_vec(1, y.len(), y.to_vec())));
+            }
+            self.row = None;
         }
-        self.run(name, |flow| flow.apply(m))
+        match act {
+            Some(act) => self.run(name, |flow| flow.apply_fused(m, act)),
+            None => self.run(name, |flow| flow.apply(m)),
+        }
     }
 }
 
-impl Infer<'_> {
+impl Infer<'_, '_> {
     #[inline(always)]
     fn run(&mut self, name: Name, f: impl FnOnce(Flow<'_>) -> Result<Flow<'_>>) -> Result<()> {
         if let Some(flow) = self.flow.take() {
@@ -150,22 +258,27 @@ impl Infer<'_> {
         Ok(())
     }
 
+    #[inline(always)]
     fn into_tensor(self) -> Tensor {
+        if let Some(y) = self.row.as_ref().and_then(Row::output) {
+            return crate::ops::from_vec(1, y.len(), y.to_vec());
+        }
         self.flow
             .map_or_else(|| Tensor::zeros(0, 0), Flow::into_tensor)
     }
 }
 
-struct Into<'x, 'w> {
+struct Into<'x, 'w, 'b> {
     x: &'x Tensor,
     cur: Option<StepOutput>,
     ws: &'w mut Workspace,
     // As in `Infer`.
+    row: Option<Row<'x, 'b>>,
     skip: bool,
     owner: &'static str,
 }
 
-impl<'a> Visitor<'a> for Into<'_, '_> {
+impl<'a> Visitor<'a> for Into<'_, '_, '_> {
     #[inline(always)]
     fn visit<F: Forward + ?Sized>(
         &mut self,
@@ -176,12 +289,20 @@ impl<'a> Visitor<'a> for Into<'_, '_> {
         if std::mem::take(&mut self.skip) {
             return Ok(());
         }
-        let r = match next {
-            Some(act) if m.fusable() => {
-                self.skip = true;
-                self.ws.step_fused(m, act, self.x, &mut self.cur)
+        let act = fused(m, next, &mut self.skip);
+        if let Some(row) = &mut self.row {
+            if row.step(m, act).is_some() {
+                return Ok(());
             }
-            _ => self.ws.step(m, self.x, &mut self.cur),
+            // On with the workspace's buffers, from the values so far.
+            if let Some(y) = row.output() {
+                self.ws.step_row(y, self.x, &mut self.cur);
+            }
+            self.row = None;
+        }
+        let r = match act {
+            Some(act) => self.ws.step_fused(m, act, self.x, &mut self.cur),
+            None => self.ws.step(m, self.x, &mut self.cur),
         };
         r.map_err(|e| name.wrap(e, self.owner))
     }
@@ -266,8 +387,10 @@ impl<'a> VisitorMut<'a> for BackParams<'a, 'a> {
 /// Whatever a child reports, with its name.
 #[inline]
 pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
+    let mut bufs = RowBufs::new();
     let mut v = Infer {
         flow: Some(Flow::Borrowed(x)),
+        row: Row::new(x, &mut bufs),
         skip: false,
         owner: C::NAME,
     };
@@ -281,8 +404,13 @@ pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
 /// As [`forward`].
 #[inline]
 pub fn forward_owned<C: Chain + ?Sized>(m: &C, x: Tensor) -> Result<Tensor> {
+    if x.nrows() == 1 {
+        // The row path reads the input where it is.
+        return forward(m, &x);
+    }
     let mut v = Infer {
         flow: Some(Flow::Owned(x)),
+        row: None,
         skip: false,
         owner: C::NAME,
     };
@@ -302,17 +430,28 @@ pub fn forward_into<C: Chain + ?Sized>(
     ws: &mut Workspace,
 ) -> Result<()> {
     let outermost = ws.begin_chain();
+    let mut bufs = RowBufs::new();
     let mut v = Into {
         x,
         cur: None,
         ws,
+        row: Row::new(x, &mut bufs),
         skip: false,
         owner: C::NAME,
     };
     // `finish` runs on errors too: it ends the chain's use of the slots.
     // (Matched rather than kept: copying the whole `Result` back after
     // `finish` reloads its tag wider than it was stored, a stall.)
-    match m.visit(&mut v) {
+    let r = m.visit(&mut v);
+    if let Some(y) = v.row.as_ref().and_then(Row::output) {
+        if r.is_ok() {
+            crate::ops::ensure_shape(out, 1, y.len());
+            out.as_mut_slice().copy_from_slice(y);
+        }
+        v.ws.end_chain(outermost);
+        return r;
+    }
+    match r {
         Ok(()) => {
             v.ws.finish(x, &mut v.cur, out, outermost);
             Ok(())

@@ -339,6 +339,14 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     fn forward_fused(&self, x: &Tensor, act: crate::forward::Activation) -> Result<Tensor> {
         (**self).forward_fused(x, act)
     }
+    fn forward_row(
+        &self,
+        x: &[f32],
+        y: &mut [std::mem::MaybeUninit<f32>],
+        act: Option<crate::forward::Activation>,
+    ) -> Option<usize> {
+        (**self).forward_row(x, y, act)
+    }
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         (**self).forward_dims(x, dims)
     }

@@ -164,6 +164,24 @@ pub trait Forward: Module {
         Ok(())
     }
 
+    /// Batch-1 inference on one sample's values, for the chain engine's
+    /// row path: writes what [`Forward::forward`] computes for a one-row
+    /// input (followed by `act`, when given) into the start of `y` and
+    /// returns its length; or `None`, writing nothing, when the module has
+    /// no such path, the output does not fit `y`, or the input is not one
+    /// it takes: the chain then goes on with tensors, which report the
+    /// error. Not public API.
+    #[doc(hidden)]
+    fn forward_row(
+        &self,
+        x: &[f32],
+        y: &mut [std::mem::MaybeUninit<f32>],
+        act: Option<Activation>,
+    ) -> Option<usize> {
+        let _ = (x, y, act);
+        None
+    }
+
     /// [`Forward::forward`] followed by `act`. Not public API.
     ///
     /// # Errors
@@ -725,9 +743,27 @@ impl Workspace {
             }
             None => crate::ops::copy_into(x, out),
         }
+        self.end_chain(outermost);
+    }
+
+    /// Ends a forward chain that used no slot: when the `outermost` chain
+    /// ends, the next call starts again at the first slot.
+    #[doc(hidden)]
+    #[inline]
+    pub fn end_chain(&mut self, outermost: bool) {
         if outermost {
             self.cursor = 0;
         }
+    }
+
+    /// A chain step that copies one sample's values (`row`, which the
+    /// chain computed without tensors) into this step's buffer, which
+    /// becomes current.
+    pub(crate) fn step_row(&mut self, row: &[f32], x: &Tensor, cur: &mut Option<StepOutput>) {
+        self.step_with(x, cur, |_, out, _| {
+            crate::ops::ensure_shape(out, 1, row.len());
+            out.as_mut_slice().copy_from_slice(row);
+        });
     }
 }
 

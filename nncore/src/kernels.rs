@@ -570,6 +570,9 @@ pub(crate) struct Row1Plan {
     stride: usize,
     // The outputs past the blocks that go as dot products.
     tail: usize,
+    // Whether `run` is made for this shape (else `row1_generic`, which
+    // takes the output as a slice).
+    own: bool,
 }
 
 /// A [`Row1Plan`]'s kernel: `(plan, y, x, w, bias or null, relu)`.
@@ -585,6 +588,7 @@ impl Row1Plan {
             n,
             stride,
             tail: 0,
+            own: false,
         };
         #[cfg(target_arch = "x86_64")]
         if best() == Variant::Avx512 && k > 0 && n > 0 {
@@ -593,6 +597,7 @@ impl Row1Plan {
                 return Self {
                     run,
                     tail,
+                    own: true,
                     ..generic
                 };
             }
@@ -622,6 +627,38 @@ impl Row1Plan {
         let b = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
         // SAFETY: the caller's.
         unsafe { (self.run)(self, y.as_mut_ptr(), x.as_ptr(), w.as_ptr(), b, relu) }
+    }
+}
+
+impl Row1Plan {
+    /// [`Row1Plan::run`] into values not yet written; returns them
+    /// written. The kernels made for one shape write through the pointer;
+    /// the others are given zeros to write over.
+    ///
+    /// # Safety
+    /// As [`Row1Plan::run`].
+    #[inline]
+    pub(crate) unsafe fn run_uninit<'y>(
+        &self,
+        y: &'y mut [MaybeUninit<f32>],
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> &'y mut [f32] {
+        debug_assert!(x.len() == self.k && y.len() == self.n);
+        debug_assert!(w.len() >= self.k * self.stride + packed_tail_len(self.k, self.n));
+        debug_assert!(bias.is_none_or(|b| b.len() >= self.stride));
+        if !self.own {
+            y.fill(MaybeUninit::new(0.0));
+        }
+        let b = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        // SAFETY: the caller's; every output is written (the one-shape
+        // kernels store all `n`, the generic one writes over zeros).
+        unsafe {
+            (self.run)(self, y.as_mut_ptr().cast(), x.as_ptr(), w.as_ptr(), b, relu);
+            &mut *(std::ptr::from_mut(y) as *mut [f32])
+        }
     }
 }
 

@@ -507,6 +507,33 @@ impl Forward for Linear {
     fn forward_fused(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         self.infer(x, Some(act))
     }
+
+    fn forward_row(
+        &self,
+        x: &[f32],
+        y: &mut [std::mem::MaybeUninit<f32>],
+        act: Option<Activation>,
+    ) -> Option<usize> {
+        if x.len() != self.in_features() {
+            // The tensor path reports it.
+            return None;
+        }
+        let n = self.out_features();
+        // Before the copy exists the tensor path runs (and counts the rows
+        // towards making it).
+        let p = self.packed.current(&self.weight, self.bias.as_ref())?;
+        let y = y.get_mut(..n)?;
+        let relu = act == Some(Activation::Relu);
+        // SAFETY: the packed copy of this weight and bias, current; `x`
+        // holds `in_features` values, `y` room for `out_features`.
+        let y = unsafe { p.row1_uninit(x, y, relu) };
+        if let Some(act) = act
+            && !relu
+        {
+            act.apply(y);
+        }
+        Some(n)
+    }
 }
 
 impl Linear {

@@ -163,6 +163,21 @@ impl Packed {
         self.bias.as_deref().map(as_values)
     }
 
+    /// [`Packed::row1`] into values not yet written; returns them written.
+    ///
+    /// # Safety
+    /// As [`Packed::row1`].
+    #[inline]
+    pub(super) unsafe fn row1_uninit<'y>(
+        &self,
+        x: &[f32],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
+        relu: bool,
+    ) -> &'y mut [f32] {
+        // SAFETY: as `row1`; the plan writes every output.
+        unsafe { self.row1.run_uninit(y, x, self.weight(), self.bias(), relu) }
+    }
+
     /// `y = x W^T + b` (then `max(y, 0)` when `relu`) for one row, by the
     /// kernel picked for this shape when the copy was made: the same bits
     /// as [`crate::kernels::packed_unchecked`] on this copy.
