@@ -589,8 +589,10 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
         act: ReLU,
         fc2: Linear,
         tanh: Tanh,
+        drop: Dropout,
         fc3: Linear,
         gelu: GELU,
+        same: Identity,
         fc4: Linear,
     }
     #[derive(Module)]
@@ -608,8 +610,10 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
         act: ReLU::new(),
         fc2: Linear::new_no_bias(50, 64),
         tanh: Tanh::new(),
+        drop: Dropout::new(0.5).unwrap(),
         fc3: Linear::new(64, 130),
         gelu: GELU::new(),
+        same: Identity::new(),
         fc4: Linear::new(130, 3),
     });
     let mixed = nncore::with_seed(8, || Mixed {
@@ -624,8 +628,9 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
     let one_by_one = |layers: &[&dyn Forward], x: &Tensor| {
         layers.iter().fold(x.clone(), |h, m| m.forward(&h).unwrap())
     };
-    let rows_layers: [&dyn Forward; 7] = [
-        &rows.fc1, &rows.act, &rows.fc2, &rows.tanh, &rows.fc3, &rows.gelu, &rows.fc4,
+    let rows_layers: [&dyn Forward; 9] = [
+        &rows.fc1, &rows.act, &rows.fc2, &rows.tanh, &rows.drop, &rows.fc3, &rows.gelu, &rows.same,
+        &rows.fc4,
     ];
     let mixed_layers: [&dyn Forward; 7] = [
         &mixed.fc1,
@@ -667,4 +672,57 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
     let x = nncore::Generator::new(99).uniform_tensor(1, 37, -2.0, 2.0);
     rows.forward_into(&x, &mut out, &mut ws).unwrap();
     assert_eq!(out, one_by_one(&rows_layers, &x));
+}
+
+/// Chains nested in a chain take the row path too (a list of derived
+/// blocks, a `Sequential` that hands over to tensors inside), with the
+/// layers' results bit for bit; an error inside a nested chain is reported
+/// with its full path, as on tensors.
+#[test]
+fn batch_1_nested_chains_equal_the_layers_one_by_one() {
+    #[derive(Module)]
+    struct Nested {
+        fc: Linear,
+        blocks: Vec<Block>,
+        head: Sequential,
+        out: Linear,
+    }
+    let net = nncore::with_seed(9, || Nested {
+        fc: Linear::new(12, 6),
+        blocks: vec![Block::new(6), Block::new(6)],
+        head: seq![Linear::new(6, 8), LayerNorm::new(8), Linear::new(8, 5)],
+        out: Linear::new(5, 2),
+    });
+    let mut ws = nncore::Workspace::new();
+    let mut out = Tensor::zeros(0, 0);
+    for i in 0..40u64 {
+        let x = nncore::Generator::new(i).uniform_tensor(1, 12, -2.0, 2.0);
+        let mut h = net.fc.forward(&x).unwrap();
+        for b in &net.blocks {
+            h = b.act.forward(&b.fc.forward(&h).unwrap()).unwrap();
+        }
+        let h = net.out.forward(&net.head.forward(&h).unwrap()).unwrap();
+        assert_eq!(net.forward(&x).unwrap(), h, "call {i}");
+        net.forward_into(&x, &mut out, &mut ws).unwrap();
+        assert_eq!(out, h, "call {i}");
+    }
+    let broken = Nested {
+        fc: Linear::new(12, 6),
+        blocks: vec![Block::new(6), Block::new(7)],
+        head: seq![Linear::new(7, 5)],
+        out: Linear::new(5, 2),
+    };
+    let x = Tensor::zeros(1, 12);
+    for _ in 0..40 {
+        let err = broken.forward(&x).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Nested.blocks.1.fc (Linear): expected input with 7 features, got 6"
+        );
+        let err = broken.forward_into(&x, &mut out, &mut ws).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Nested.blocks.1.fc (Linear): expected input with 7 features, got 6"
+        );
+    }
 }

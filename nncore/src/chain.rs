@@ -19,7 +19,8 @@
 //! training, when every child can be trained) with one line per field,
 //! the containers with a loop.
 
-use crate::forward::{Activation, Backward, Flow, Forward, StepOutput, Workspace};
+pub use crate::forward::Activation;
+use crate::forward::{Backward, Flow, Forward, StepOutput, Workspace};
 use crate::summary::Trace;
 use crate::{Dims, Error, Result, Tensor};
 use std::mem::MaybeUninit;
@@ -161,13 +162,19 @@ unsafe fn written(buf: &[MaybeUninit<f32>], len: usize) -> &[f32] {
 }
 
 impl<'x, 'b> Row<'x, 'b> {
+    /// The row path for `x`, when it is one row.
     #[inline(always)]
     fn new(x: &'x Tensor, bufs: &'b mut RowBufs) -> Option<Self> {
-        (x.nrows() == 1 && x.ncols() <= ROW_MAX).then(|| Self {
-            x: x.as_slice(),
+        (x.nrows() == 1).then(|| Self::of(x.as_slice(), bufs))
+    }
+
+    #[inline(always)]
+    fn of(x: &'x [f32], bufs: &'b mut RowBufs) -> Self {
+        Self {
+            x,
             bufs,
             at: RowAt::Input,
-        })
+        }
     }
 
     /// The values written by the last step (`None`: no step ran).
@@ -211,7 +218,8 @@ fn fused<F: Forward + ?Sized>(
 }
 
 struct Infer<'x, 'b> {
-    // Always `Some` between visits once `row` is `None`.
+    // Always `Some` between visits once `row` is `None` (`None` before,
+    // when the input is only a row's values).
     flow: Option<Flow<'x>>,
     // The row path, until a child has none.
     row: Option<Row<'x, 'b>>,
@@ -237,7 +245,8 @@ impl<'a> Visitor<'a> for Infer<'_, '_> {
                 return Ok(());
             }
             // On with tensors, from the values so far.
-            if let Some(y) = row.output() {
+            let y = row.output().or(self.flow.is_none().then_some(row.x));
+            if let Some(y) = y {
                 self.flow = Some(Flow::Owned(crate::ops::from_vec(1, y.len(), y.to_vec())));
             }
             self.row = None;
@@ -396,6 +405,38 @@ pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
     };
     m.visit(&mut v)?;
     Ok(v.into_tensor())
+}
+
+/// `Forward::forward_row` of a chain (one nested in another): the
+/// children on the row path, then on tensors from the first one without
+/// it; the output copied into `y`. `None` when it does not fit `y` or a
+/// child reports an error (the caller's tensor path then runs this chain
+/// again and reports it).
+#[inline]
+pub fn forward_row<C: Chain + ?Sized>(
+    m: &C,
+    x: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    act: Option<Activation>,
+) -> Option<usize> {
+    let mut bufs = RowBufs::new();
+    let mut v = Infer {
+        flow: None,
+        row: Some(Row::of(x, &mut bufs)),
+        skip: false,
+        owner: C::NAME,
+    };
+    m.visit(&mut v).ok()?;
+    let out = match (&v.row, &v.flow) {
+        (Some(row), _) => row.output().unwrap_or(x),
+        (None, Some(flow)) => flow.as_tensor().as_slice(),
+        (None, None) => return None,
+    };
+    let y = y.get_mut(..out.len())?.write_copy_of_slice(out);
+    if let Some(act) = act {
+        act.apply(y);
+    }
+    Some(y.len())
 }
 
 /// `Forward::forward_owned` of a chain.

@@ -93,6 +93,16 @@ macro_rules! __chain_forward_methods {
         }
 
         #[inline]
+        fn forward_row(
+            &self,
+            x: &[f32],
+            y: &mut [::std::mem::MaybeUninit<f32>],
+            act: ::std::option::Option<$crate::chain::Activation>,
+        ) -> ::std::option::Option<usize> {
+            $crate::chain::forward_row(self, x, y, act)
+        }
+
+        #[inline]
         fn forward_dims(
             &self,
             x: &$crate::Tensor,

@@ -128,6 +128,19 @@ impl Forward for Dropout {
         Ok(x)
     }
 
+    fn forward_row(
+        &self,
+        x: &[f32],
+        y: &mut [std::mem::MaybeUninit<f32>],
+        act: Option<crate::forward::Activation>,
+    ) -> Option<usize> {
+        let y = y.get_mut(..x.len())?.write_copy_of_slice(x);
+        if let Some(act) = act {
+            act.apply(y);
+        }
+        Some(y.len())
+    }
+
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {
         crate::ops::copy_into(x, out);
         Ok(())
