@@ -726,3 +726,62 @@ fn batch_1_nested_chains_equal_the_layers_one_by_one() {
         );
     }
 }
+
+/// A nested chain that finishes on tensors (here: an output wider than the
+/// row path's buffers) hands its output to the chain around it, which goes
+/// on from it: every child runs once per call, and the result is the
+/// layers' own.
+#[test]
+fn batch_1_wide_nested_chains_run_each_child_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Passes its input through and counts its calls.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+    impl Module for Counting {
+        fn name(&self) -> &str {
+            "Counting"
+        }
+    }
+    impl Forward for Counting {
+        fn forward(&self, x: &Tensor) -> nncore::Result<Tensor> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(x.clone())
+        }
+    }
+    #[derive(Module)]
+    struct Inner {
+        fc: Linear,
+        count: Counting,
+    }
+    #[derive(Module)]
+    struct Outer {
+        fc: Linear,
+        inner: Inner,
+        out: Linear,
+    }
+    let net = nncore::with_seed(10, || Outer {
+        fc: Linear::new(5, 8),
+        inner: Inner {
+            fc: Linear::new(8, 1100),
+            count: Counting::default(),
+        },
+        out: Linear::new(1100, 3),
+    });
+    let mut ws = nncore::Workspace::new();
+    let mut out = Tensor::zeros(0, 0);
+    for i in 0..40u64 {
+        let x = nncore::Generator::new(i).uniform_tensor(1, 5, -2.0, 2.0);
+        let h = net.fc.forward(&x).unwrap();
+        let want = net.out.forward(&net.inner.fc.forward(&h).unwrap()).unwrap();
+        let before = net.inner.count.0.load(Ordering::Relaxed);
+        assert_eq!(net.forward(&x).unwrap(), want, "call {i}");
+        net.forward_into(&x, &mut out, &mut ws).unwrap();
+        assert_eq!(out, want, "call {i}");
+        assert_eq!(
+            net.inner.count.0.load(Ordering::Relaxed),
+            before + 2,
+            "call {i}"
+        );
+    }
+}

@@ -188,9 +188,15 @@ impl<'x, 'b> Row<'x, 'b> {
     }
 
     /// Runs `m` (with `act` fused) on the current values: `None` when it
-    /// has no row path (or does not take them).
+    /// has no row path (or does not take them), with its output in
+    /// `spill` if it ran on tensors.
     #[inline(always)]
-    fn step<F: Forward + ?Sized>(&mut self, m: &F, act: Option<Activation>) -> Option<()> {
+    fn step<F: Forward + ?Sized>(
+        &mut self,
+        m: &F,
+        act: Option<Activation>,
+        spill: &mut Option<Tensor>,
+    ) -> Option<()> {
         let [a, b] = &mut self.bufs.0;
         // SAFETY (both): the last step wrote `len` values there.
         let (x, y, buf) = match self.at {
@@ -198,7 +204,7 @@ impl<'x, 'b> Row<'x, 'b> {
             RowAt::Buf { buf: 0, len } => (unsafe { written(a, len) }, b, 1),
             RowAt::Buf { len, .. } => (unsafe { written(b, len) }, a, 0),
         };
-        let len = m.forward_row(x, y, act)?;
+        let len = m.forward_row_spill(x, y, act, spill)?;
         self.at = RowAt::Buf { buf, len };
         Some(())
     }
@@ -241,15 +247,24 @@ impl<'a> Visitor<'a> for Infer<'_, '_> {
         }
         let act = fused(m, next, &mut self.skip);
         if let Some(row) = &mut self.row {
-            if row.step(m, act).is_some() {
+            let mut spill = None;
+            if row.step(m, act, &mut spill).is_some() {
                 return Ok(());
             }
-            // On with tensors, from the values so far.
-            let y = row.output().or(self.flow.is_none().then_some(row.x));
-            if let Some(y) = y {
-                self.flow = Some(Flow::Owned(crate::ops::from_vec(1, y.len(), y.to_vec())));
+            // On with tensors: from the child's output if it ran on them,
+            // else from the values so far (this child runs below).
+            let ran = spill.is_some();
+            let from = spill.or_else(|| {
+                let y = row.output().or(self.flow.is_none().then_some(row.x))?;
+                Some(crate::ops::from_vec(1, y.len(), y.to_vec()))
+            });
+            if let Some(t) = from {
+                self.flow = Some(Flow::Owned(t));
             }
             self.row = None;
+            if ran {
+                return Ok(());
+            }
         }
         match act {
             Some(act) => self.run(name, |flow| flow.apply_fused(m, act)),
@@ -274,6 +289,14 @@ impl Infer<'_, '_> {
         }
         self.flow
             .map_or_else(|| Tensor::zeros(0, 0), Flow::into_tensor)
+    }
+
+    /// [`Infer::into_tensor`] when the chain's input was the row `x`.
+    fn into_tensor_from(self, x: &[f32]) -> Tensor {
+        if self.flow.is_none() && self.row.as_ref().is_some_and(|r| r.output().is_none()) {
+            return crate::ops::from_vec(1, x.len(), x.to_vec());
+        }
+        self.into_tensor()
     }
 }
 
@@ -300,14 +323,21 @@ impl<'a> Visitor<'a> for Into<'_, '_, '_> {
         }
         let act = fused(m, next, &mut self.skip);
         if let Some(row) = &mut self.row {
-            if row.step(m, act).is_some() {
+            let mut spill = None;
+            if row.step(m, act, &mut spill).is_some() {
                 return Ok(());
             }
-            // On with the workspace's buffers, from the values so far.
-            if let Some(y) = row.output() {
+            // On with the workspace's buffers: from the child's output if
+            // it ran on tensors, else from the values so far (this child
+            // runs below).
+            let ran = spill.is_some();
+            if let Some(y) = spill.as_ref().map(Tensor::as_slice).or(row.output()) {
                 self.ws.step_row(y, self.x, &mut self.cur);
             }
             self.row = None;
+            if ran {
+                return Ok(());
+            }
         }
         let r = match act {
             Some(act) => self.ws.step_fused(m, act, self.x, &mut self.cur),
@@ -407,17 +437,18 @@ pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
     Ok(v.into_tensor())
 }
 
-/// `Forward::forward_row` of a chain (one nested in another): the
+/// `Forward::forward_row_spill` of a chain (one nested in another): the
 /// children on the row path, then on tensors from the first one without
-/// it; the output copied into `y`. `None` when it does not fit `y` or a
-/// child reports an error (the caller's tensor path then runs this chain
-/// again and reports it).
+/// it; the output copied into `y` when it fits, else left in `spill`.
+/// `None` also when a child reports an error (the caller's tensor path
+/// then runs this chain again and reports it).
 #[inline]
 pub fn forward_row<C: Chain + ?Sized>(
     m: &C,
     x: &[f32],
     y: &mut [MaybeUninit<f32>],
     act: Option<Activation>,
+    spill: &mut Option<Tensor>,
 ) -> Option<usize> {
     let mut bufs = RowBufs::new();
     let mut v = Infer {
@@ -432,7 +463,15 @@ pub fn forward_row<C: Chain + ?Sized>(
         (None, Some(flow)) => flow.as_tensor().as_slice(),
         (None, None) => return None,
     };
-    let y = y.get_mut(..out.len())?.write_copy_of_slice(out);
+    let Some(y) = y.get_mut(..out.len()) else {
+        let mut t = v.into_tensor_from(x);
+        if let Some(act) = act {
+            act.apply(t.as_mut_slice());
+        }
+        *spill = Some(t);
+        return None;
+    };
+    let y = y.write_copy_of_slice(out);
     if let Some(act) = act {
         act.apply(y);
     }

@@ -99,7 +99,18 @@ macro_rules! __chain_forward_methods {
             y: &mut [::std::mem::MaybeUninit<f32>],
             act: ::std::option::Option<$crate::chain::Activation>,
         ) -> ::std::option::Option<usize> {
-            $crate::chain::forward_row(self, x, y, act)
+            $crate::chain::forward_row(self, x, y, act, &mut ::std::option::Option::None)
+        }
+
+        #[inline]
+        fn forward_row_spill(
+            &self,
+            x: &[f32],
+            y: &mut [::std::mem::MaybeUninit<f32>],
+            act: ::std::option::Option<$crate::chain::Activation>,
+            spill: &mut ::std::option::Option<$crate::Tensor>,
+        ) -> ::std::option::Option<usize> {
+            $crate::chain::forward_row(self, x, y, act, spill)
         }
 
         #[inline]
@@ -356,6 +367,15 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
         act: Option<crate::forward::Activation>,
     ) -> Option<usize> {
         (**self).forward_row(x, y, act)
+    }
+    fn forward_row_spill(
+        &self,
+        x: &[f32],
+        y: &mut [std::mem::MaybeUninit<f32>],
+        act: Option<crate::forward::Activation>,
+        spill: &mut Option<Tensor>,
+    ) -> Option<usize> {
+        (**self).forward_row_spill(x, y, act, spill)
     }
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {
         (**self).forward_dims(x, dims)

@@ -182,6 +182,22 @@ pub trait Forward: Module {
         None
     }
 
+    /// [`Forward::forward_row`], for a module that may finish on tensors
+    /// (a chain whose child has no row path): it may then leave its
+    /// output in `spill` and return `None`, and the caller goes on from
+    /// that tensor instead of running the module again. Not public API.
+    #[doc(hidden)]
+    fn forward_row_spill(
+        &self,
+        x: &[f32],
+        y: &mut [std::mem::MaybeUninit<f32>],
+        act: Option<Activation>,
+        spill: &mut Option<Tensor>,
+    ) -> Option<usize> {
+        let _ = spill;
+        self.forward_row(x, y, act)
+    }
+
     /// [`Forward::forward`] followed by `act`. Not public API.
     ///
     /// # Errors
