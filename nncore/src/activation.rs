@@ -540,11 +540,7 @@ impl Forward for Identity {
         y: &mut [std::mem::MaybeUninit<f32>],
         act: Option<crate::forward::Activation>,
     ) -> Option<usize> {
-        let y = y.get_mut(..x.len())?.write_copy_of_slice(x);
-        if let Some(act) = act {
-            act.apply(y);
-        }
-        Some(y.len())
+        crate::forward::copy_row(x, y, act)
     }
 
     fn forward_into(&self, x: &Tensor, out: &mut Tensor, _ws: &mut crate::Workspace) -> Result<()> {

@@ -463,19 +463,15 @@ pub fn forward_row<C: Chain + ?Sized>(
         (None, Some(flow)) => flow.as_tensor().as_slice(),
         (None, None) => return None,
     };
-    let Some(y) = y.get_mut(..out.len()) else {
-        let mut t = v.into_tensor_from(x);
-        if let Some(act) = act {
-            act.apply(t.as_mut_slice());
-        }
-        *spill = Some(t);
-        return None;
-    };
-    let y = y.write_copy_of_slice(out);
-    if let Some(act) = act {
-        act.apply(y);
+    if let Some(len) = crate::forward::copy_row(out, y, act) {
+        return Some(len);
     }
-    Some(y.len())
+    let mut t = v.into_tensor_from(x);
+    if let Some(act) = act {
+        act.apply(t.as_mut_slice());
+    }
+    *spill = Some(t);
+    None
 }
 
 /// `Forward::forward_owned` of a chain.

@@ -467,6 +467,21 @@ pub trait Backward: Forward {
     }
 }
 
+/// The row path of a module that passes its input through (`Identity`,
+/// `Dropout` in inference), and the end of a nested chain's: `x` copied
+/// into `y`, then `act`; `None` when it does not fit.
+pub(crate) fn copy_row(
+    x: &[f32],
+    y: &mut [std::mem::MaybeUninit<f32>],
+    act: Option<Activation>,
+) -> Option<usize> {
+    let y = y.get_mut(..x.len())?.write_copy_of_slice(x);
+    if let Some(act) = act {
+        act.apply(y);
+    }
+    Some(y.len())
+}
+
 /// Checks that `x` holds samples of shape `dims` and that `m` can take
 /// them without knowing their shape: flat samples (`Ok(None)`: the output
 /// is flat too), or any shape for an element-wise module (`Ok(Some(dims))`).
