@@ -785,3 +785,47 @@ fn batch_1_wide_nested_chains_run_each_child_once() {
         );
     }
 }
+
+/// The chain takes a child's row-path values only where its buffer
+/// starts: a child that returns other values (its own slice) is run on
+/// tensors instead, and the result is its `forward`'s.
+#[test]
+fn batch_1_chains_take_row_values_only_from_their_buffers() {
+    struct Elsewhere;
+    impl Module for Elsewhere {
+        fn name(&self) -> &str {
+            "Elsewhere"
+        }
+    }
+    impl Forward for Elsewhere {
+        fn forward(&self, x: &Tensor) -> nncore::Result<Tensor> {
+            Ok(x.map(|v| v * 2.0))
+        }
+        fn forward_row<'y>(
+            &self,
+            _x: &[f32],
+            _y: &'y mut [std::mem::MaybeUninit<f32>],
+            _act: Option<nncore::chain::Activation>,
+        ) -> Option<&'y mut [f32]> {
+            Some(Box::leak(vec![7.0f32; 1000].into_boxed_slice()))
+        }
+    }
+    #[derive(Module)]
+    struct Net {
+        fc: Linear,
+        odd: Elsewhere,
+    }
+    let net = nncore::with_seed(11, || Net {
+        fc: Linear::new(4, 3),
+        odd: Elsewhere,
+    });
+    let mut ws = nncore::Workspace::new();
+    let mut out = Tensor::zeros(0, 0);
+    for i in 0..40u64 {
+        let x = nncore::Generator::new(i).uniform_tensor(1, 4, -1.0, 1.0);
+        let want = net.fc.forward(&x).unwrap().map(|v| v * 2.0);
+        assert_eq!(net.forward(&x).unwrap(), want, "call {i}");
+        net.forward_into(&x, &mut out, &mut ws).unwrap();
+        assert_eq!(out, want, "call {i}");
+    }
+}

@@ -159,12 +159,12 @@ macro_rules! elementwise {
                 Ok(x)
             }
 
-            fn forward_row(
+            fn forward_row<'y>(
                 &self,
                 x: &[f32],
-                y: &mut [std::mem::MaybeUninit<f32>],
+                y: &'y mut [std::mem::MaybeUninit<f32>],
                 act: Option<crate::forward::Activation>,
-            ) -> Option<usize> {
+            ) -> Option<&'y mut [f32]> {
                 let $s = self;
                 let y = y.get_mut(..x.len())?;
                 let y = y.write_copy_of_slice(x);
@@ -172,7 +172,7 @@ macro_rules! elementwise {
                 if let Some(act) = act {
                     act.apply(y);
                 }
-                Some(x.len())
+                Some(y)
             }
         }
 
@@ -534,12 +534,12 @@ impl Forward for Identity {
         Ok(x)
     }
 
-    fn forward_row(
+    fn forward_row<'y>(
         &self,
         x: &[f32],
-        y: &mut [std::mem::MaybeUninit<f32>],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
         act: Option<crate::forward::Activation>,
-    ) -> Option<usize> {
+    ) -> Option<&'y mut [f32]> {
         crate::forward::copy_row(x, y, act)
     }
 

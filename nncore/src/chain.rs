@@ -204,8 +204,17 @@ impl<'x, 'b> Row<'x, 'b> {
             RowAt::Buf { buf: 0, len } => (unsafe { written(a, len) }, b, 1),
             RowAt::Buf { len, .. } => (unsafe { written(b, len) }, a, 0),
         };
-        let len = m.forward_row_spill(x, y, act, spill)?;
-        self.at = RowAt::Buf { buf, len };
+        let start = y.as_ptr().cast::<f32>();
+        let out = m.forward_row_spill(x, y, act, spill)?;
+        // Only values written where the buffer starts are taken (so that
+        // `written` reads what a step wrote, whatever it returns).
+        if !std::ptr::eq(out.as_ptr(), start) {
+            return None;
+        }
+        self.at = RowAt::Buf {
+            buf,
+            len: out.len(),
+        };
         Some(())
     }
 }
@@ -443,13 +452,13 @@ pub fn forward<C: Chain + ?Sized>(m: &C, x: &Tensor) -> Result<Tensor> {
 /// `None` also when a child reports an error (the caller's tensor path
 /// then runs this chain again and reports it).
 #[inline]
-pub fn forward_row<C: Chain + ?Sized>(
+pub fn forward_row<'y, C: Chain + ?Sized>(
     m: &C,
     x: &[f32],
-    y: &mut [MaybeUninit<f32>],
+    y: &'y mut [MaybeUninit<f32>],
     act: Option<Activation>,
     spill: &mut Option<Tensor>,
-) -> Option<usize> {
+) -> Option<&'y mut [f32]> {
     let mut bufs = RowBufs::new();
     let mut v = Infer {
         flow: None,
@@ -463,8 +472,8 @@ pub fn forward_row<C: Chain + ?Sized>(
         (None, Some(flow)) => flow.as_tensor().as_slice(),
         (None, None) => return None,
     };
-    if let Some(len) = crate::forward::copy_row(out, y, act) {
-        return Some(len);
+    if out.len() <= y.len() {
+        return crate::forward::copy_row(out, y, act);
     }
     let mut t = v.into_tensor_from(x);
     if let Some(act) = act {

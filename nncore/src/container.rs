@@ -93,23 +93,23 @@ macro_rules! __chain_forward_methods {
         }
 
         #[inline]
-        fn forward_row(
+        fn forward_row<'y>(
             &self,
             x: &[f32],
-            y: &mut [::std::mem::MaybeUninit<f32>],
+            y: &'y mut [::std::mem::MaybeUninit<f32>],
             act: ::std::option::Option<$crate::chain::Activation>,
-        ) -> ::std::option::Option<usize> {
+        ) -> ::std::option::Option<&'y mut [f32]> {
             $crate::chain::forward_row(self, x, y, act, &mut ::std::option::Option::None)
         }
 
         #[inline]
-        fn forward_row_spill(
+        fn forward_row_spill<'y>(
             &self,
             x: &[f32],
-            y: &mut [::std::mem::MaybeUninit<f32>],
+            y: &'y mut [::std::mem::MaybeUninit<f32>],
             act: ::std::option::Option<$crate::chain::Activation>,
             spill: &mut ::std::option::Option<$crate::Tensor>,
-        ) -> ::std::option::Option<usize> {
+        ) -> ::std::option::Option<&'y mut [f32]> {
             $crate::chain::forward_row(self, x, y, act, spill)
         }
 
@@ -360,21 +360,21 @@ impl<T: Forward + ?Sized> Forward for Box<T> {
     fn forward_fused(&self, x: &Tensor, act: crate::forward::Activation) -> Result<Tensor> {
         (**self).forward_fused(x, act)
     }
-    fn forward_row(
+    fn forward_row<'y>(
         &self,
         x: &[f32],
-        y: &mut [std::mem::MaybeUninit<f32>],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
         act: Option<crate::forward::Activation>,
-    ) -> Option<usize> {
+    ) -> Option<&'y mut [f32]> {
         (**self).forward_row(x, y, act)
     }
-    fn forward_row_spill(
+    fn forward_row_spill<'y>(
         &self,
         x: &[f32],
-        y: &mut [std::mem::MaybeUninit<f32>],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
         act: Option<crate::forward::Activation>,
         spill: &mut Option<Tensor>,
-    ) -> Option<usize> {
+    ) -> Option<&'y mut [f32]> {
         (**self).forward_row_spill(x, y, act, spill)
     }
     fn forward_dims(&self, x: &Tensor, dims: Dims) -> Result<(Tensor, Dims)> {

@@ -128,12 +128,12 @@ impl Forward for Dropout {
         Ok(x)
     }
 
-    fn forward_row(
+    fn forward_row<'y>(
         &self,
         x: &[f32],
-        y: &mut [std::mem::MaybeUninit<f32>],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
         act: Option<crate::forward::Activation>,
-    ) -> Option<usize> {
+    ) -> Option<&'y mut [f32]> {
         crate::forward::copy_row(x, y, act)
     }
 

@@ -167,17 +167,18 @@ pub trait Forward: Module {
     /// Batch-1 inference on one sample's values, for the chain engine's
     /// row path: writes what [`Forward::forward`] computes for a one-row
     /// input (followed by `act`, when given) into the start of `y` and
-    /// returns its length; or `None`, writing nothing, when the module has
+    /// returns those values (the chain takes only a slice that starts
+    /// where `y` does: anything else counts as `None`); or `None` when the module has
     /// no such path, the output does not fit `y`, or the input is not one
     /// it takes: the chain then goes on with tensors, which report the
     /// error. Not public API.
     #[doc(hidden)]
-    fn forward_row(
+    fn forward_row<'y>(
         &self,
         x: &[f32],
-        y: &mut [std::mem::MaybeUninit<f32>],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
         act: Option<Activation>,
-    ) -> Option<usize> {
+    ) -> Option<&'y mut [f32]> {
         let _ = (x, y, act);
         None
     }
@@ -187,13 +188,13 @@ pub trait Forward: Module {
     /// output in `spill` and return `None`, and the caller goes on from
     /// that tensor instead of running the module again. Not public API.
     #[doc(hidden)]
-    fn forward_row_spill(
+    fn forward_row_spill<'y>(
         &self,
         x: &[f32],
-        y: &mut [std::mem::MaybeUninit<f32>],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
         act: Option<Activation>,
         spill: &mut Option<Tensor>,
-    ) -> Option<usize> {
+    ) -> Option<&'y mut [f32]> {
         let _ = spill;
         self.forward_row(x, y, act)
     }
@@ -470,16 +471,16 @@ pub trait Backward: Forward {
 /// The row path of a module that passes its input through (`Identity`,
 /// `Dropout` in inference), and the end of a nested chain's: `x` copied
 /// into `y`, then `act`; `None` when it does not fit.
-pub(crate) fn copy_row(
+pub(crate) fn copy_row<'y>(
     x: &[f32],
-    y: &mut [std::mem::MaybeUninit<f32>],
+    y: &'y mut [std::mem::MaybeUninit<f32>],
     act: Option<Activation>,
-) -> Option<usize> {
+) -> Option<&'y mut [f32]> {
     let y = y.get_mut(..x.len())?.write_copy_of_slice(x);
     if let Some(act) = act {
         act.apply(y);
     }
-    Some(y.len())
+    Some(y)
 }
 
 /// Checks that `x` holds samples of shape `dims` and that `m` can take

@@ -508,12 +508,12 @@ impl Forward for Linear {
         self.infer(x, Some(act))
     }
 
-    fn forward_row(
+    fn forward_row<'y>(
         &self,
         x: &[f32],
-        y: &mut [std::mem::MaybeUninit<f32>],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
         act: Option<Activation>,
-    ) -> Option<usize> {
+    ) -> Option<&'y mut [f32]> {
         if x.len() != self.in_features() {
             // The tensor path reports it.
             return None;
@@ -532,7 +532,7 @@ impl Forward for Linear {
         {
             act.apply(y);
         }
-        Some(n)
+        Some(y)
     }
 }
 
