@@ -40,6 +40,66 @@ fn latency(c: &mut Criterion) {
     }
 }
 
+/// Other small chains at batch 1 (sizes off the multiples of 16, without
+/// bias, activations other than ReLU, weights from L1 to L2), through
+/// `forward` and `forward_into`: `cargo bench -p nnrs-bench --bench
+/// latency -- chains/`.
+fn chains(c: &mut Criterion) {
+    nncore::ops::set_num_threads(1);
+    let models: Vec<(&str, usize, Sequential)> = vec![
+        (
+            "10-50-1-sigmoid",
+            10,
+            nncore::seq![
+                Linear::new(10, 50),
+                ReLU::new(),
+                Linear::new(50, 1),
+                Sigmoid::new()
+            ],
+        ),
+        (
+            "17-33-5-nobias-gelu",
+            17,
+            nncore::seq![
+                Linear::new_no_bias(17, 33),
+                GELU::new(),
+                Linear::new_no_bias(33, 5)
+            ],
+        ),
+        (
+            "64x3-tanh",
+            64,
+            nncore::seq![
+                Linear::new(64, 64),
+                Tanh::new(),
+                Linear::new(64, 64),
+                Tanh::new(),
+                Linear::new(64, 64)
+            ],
+        ),
+        (
+            "784-128-10",
+            784,
+            nncore::seq![Linear::new(784, 128), ReLU::new(), Linear::new(128, 10)],
+        ),
+        (
+            "1000-100-3",
+            1000,
+            nncore::seq![Linear::new(1000, 100), ReLU::new(), Linear::new(100, 3)],
+        ),
+    ];
+    for (name, k, m) in &models {
+        let x = input(1, *k, 1);
+        let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
+        c.bench_function(&format!("chains/{name}/b1/forward"), |b| {
+            b.iter(|| m.forward(black_box(&x)).unwrap())
+        });
+        c.bench_function(&format!("chains/{name}/b1/forward_into"), |b| {
+            b.iter(|| m.forward_into(black_box(&x), &mut out, &mut ws).unwrap())
+        });
+    }
+}
+
 /// The small-batch kernel (`rows_axpy`) against `ops::matmul` on the
 /// workloads' forward products `x W^T`, one thread. `matmul` runs that
 /// same kernel up to 8 rows and faer's GEMM above, so `m16` is the
@@ -203,6 +263,6 @@ fn load_bound(_: &mut Criterion) {}
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = latency, crossover, few_rows, kernels, load_bound
+    targets = latency, chains, crossover, few_rows, kernels, load_bound
 }
 criterion_main!(benches);
