@@ -546,15 +546,9 @@ impl Linear {
         if rows == 1
             && let Some(p) = self.packed.current(&self.weight, self.bias.as_ref())
         {
-            let relu = act == Some(Activation::Relu);
             let mut out = Tensor::zeros(1, cols);
             // SAFETY: as in `infer_into`.
-            unsafe { p.row1(x.as_slice(), out.as_mut_slice(), relu) };
-            if let Some(act) = act
-                && !relu
-            {
-                act.apply(out.as_mut_slice());
-            }
+            unsafe { row1(p, x.as_slice(), out.as_mut_slice(), act) };
             return Ok(out);
         }
         let mut out = if self.packed_rows(rows) {
@@ -591,16 +585,10 @@ impl Linear {
         if x.nrows() == 1
             && let Some(p) = self.packed.current(&self.weight, self.bias.as_ref())
         {
-            let relu = act == Some(Activation::Relu);
             // SAFETY: the packed copy of this weight and bias, current;
             // `x` holds `in_features` values (checked above) and `out`
             // one row of `out_features`.
-            unsafe { p.row1(x.as_slice(), out.as_mut_slice(), relu) };
-            if let Some(act) = act
-                && !relu
-            {
-                act.apply(out.as_mut_slice());
-            }
+            unsafe { row1(p, x.as_slice(), out.as_mut_slice(), act) };
             return Ok(());
         }
         if self.packed_rows(x.nrows()) {
@@ -734,6 +722,24 @@ unsafe fn apply_packed(
         );
     }
     act.is_none() || relu
+}
+
+/// One row on the packed copy `p` into `y`, then `act` (a ReLU inside the
+/// kernel).
+///
+/// # Safety
+/// `p` is the layer's current packed copy; `x` holds its `in_features`
+/// values, `y` its `out_features`.
+#[inline]
+unsafe fn row1(p: &packed::Packed, x: &[f32], y: &mut [f32], act: Option<Activation>) {
+    let relu = act == Some(Activation::Relu);
+    // SAFETY: the caller's.
+    unsafe { p.row1(x, y, relu) };
+    if let Some(act) = act
+        && !relu
+    {
+        act.apply(y);
+    }
 }
 
 /// Batches of up to this many rows on weights below [`TRANSPOSE_MIN`]
