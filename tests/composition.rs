@@ -594,6 +594,7 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
         gelu: GELU,
         same: Identity,
         fc4: Linear,
+        soft: Softmax,
     }
     #[derive(Module)]
     struct Mixed {
@@ -604,6 +605,7 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
         wide: Linear,
         fc2: Linear,
         sig: Sigmoid,
+        soft: Softmax,
     }
     let rows = nncore::with_seed(7, || Rows {
         fc1: Linear::new(37, 50),
@@ -615,6 +617,7 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
         gelu: GELU::new(),
         same: Identity::new(),
         fc4: Linear::new(130, 3),
+        soft: Softmax::new(-1),
     });
     let mixed = nncore::with_seed(8, || Mixed {
         fc1: Linear::new(37, 20),
@@ -624,15 +627,16 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
         wide: Linear::new(9, 1500),
         fc2: Linear::new(1500, 4),
         sig: Sigmoid::new(),
+        soft: Softmax::new(0),
     });
     let one_by_one = |layers: &[&dyn Forward], x: &Tensor| {
         layers.iter().fold(x.clone(), |h, m| m.forward(&h).unwrap())
     };
-    let rows_layers: [&dyn Forward; 9] = [
+    let rows_layers: [&dyn Forward; 10] = [
         &rows.fc1, &rows.act, &rows.fc2, &rows.tanh, &rows.drop, &rows.fc3, &rows.gelu, &rows.same,
-        &rows.fc4,
+        &rows.fc4, &rows.soft,
     ];
-    let mixed_layers: [&dyn Forward; 7] = [
+    let mixed_layers: [&dyn Forward; 8] = [
         &mixed.fc1,
         &mixed.act,
         &mixed.norm,
@@ -640,7 +644,18 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
         &mixed.wide,
         &mixed.fc2,
         &mixed.sig,
+        &mixed.soft,
     ];
+    #[derive(Module)]
+    struct Batchwise {
+        fc: Linear,
+        soft: Softmax,
+    }
+    let batchwise = nncore::with_seed(12, || Batchwise {
+        fc: Linear::new(37, 6),
+        soft: Softmax::new(0),
+    });
+    let batchwise_layers: [&dyn Forward; 2] = [&batchwise.fc, &batchwise.soft];
     let mut ws = nncore::Workspace::new();
     let mut out = Tensor::zeros(0, 0);
     // Enough calls for every layer's packed copy (made after 32 rows).
@@ -649,6 +664,7 @@ fn batch_1_chains_equal_the_layers_one_by_one() {
         for (model, layers) in [
             (&rows as &dyn Forward, &rows_layers[..]),
             (&mixed as &dyn Forward, &mixed_layers[..]),
+            (&batchwise as &dyn Forward, &batchwise_layers[..]),
         ] {
             let want = one_by_one(layers, &x);
             assert_eq!(want.shape().0, 1);

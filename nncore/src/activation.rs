@@ -682,6 +682,44 @@ impl Forward for Softmax {
         ensure_shape(out, x.nrows(), x.ncols());
         self.compute(x, out)
     }
+
+    fn forward_row<'y>(
+        &self,
+        x: &[f32],
+        y: &'y mut [std::mem::MaybeUninit<f32>],
+        act: Option<crate::forward::Activation>,
+    ) -> Option<&'y mut [f32]> {
+        // One row: along the features it is one line, along the batch
+        // every value is a line of its own (as `compute` goes).
+        let over_features = self.over_features().ok()?;
+        let y = y.get_mut(..x.len())?.write_copy_of_slice(x);
+        if over_features {
+            softmax_line(y);
+        } else {
+            for v in y.iter_mut() {
+                softmax_line(std::slice::from_mut(v));
+            }
+        }
+        if let Some(act) = act {
+            act.apply(y);
+        }
+        Some(y)
+    }
+}
+
+/// Softmax of one line in place, in `Softmax::compute`'s order (the same
+/// bits): the maximum, the shifted exponentials and their sum, then the
+/// quotients.
+fn softmax_line(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for e in v.iter_mut() {
+        *e = (*e - max).exp();
+        sum += *e;
+    }
+    for e in v.iter_mut() {
+        *e /= sum;
+    }
 }
 
 impl Backward for Softmax {
