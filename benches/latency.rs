@@ -43,12 +43,13 @@ fn latency(c: &mut Criterion) {
 /// Other small chains at batch 1 (sizes off the multiples of 16, without
 /// bias, activations other than ReLU, weights from L1 to L2), through
 /// `forward` and `forward_into`: `cargo bench -p nnrs-bench --bench
-/// latency -- chains/`.
+/// latency -- chain_` (`scripts/bench_pytorch.py --latency --peers` runs
+/// them in PyTorch, candle and Burn too).
 fn chains(c: &mut Criterion) {
     nncore::ops::set_num_threads(1);
     let models: Vec<(&str, usize, Sequential)> = vec![
         (
-            "10-50-1-sigmoid",
+            "10_50_1_sigmoid",
             10,
             nncore::seq![
                 Linear::new(10, 50),
@@ -58,7 +59,7 @@ fn chains(c: &mut Criterion) {
             ],
         ),
         (
-            "17-33-5-nobias-gelu",
+            "17_33_5_nobias_gelu",
             17,
             nncore::seq![
                 Linear::new_no_bias(17, 33),
@@ -67,7 +68,7 @@ fn chains(c: &mut Criterion) {
             ],
         ),
         (
-            "64x3-tanh",
+            "64x3_tanh",
             64,
             nncore::seq![
                 Linear::new(64, 64),
@@ -78,12 +79,12 @@ fn chains(c: &mut Criterion) {
             ],
         ),
         (
-            "784-128-10",
+            "784_128_10",
             784,
             nncore::seq![Linear::new(784, 128), ReLU::new(), Linear::new(128, 10)],
         ),
         (
-            "1000-100-3",
+            "1000_100_3",
             1000,
             nncore::seq![Linear::new(1000, 100), ReLU::new(), Linear::new(100, 3)],
         ),
@@ -91,10 +92,10 @@ fn chains(c: &mut Criterion) {
     for (name, k, m) in &models {
         let x = input(1, *k, 1);
         let (mut out, mut ws) = (Tensor::zeros(0, 0), Workspace::new());
-        c.bench_function(&format!("chains/{name}/b1/forward"), |b| {
+        c.bench_function(&format!("chain_{name}_b1_fwd"), |b| {
             b.iter(|| m.forward(black_box(&x)).unwrap())
         });
-        c.bench_function(&format!("chains/{name}/b1/forward_into"), |b| {
+        c.bench_function(&format!("chain_{name}_b1_fwd_into"), |b| {
             b.iter(|| m.forward_into(black_box(&x), &mut out, &mut ws).unwrap())
         });
     }

@@ -13,7 +13,8 @@ median of each round's ratio are printed): this VM's speed drifts by up to
 1.4x between minutes, so one round's ratio can be off by that much.
 
 With --latency: the small-batch forwards of `cargo bench -p nnrs-bench --bench latency`
-(SimpleNet and the 784-1024-1024-10 MLP at batch 1 to 16), each framework
+(SimpleNet and the 784-1024-1024-10 MLP at batch 1 to 16, and five other
+small chains at batch 1), each framework
 in --runs separate processes (PyTorch, nncore's criterion bench, and with
 --peers candle and Burn from benches/peers, built beforehand with
 `cd benches/peers && cargo build --release`), the median of the runs per
@@ -101,6 +102,17 @@ def pytorch_times():
     return out
 
 
+# The other small chains of benches/latency.rs (`chains`), at batch 1.
+CHAINS = {
+    "10_50_1_sigmoid": lambda: nn.Sequential(nn.Linear(10, 50), nn.ReLU(), nn.Linear(50, 1), nn.Sigmoid()),
+    "17_33_5_nobias_gelu": lambda: nn.Sequential(nn.Linear(17, 33, bias=False), nn.GELU(), nn.Linear(33, 5, bias=False)),
+    "64x3_tanh": lambda: nn.Sequential(
+        nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64)),
+    "784_128_10": lambda: nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)),
+    "1000_100_3": lambda: nn.Sequential(nn.Linear(1000, 100), nn.ReLU(), nn.Linear(100, 3)),
+}
+
+
 def pytorch_latency_times():
     torch.manual_seed(0)
     out = {}
@@ -112,6 +124,10 @@ def pytorch_latency_times():
             out[f"simple_b{b}_fwd"] = median_time(lambda: net(x), min_time=1.0)
             x = torch.empty(b, 784).uniform_(-1, 1)
             out[f"mlp_b{b}_fwd"] = median_time(lambda: big(x), min_time=1.0)
+        for name, make in CHAINS.items():
+            net = make().eval()
+            x = torch.empty(1, net[0].in_features).uniform_(-1, 1)
+            out[f"chain_{name}_b1_fwd"] = median_time(lambda: net(x), min_time=1.0)
     return out
 
 
@@ -277,6 +293,15 @@ def latency_main(args):
             line += "".join(f" {fmt(med[fw][k]):>11}" for fw in peers)
             line += "".join(f" {med[fw][k] / ours:>14.1f}x" for fw in peers if ours)
             print(line)
+    for name in CHAINS:
+        k = f"chain_{name}_b1_fwd"
+        ours = med["nncore"].get(k)
+        into = med["nncore"].get(k + "_into")
+        print(f"{name} (batch 1)")
+        line = f"{'':<18} {fmt(ours) if ours else '-':>11} {fmt(into) if into else '-':>11}"
+        line += "".join(f" {fmt(med[fw][k]):>11}" for fw in peers)
+        line += "".join(f" {med[fw][k] / ours:>14.1f}x" for fw in peers if ours)
+        print(line)
     json.dump(med, sys.stderr)
     print(file=sys.stderr)
 

@@ -372,6 +372,7 @@ multiversion! {
 }
 
 mod row1;
+pub(crate) mod vmath;
 
 /// The length of the optional tail block of a packed weight (see
 /// [`row_packed`]) for `k` inputs and `n` outputs: when `n % 16` is 1 to
@@ -2642,22 +2643,30 @@ pub fn map_into<F: Fn(f32) -> f32 + Sync>(x: &[f32], out: &mut [f32], f: F) {
     });
 }
 
-fn map_into_serial<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
+fn map_into_serial<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: &F) {
     #[inline(always)]
-    fn body<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
+    fn body<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: &F) {
         for (o, v) in out.iter_mut().zip(x) {
-            *o = f(*v);
+            *o = (*f)(*v);
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,fma")]
-    fn avx512<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: F) {
+    fn avx512<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: &F) {
+        body(x, out, f);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: &F) {
         body(x, out, f);
     }
     match best() {
         // SAFETY: `best` only returns variants the CPU supports.
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => unsafe { avx512(x, out, f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { avx2(x, out, f) },
         _ => body(x, out, f),
     }
 }
@@ -2668,22 +2677,30 @@ pub fn map_in_place<F: Fn(f32) -> f32 + Sync>(x: &mut [f32], f: F) {
     crate::threads::for_parts(x, &|x: &mut [f32]| map_in_place_serial(x, &f));
 }
 
-fn map_in_place_serial<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+fn map_in_place_serial<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
     #[inline(always)]
-    fn body<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    fn body<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
         for v in x.iter_mut() {
-            *v = f(*v);
+            *v = (*f)(*v);
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,fma")]
-    fn avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    fn avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
+        body(x, f);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
         body(x, f);
     }
     match best() {
         // SAFETY: `best` only returns variants the CPU supports.
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => unsafe { avx512(x, f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { avx2(x, f) },
         _ => body(x, f),
     }
 }
@@ -2704,22 +2721,30 @@ pub fn zip_map_into<F: Fn(f32, f32) -> f32 + Sync>(a: &[f32], b: &[f32], out: &m
     )| zip_map_into_serial(a, b, out, &f));
 }
 
-fn zip_map_into_serial<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+fn zip_map_into_serial<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: &F) {
     #[inline(always)]
-    fn body<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+    fn body<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: &F) {
         for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(*x, *y);
+            *o = (*f)(*x, *y);
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,fma")]
-    fn avx512<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+    fn avx512<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: &F) {
+        body(a, b, out, f);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: &F) {
         body(a, b, out, f);
     }
     match best() {
         // SAFETY: `best` only returns variants the CPU supports.
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => unsafe { avx512(a, b, out, f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { avx2(a, b, out, f) },
         _ => body(a, b, out, f),
     }
 }

@@ -5,6 +5,9 @@
 //!
 //!     cd benches/peers && RAYON_NUM_THREADS=1 cargo run --release
 //!     cd benches/peers && RAYON_NUM_THREADS=1 cargo run --release -- latency
+//!
+//! `latency` also runs the other small chains of `benches/latency.rs`
+//! (`CHAINS`: sizes off the multiples of 16, no bias, Sigmoid, GELU, Tanh).
 
 use std::time::Instant;
 
@@ -56,6 +59,64 @@ mod candle_runs {
                 }
             }
             h
+        }
+    }
+
+    struct Chain {
+        steps: Vec<Step>,
+    }
+
+    enum Step {
+        Linear(Linear),
+        Act(super::Layer),
+    }
+
+    impl Chain {
+        fn new(layers: &[super::Layer], vb: VarBuilder) -> Self {
+            use super::Layer as L;
+            let steps = layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| match *l {
+                    L::Linear(k, n, true) => Step::Linear(linear(k, n, vb.pp(format!("l{i}"))).unwrap()),
+                    L::Linear(k, n, false) => {
+                        Step::Linear(candle_nn::linear_no_bias(k, n, vb.pp(format!("l{i}"))).unwrap())
+                    }
+                    act => Step::Act(act),
+                })
+                .collect();
+            Self { steps }
+        }
+
+        fn forward(&self, x: &Tensor) -> Tensor {
+            use super::Layer as L;
+            let mut h = x.clone();
+            for s in &self.steps {
+                h = match s {
+                    Step::Linear(l) => l.forward(&h).unwrap(),
+                    Step::Act(L::Relu) => h.relu().unwrap(),
+                    Step::Act(L::Sigmoid) => candle_nn::ops::sigmoid(&h).unwrap(),
+                    Step::Act(L::Gelu) => h.gelu_erf().unwrap(),
+                    Step::Act(L::Tanh) => h.tanh().unwrap(),
+                    Step::Act(L::Linear(..)) => unreachable!(),
+                };
+            }
+            h
+        }
+    }
+
+    pub fn run_chains() {
+        let dev = Device::Cpu;
+        for (name, layers) in super::CHAINS {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+            let net = Chain::new(layers, vb);
+            let super::Layer::Linear(k, ..) = layers[0] else { unreachable!() };
+            let x = Tensor::rand(-1f32, 1f32, (1, k), &dev).unwrap();
+            let t = median_time(|| {
+                std::hint::black_box(net.forward(&x));
+            });
+            report("candle", &format!("chain_{name}_b1_fwd"), t);
         }
     }
 
@@ -119,6 +180,55 @@ mod burn_runs {
         }
     }
 
+    #[derive(Module, Debug)]
+    struct Chain {
+        linears: Vec<Linear>,
+    }
+
+    impl Chain {
+        fn new(layers: &[super::Layer], device: &Device) -> Self {
+            let linears = layers
+                .iter()
+                .filter_map(|l| match *l {
+                    super::Layer::Linear(k, n, bias) => Some(LinearConfig::new(k, n).with_bias(bias).init(device)),
+                    _ => None,
+                })
+                .collect();
+            Self { linears }
+        }
+
+        fn forward(&self, layers: &[super::Layer], x: Tensor<2>) -> Tensor<2> {
+            use super::Layer as L;
+            use burn::tensor::activation as a;
+            let mut h = x;
+            let mut next = self.linears.iter();
+            for l in layers {
+                h = match l {
+                    L::Linear(..) => next.next().unwrap().forward(h),
+                    L::Relu => a::relu(h),
+                    L::Sigmoid => a::sigmoid(h),
+                    L::Gelu => a::gelu(h),
+                    L::Tanh => a::tanh(h),
+                };
+            }
+            h
+        }
+    }
+
+    pub fn run_chains() {
+        let device = Device::flex();
+        for (name, layers) in super::CHAINS {
+            let net = Chain::new(layers, &device);
+            let super::Layer::Linear(k, ..) = layers[0] else { unreachable!() };
+            let x = Tensor::<2>::random([1, k], Distribution::Uniform(-1.0, 1.0), &device);
+            let t = median_time(|| {
+                let y = net.forward(layers, x.clone());
+                std::hint::black_box(y.into_data());
+            });
+            report("burn", &format!("chain_{name}_b1_fwd"), t);
+        }
+    }
+
     pub fn run() {
         for (name, sizes, batch, train) in super::workloads() {
             let t = if train {
@@ -154,6 +264,28 @@ mod burn_runs {
 }
 
 const SIMPLE: &[usize] = &[100, 50, 10];
+
+/// A step of the small chains: `Linear(in, out, bias)` or an activation.
+#[derive(Clone, Copy, Debug)]
+enum Layer {
+    Linear(usize, usize, bool),
+    Relu,
+    Sigmoid,
+    Gelu,
+    Tanh,
+}
+
+/// The other small chains of `benches/latency.rs` (`chains`), at batch 1.
+const CHAINS: &[(&str, &[Layer])] = {
+    use Layer::*;
+    &[
+        ("10_50_1_sigmoid", &[Linear(10, 50, true), Relu, Linear(50, 1, true), Sigmoid]),
+        ("17_33_5_nobias_gelu", &[Linear(17, 33, false), Gelu, Linear(33, 5, false)]),
+        ("64x3_tanh", &[Linear(64, 64, true), Tanh, Linear(64, 64, true), Tanh, Linear(64, 64, true)]),
+        ("784_128_10", &[Linear(784, 128, true), Relu, Linear(128, 10, true)]),
+        ("1000_100_3", &[Linear(1000, 100, true), Relu, Linear(100, 3, true)]),
+    ]
+};
 const MLP: &[usize] = &[784, 1024, 1024, 10];
 
 /// `(name, layer sizes, batch, train)`: the five workloads, or with
@@ -180,4 +312,8 @@ fn workloads() -> Vec<(String, &'static [usize], usize, bool)> {
 fn main() {
     candle_runs::run();
     burn_runs::run();
+    if std::env::args().nth(1).as_deref() == Some("latency") {
+        candle_runs::run_chains();
+        burn_runs::run_chains();
+    }
 }

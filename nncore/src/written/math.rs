@@ -4,7 +4,7 @@
 //! operations broadcast a dimension of size 1 against any size, and their
 //! gradients are summed back over the broadcast dimension.
 
-use crate::activation::{gelu, gelu_derivative, sigmoid};
+use crate::activation::{gelu, gelu_derivative, sigmoid, tanh};
 use crate::kernels::{map_into, zip_map_into};
 use crate::ops::ensure_shape;
 use crate::{Dims, GeluApproximate, Tensor};
@@ -67,9 +67,9 @@ pub(crate) fn unary_into(k: Unary, x: &Tensor, out: &mut Tensor) {
         Unary::Relu => map_into(x, o, |v| if v < 0.0 { 0.0 } else { v }),
         Unary::LeakyRelu(s) => map_into(x, o, |v| if v > 0.0 { v } else { v * s }),
         Unary::Sigmoid => map_into(x, o, sigmoid),
-        Unary::Tanh => map_into(x, o, f32::tanh),
-        Unary::Gelu(a) => map_into(x, o, |v| gelu(v, a)),
-        Unary::Exp => map_into(x, o, f32::exp),
+        Unary::Tanh => map_into(x, o, tanh),
+        Unary::Gelu(a) => map_into(x, o, #[inline(always)] |v| gelu(v, a)),
+        Unary::Exp => map_into(x, o, crate::kernels::vmath::exp),
         Unary::Log => map_into(x, o, f32::ln),
         Unary::Sqrt => map_into(x, o, f32::sqrt),
     }
