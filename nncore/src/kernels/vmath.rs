@@ -37,14 +37,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     // ln 2 = C1 + C2, C1 with 9 significant bits: n * C1 is exact.
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    // Comparisons false on NaN: NaN passes through to the result.
-    let xc = if x > EXP_HI {
-        EXP_HI
-    } else if x < EXP_LO {
-        EXP_LO
-    } else {
-        x
-    };
+    // `clamp` keeps NaN: it passes through to the result.
+    let xc = x.clamp(EXP_LO, EXP_HI);
     let shifted = xc * LOG2E + ROUND;
     let n = shifted - ROUND;
     let r = (xc - n * C1) - n * C2;
@@ -76,8 +70,8 @@ pub(crate) fn exp(x: f32) -> f32 {
 pub(crate) fn tanh(x: f32) -> f32 {
     let z = x * x;
     let small =
-        ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 0.133_314_42) * z
-            - 0.333_332_82)
+        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 0.133_314_42) * z
+            - 0.333_332_8)
             * z
             * x
             + x;
