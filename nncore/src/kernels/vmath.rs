@@ -42,11 +42,13 @@ pub(crate) fn exp(x: f32) -> f32 {
     let shifted = xc * LOG2E + ROUND;
     let n = shifted - ROUND;
     let r = (xc - n * C1) - n * C2;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
-        + 0.5;
-    let y = p * (r * r) + r + 1.0;
+    // The polynomial in Estrin's order (pairs, then r^2 and r^4): about
+    // half Horner's dependent steps, for the latency of short rows.
+    let r2 = r * r;
+    let p = (0.5 + 0.166_666_65 * r)
+        + r2 * (4.166_579_6e-2 + 8.333_452e-3 * r)
+        + (r2 * r2) * (1.398_199_9e-3 + 1.987_569_1e-4 * r);
+    let y = p * r2 + r + 1.0;
     // n is in [-150, 128]: each half's 2^k is a normal float. The integer
     // n sits in the low bits of `shifted` (an `as` cast would be
     // saturating scalar code; NaN gives a NaN `y` whatever the scale).
@@ -69,12 +71,12 @@ pub(crate) fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn tanh(x: f32) -> f32 {
     let z = x * x;
-    let small =
-        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 0.133_314_42) * z
-            - 0.333_332_8)
-            * z
-            * x
-            + x;
+    let small = ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 0.133_314_42)
+        * z
+        - 0.333_332_8)
+        * z
+        * x
+        + x;
     let a = x.abs();
     let large = (1.0 - 2.0 / (exp(2.0 * a) + 1.0)).copysign(x);
     // NaN: `a < 0.625` is false and `large` is NaN.
@@ -98,10 +100,20 @@ fn exp_f64(x: f64) -> f64 {
     let shifted = xc * std::f64::consts::LOG2_E + ROUND64;
     let n = shifted - ROUND64;
     let r = xc - n * std::f64::consts::LN_2;
-    let mut p = 1.0 / 362_880.0;
-    for c in [40_320.0, 5_040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
-        p = p * r + 1.0 / c;
-    }
+    // Taylor's 1/k! in Estrin's order (constant reciprocals: multiplies).
+    const F: [f64; 10] = {
+        let mut f = [1.0; 10];
+        let mut k = 2;
+        while k < 10 {
+            f[k] = f[k - 1] / k as f64;
+            k += 1;
+        }
+        f
+    };
+    let (r2, r4) = (r * r, (r * r) * (r * r));
+    let p = ((1.0 + r) + r2 * (F[2] + F[3] * r))
+        + r4 * ((F[4] + F[5] * r) + r2 * (F[6] + F[7] * r))
+        + (r4 * r4) * (F[8] + F[9] * r);
     // n in [-1010, 1]: 2^n is a normal double, its exponent field n + 1023.
     let ni = shifted.to_bits().wrapping_sub(ROUND64.to_bits());
     p * f64::from_bits(ni.wrapping_add(1023) << 52)
@@ -117,14 +129,11 @@ pub(crate) fn gelu_erf(x: f32) -> f32 {
     let x = f64::from(x);
     let z = x.abs() * std::f64::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * z);
-    let p = -1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    // Numerical Recipes' coefficients of t^0..t^9, in Estrin's order.
+    let (t2, t4) = (t * t, (t * t) * (t * t));
+    let p = ((-1.265_512_23 + 1.000_023_68 * t) + t2 * (0.374_091_96 + 0.096_784_18 * t))
+        + t4 * ((-0.186_288_06 + 0.278_868_07 * t) + t2 * (-1.135_203_98 + 1.488_515_87 * t))
+        + (t4 * t4) * (-0.822_152_23 + 0.170_872_77 * t);
     let half_erfc = 0.5 * t * exp_f64(p - z * z);
     let y = if x > 0.0 {
         x * (1.0 - half_erfc)

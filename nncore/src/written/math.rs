@@ -68,7 +68,12 @@ pub(crate) fn unary_into(k: Unary, x: &Tensor, out: &mut Tensor) {
         Unary::LeakyRelu(s) => map_into(x, o, |v| if v > 0.0 { v } else { v * s }),
         Unary::Sigmoid => map_into(x, o, sigmoid),
         Unary::Tanh => map_into(x, o, tanh),
-        Unary::Gelu(a) => map_into(x, o, #[inline(always)] |v| gelu(v, a)),
+        Unary::Gelu(a) => map_into(
+            x,
+            o,
+            #[inline(always)]
+            |v| gelu(v, a),
+        ),
         Unary::Exp => map_into(x, o, crate::kernels::vmath::exp),
         Unary::Log => map_into(x, o, f32::ln),
         Unary::Sqrt => map_into(x, o, f32::sqrt),
