@@ -42,7 +42,7 @@ fn latency(c: &mut Criterion) {
 
 /// Other small chains at batch 1 (sizes off the multiples of 16, without
 /// bias, activations other than ReLU, weights from L1 to L2), through
-/// `forward` and `forward_into`: `cargo bench -p nnrs-bench --bench
+/// `forward` and `forward_into`, beside the time to read their weights: `cargo bench -p nnrs-bench --bench
 /// latency -- chain_` (`scripts/bench_pytorch.py --latency --peers` runs
 /// them in PyTorch, candle and Burn too).
 fn chains(c: &mut Criterion) {
@@ -98,7 +98,67 @@ fn chains(c: &mut Criterion) {
         c.bench_function(&format!("chain_{name}_b1_fwd_into"), |b| {
             b.iter(|| m.forward_into(black_box(&x), &mut out, &mut ws).unwrap())
         });
+        // The floor of any batch-1 forward: reading the chain's weights
+        // once (a bare 128-lane sum over as many bytes). Past L1 (32 KiB
+        // here) both run at the L2's streaming rate.
+        let n: usize = m
+            .named_parameters()
+            .iter()
+            .map(|(_, p)| p.value().len())
+            .sum();
+        let w = vec![0.5f32; n.next_multiple_of(128)];
+        c.bench_function(&format!("chain_{name}_b1_read_weights"), |b| {
+            b.iter(|| read_all(black_box(&w)))
+        });
     }
+}
+
+/// The sum of `w` (a multiple of 128 values long): eight independent
+/// 16-wide AVX-512 sums, one 64-byte load per 16 values, the most loads a
+/// core issues; 8-wide AVX sums on other x86 CPUs.
+fn read_all(w: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        fn zmm(w: &[f32]) -> f32 {
+            let mut a = [_mm512_setzero_ps(); 8];
+            for c in w.chunks_exact(128) {
+                for (j, a) in a.iter_mut().enumerate() {
+                    // SAFETY: `c` holds 128 values; 16 * j + 16 <= 128.
+                    *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(c.as_ptr().add(16 * j)) });
+                }
+            }
+            a.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+        }
+        #[target_feature(enable = "avx")]
+        fn ymm(w: &[f32]) -> f32 {
+            let mut a = [_mm256_setzero_ps(); 8];
+            for c in w.chunks_exact(64) {
+                for (j, a) in a.iter_mut().enumerate() {
+                    // SAFETY: `c` holds 64 values; 8 * j + 8 <= 64.
+                    *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * j)) });
+                }
+            }
+            let mut out = [0.0f32; 8];
+            for v in a {
+                let mut l = [0.0f32; 8];
+                // SAFETY: `l` holds 8 values.
+                unsafe { _mm256_storeu_ps(l.as_mut_ptr(), v) };
+                out.iter_mut().zip(l).for_each(|(o, l)| *o += l);
+            }
+            out.iter().sum()
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { zmm(w) };
+        }
+        if is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX.
+            return unsafe { ymm(w) };
+        }
+    }
+    w.iter().sum()
 }
 
 /// The small-batch kernel (`rows_axpy`) against `ops::matmul` on the
