@@ -640,7 +640,7 @@ impl Softmax {
                 .fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0f32;
             for k in 0..len {
-                let e = (x[at(line, k)] - max).exp();
+                let e = crate::kernels::vmath::exp(x[at(line, k)] - max);
                 out[at(line, k)] = e;
                 sum += e;
             }
@@ -711,9 +711,10 @@ impl Forward for Softmax {
 /// quotients.
 fn softmax_line(v: &mut [f32]) {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // The exponentials as vector code, then their sum in order.
+    crate::kernels::map_in_place(v, |e| crate::kernels::vmath::exp(e - max));
     let mut sum = 0.0f32;
-    for e in v.iter_mut() {
-        *e = (*e - max).exp();
+    for e in v.iter() {
         sum += *e;
     }
     for e in v.iter_mut() {

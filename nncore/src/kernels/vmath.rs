@@ -204,6 +204,50 @@ mod tests {
         0.5 * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
     }
 
+    /// The element-wise kernels' vector code (the best variant this CPU
+    /// has, or the one `NNCORE_CPU` caps it at: CI runs all three) gives
+    /// each function's scalar bits, at every position of a vector.
+    #[test]
+    fn vector_code_gives_the_scalar_bits() {
+        let mut xs: Vec<f32> = (0..120.0f32.to_bits())
+            .step_by(4099)
+            .flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)])
+            .collect();
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        let fs: [(&str, fn(f32) -> f32); 5] = [
+            ("exp", exp),
+            ("tanh", tanh),
+            ("sigmoid", sigmoid),
+            ("gelu_erf", gelu_erf),
+            ("gelu_tanh", gelu_tanh),
+        ];
+        for (name, f) in fs {
+            let mut out = vec![0.0; xs.len()];
+            match name {
+                "exp" => super::super::map_into(&xs, &mut out, exp),
+                "tanh" => super::super::map_into(&xs, &mut out, tanh),
+                "sigmoid" => super::super::map_into(&xs, &mut out, sigmoid),
+                "gelu_erf" => super::super::map_into(&xs, &mut out, gelu_erf),
+                _ => super::super::map_into(&xs, &mut out, gelu_tanh),
+            }
+            for (x, y) in xs.iter().zip(&out) {
+                let want = std::hint::black_box(f)(*x);
+                assert!(
+                    y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+                    "{name}({x}): {y} in vector code, {want} alone"
+                );
+            }
+        }
+    }
+
     #[test]
     fn exp_is_within_1_ulp_over_its_whole_range() {
         let xs = grid(110.0);

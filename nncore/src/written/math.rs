@@ -5,6 +5,7 @@
 //! gradients are summed back over the broadcast dimension.
 
 use crate::activation::{gelu, gelu_derivative, sigmoid, tanh};
+use crate::kernels::vmath::exp;
 use crate::kernels::{map_into, zip_map_into};
 use crate::ops::ensure_shape;
 use crate::{Dims, GeluApproximate, Tensor};
@@ -74,7 +75,7 @@ pub(crate) fn unary_into(k: Unary, x: &Tensor, out: &mut Tensor) {
             #[inline(always)]
             |v| gelu(v, a),
         ),
-        Unary::Exp => map_into(x, o, crate::kernels::vmath::exp),
+        Unary::Exp => map_into(x, o, exp),
         Unary::Log => map_into(x, o, f32::ln),
         Unary::Sqrt => map_into(x, o, f32::sqrt),
     }
@@ -421,7 +422,7 @@ pub(crate) fn softmax_into(x: &Tensor, features: bool, log: bool, out: &mut Tens
             .fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
         for k in 0..len {
-            sum += (xs[idx(line, k)] - max).exp();
+            sum += exp(xs[idx(line, k)] - max);
         }
         if log {
             let lse = sum.ln();
@@ -430,7 +431,7 @@ pub(crate) fn softmax_into(x: &Tensor, features: bool, log: bool, out: &mut Tens
             }
         } else {
             for k in 0..len {
-                o[idx(line, k)] = (xs[idx(line, k)] - max).exp() / sum;
+                o[idx(line, k)] = exp(xs[idx(line, k)] - max) / sum;
             }
         }
     }
