@@ -52,8 +52,8 @@ impl Cache {
         Ok(())
     }
 
-    /// `grad_input = grad * df(x, y)` element-wise (`x` is only meaningful
-    /// when the forward saved it).
+    /// `grad_input = grad * df(x, y)` element-wise: `df(x, 0)` when the
+    /// forward saved its input, else `df(0, y)`.
     fn backward(
         &mut self,
         name: &str,
@@ -63,21 +63,21 @@ impl Cache {
     ) -> Result<&Tensor> {
         self.check(name, grad)?;
         if uses_input {
-            for (((d, g), x), y) in self
-                .grad_input
-                .as_mut_slice()
-                .iter_mut()
-                .zip(grad.as_slice())
-                .zip(self.input.as_slice())
-                .zip(self.output.as_slice())
-            {
-                *d = *g * df(*x, *y);
-            }
+            // The layers that keep their input take their slope from it
+            // alone.
+            crate::kernels::zip_map_into(
+                grad.as_slice(),
+                self.input.as_slice(),
+                self.grad_input.as_mut_slice(),
+                #[inline(always)]
+                |g, x| g * df(x, 0.0),
+            );
         } else {
             crate::kernels::zip_map_into(
                 grad.as_slice(),
                 self.output.as_slice(),
                 self.grad_input.as_mut_slice(),
+                #[inline(always)]
                 |g, y| g * df(0.0, y),
             );
         }
@@ -195,7 +195,7 @@ macro_rules! elementwise {
                 let result = {
                     let $ds = &*self;
                     cache
-                        .backward(stringify!($name), grad, $save, |$dx, $dy| $df)
+                        .backward(stringify!($name), grad, $save, #[inline(always)] |$dx, $dy| $df)
                         .map(|_| ())
                 };
                 self.cache = cache;
@@ -391,9 +391,6 @@ pub enum GeluApproximate {
     Tanh,
 }
 
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-const GELU_COEFF: f64 = 0.044_715;
-
 /// GELU of one value, vectorizable: the exact one within 2.5 ulp of `x *
 /// Phi(x)` (no cancellation in either tail), the tanh one in PyTorch's
 /// order of `f32` operations.
@@ -405,22 +402,12 @@ pub(crate) fn gelu(x: f32, approx: GeluApproximate) -> f32 {
     }
 }
 
+#[inline(always)]
 pub(crate) fn gelu_derivative(x: f32, approx: GeluApproximate) -> f32 {
-    let x = f64::from(x);
-    let d = match approx {
-        GeluApproximate::None => {
-            let cdf = 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            cdf + x * pdf
-        }
-        GeluApproximate::Tanh => {
-            let inner = SQRT_2_OVER_PI * (x + GELU_COEFF * x * x * x);
-            let t = inner.tanh();
-            let dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEFF * x * x);
-            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner
-        }
-    };
-    d as f32
+    match approx {
+        GeluApproximate::None => crate::kernels::vmath::gelu_erf_derivative(x),
+        GeluApproximate::Tanh => crate::kernels::vmath::gelu_tanh_derivative(x),
+    }
 }
 
 elementwise! {

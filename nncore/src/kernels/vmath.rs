@@ -119,14 +119,12 @@ fn exp_f64(x: f64) -> f64 {
     p * f64::from_bits(ni.wrapping_add(1023) << 52)
 }
 
-/// The exact GELU `x * Phi(x)` with `Phi(x) = erfc(-x / sqrt 2) / 2`,
-/// in `f64`: `erfc(|z|)` from Numerical Recipes' Chebyshev fit
-/// `t exp(-z^2 + P(t))`, `t = 1 / (1 + z/2)` (relative error below
-/// 1.2e-7 for every `z >= 0`), then `x * (1 - erfc/2)` for positive `x`
-/// and `x * erfc/2` for negative, so that neither tail cancels.
+/// `erfc(|x| / sqrt 2) / 2` in `f64` (so `Phi(x)` is this for negative
+/// `x` and one minus it for positive), from Numerical Recipes' Chebyshev
+/// fit `erfc(z) = t exp(-z^2 + P(t))`, `t = 1 / (1 + z/2)` (relative
+/// error below 1.2e-7 for every `z >= 0`).
 #[inline(always)]
-pub(crate) fn gelu_erf(x: f32) -> f32 {
-    let x = f64::from(x);
+fn half_erfc(x: f64) -> f64 {
     let z = x.abs() * std::f64::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * z);
     // Numerical Recipes' coefficients of t^0..t^9, in Estrin's order.
@@ -134,13 +132,30 @@ pub(crate) fn gelu_erf(x: f32) -> f32 {
     let p = ((-1.265_512_23 + 1.000_023_68 * t) + t2 * (0.374_091_96 + 0.096_784_18 * t))
         + t4 * ((-0.186_288_06 + 0.278_868_07 * t) + t2 * (-1.135_203_98 + 1.488_515_87 * t))
         + (t4 * t4) * (-0.822_152_23 + 0.170_872_77 * t);
-    let half_erfc = 0.5 * t * exp_f64(p - z * z);
-    let y = if x > 0.0 {
-        x * (1.0 - half_erfc)
-    } else {
-        x * half_erfc
-    };
+    0.5 * t * exp_f64(p - z * z)
+}
+
+/// The exact GELU `x * Phi(x)`, in `f64` from [`half_erfc`]: `x * (1 -
+/// erfc/2)` for positive `x` and `x * erfc/2` for negative, so that
+/// neither tail cancels.
+#[inline(always)]
+pub(crate) fn gelu_erf(x: f32) -> f32 {
+    let x = f64::from(x);
+    let h = half_erfc(x);
+    let y = if x > 0.0 { x * (1.0 - h) } else { x * h };
     y as f32
+}
+
+/// The exact GELU's derivative `Phi(x) + x phi(x)`, in `f64`
+/// (`phi(x) = e^(-x^2/2) / sqrt(2 pi)`).
+#[inline(always)]
+pub(crate) fn gelu_erf_derivative(x: f32) -> f32 {
+    const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+    let x = f64::from(x);
+    let h = half_erfc(x);
+    let cdf = if x > 0.0 { 1.0 - h } else { h };
+    let d = cdf + x * (INV_SQRT_2PI * exp_f64(-0.5 * (x * x)));
+    d as f32
 }
 
 /// PyTorch's `approximate='tanh'` GELU in its own order of `f32`
@@ -151,6 +166,20 @@ pub(crate) fn gelu_tanh(x: f32) -> f32 {
     const KAPPA: f32 = 0.044_715;
     let inner = BETA * (x + KAPPA * (x * x * x));
     0.5 * x * (1.0 + tanh(inner))
+}
+
+/// The derivative of [`gelu_tanh`] in `f32`, as PyTorch's backward
+/// computes it: `0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715
+/// x^2)` with `t = tanh(sqrt(2/pi) (x + 0.044715 x^3))`.
+#[inline(always)]
+pub(crate) fn gelu_tanh_derivative(x: f32) -> f32 {
+    const BETA: f32 = 0.797_884_6;
+    const KAPPA: f32 = 0.044_715;
+    let x2 = x * x;
+    let t = tanh(BETA * (x + KAPPA * (x2 * x)));
+    let left = 0.5 * (1.0 + t);
+    let right = 0.5 * x * ((1.0 - t * t) * (BETA * (1.0 + 3.0 * KAPPA * x2)));
+    left + right
 }
 
 #[cfg(test)]
@@ -222,30 +251,30 @@ mod tests {
             f32::MAX,
             f32::MIN,
         ]);
-        let fs: [(&str, fn(f32) -> f32); 5] = [
-            ("exp", exp),
-            ("tanh", tanh),
-            ("sigmoid", sigmoid),
-            ("gelu_erf", gelu_erf),
-            ("gelu_tanh", gelu_tanh),
-        ];
-        for (name, f) in fs {
-            let mut out = vec![0.0; xs.len()];
-            match name {
-                "exp" => super::super::map_into(&xs, &mut out, exp),
-                "tanh" => super::super::map_into(&xs, &mut out, tanh),
-                "sigmoid" => super::super::map_into(&xs, &mut out, sigmoid),
-                "gelu_erf" => super::super::map_into(&xs, &mut out, gelu_erf),
-                _ => super::super::map_into(&xs, &mut out, gelu_tanh),
-            }
-            for (x, y) in xs.iter().zip(&out) {
-                let want = std::hint::black_box(f)(*x);
-                assert!(
-                    y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
-                    "{name}({x}): {y} in vector code, {want} alone"
-                );
-            }
+        // A fn item each, as the layers pass them (so the call inlines).
+        macro_rules! check {
+            ($($f:ident),*) => {$(
+                let mut out = vec![0.0; xs.len()];
+                super::super::map_into(&xs, &mut out, $f);
+                for (x, y) in xs.iter().zip(&out) {
+                    let want = std::hint::black_box($f as fn(f32) -> f32)(*x);
+                    assert!(
+                        y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+                        "{}({x}): {y} in vector code, {want} alone",
+                        stringify!($f)
+                    );
+                }
+            )*};
         }
+        check!(
+            exp,
+            tanh,
+            sigmoid,
+            gelu_erf,
+            gelu_tanh,
+            gelu_erf_derivative,
+            gelu_tanh_derivative
+        );
     }
 
     #[test]
@@ -305,6 +334,53 @@ mod tests {
         assert_eq!(gelu_erf(f32::INFINITY), f32::INFINITY);
         assert!(gelu_erf(f32::NAN).is_nan());
         assert_eq!(gelu_erf(-20.0), 0.0);
+    }
+
+    #[test]
+    fn gelu_erf_derivative_is_phi_plus_x_pdf() {
+        let exact = |x: f64| {
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            phi(x) + x * pdf
+        };
+        // For negative x the two terms cancel (to 0 at x = -0.75): there
+        // the fit's error is absolute, against the terms' scale.
+        let (mut worst, mut worst_abs) = (0.0f64, 0.0f64);
+        for x in grid(20.0) {
+            let (got, want) = (gelu_erf_derivative(x), exact(f64::from(x)));
+            if !(-4.0..0.0).contains(&x) {
+                let e = ulps(got, want);
+                worst = worst.max(e);
+                assert!(e <= 3.0, "gelu'({x}) = {got}, not {want}: {e} ulp");
+            } else {
+                let e = (f64::from(got) - want).abs();
+                worst_abs = worst_abs.max(e);
+                assert!(e <= 7e-8, "gelu'({x}) = {got}, not {want}");
+            }
+        }
+        println!("worst: {worst} ulp; in [-4, 0) {worst_abs:e}");
+        assert_eq!(gelu_erf_derivative(0.0), 0.5);
+        assert_eq!(gelu_erf_derivative(30.0), 1.0);
+        assert_eq!(gelu_erf_derivative(-30.0), 0.0);
+        assert!(gelu_erf_derivative(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn gelu_tanh_derivative_is_its_formula() {
+        let f = |x: f64| {
+            let (b, k) = (0.797_884_560_802_865_4, 0.044_715);
+            let t = (b * (x + k * x * x * x)).tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * b * (1.0 + 3.0 * k * x * x)
+        };
+        for x in grid(12.0) {
+            let (got, want) = (f64::from(gelu_tanh_derivative(x)), f(f64::from(x)));
+            // 1 + t and 1 - t^2 cancel in f32 as in PyTorch: a few ulp of 1,
+            // times up to |x| times the slope's factor.
+            let tol = 4.0 * f64::from(f32::EPSILON) * (1.0 + f64::from(x).abs().powi(3));
+            assert!(
+                (got - want).abs() <= tol,
+                "gelu_tanh'({x}) = {got}, not {want}"
+            );
+        }
     }
 
     #[test]

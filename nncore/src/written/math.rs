@@ -90,7 +90,13 @@ pub(crate) fn unary_grad(k: Unary, x: &Tensor, y: &Tensor, g: &Tensor, dx: &mut 
         Unary::LeakyRelu(s) => zip_map_into(g, x, d, |g, x| if x > 0.0 { g } else { g * s }),
         Unary::Sigmoid => zip_map_into(g, y, d, |g, y| g * (y * (1.0 - y))),
         Unary::Tanh => zip_map_into(g, y, d, |g, y| g * (1.0 - y * y)),
-        Unary::Gelu(a) => zip_map_into(g, x, d, |g, x| g * gelu_derivative(x, a)),
+        Unary::Gelu(a) => zip_map_into(
+            g,
+            x,
+            d,
+            #[inline(always)]
+            |g, x| g * gelu_derivative(x, a),
+        ),
         Unary::Exp => zip_map_into(g, y, d, |g, y| g * y),
         Unary::Log => zip_map_into(g, x, d, |g, x| g / x),
         Unary::Sqrt => zip_map_into(g, y, d, |g, y| g / (2.0 * y)),
