@@ -257,6 +257,77 @@ fn layer_outputs_and_gradients_match_pytorch() {
     }
 }
 
+/// `|got - want|` in units of `want`'s last place (of the least normal
+/// float for smaller values).
+fn ulps_off(got: f32, want: f32) -> f64 {
+    let scale = f64::from(want.abs().max(f32::MIN_POSITIVE)) * f64::from(f32::EPSILON);
+    f64::from((got - want).abs()) / scale
+}
+
+/// The activations over their whole range (dense in [-12, 12], and where
+/// nncore's formulas switch branches or saturate), against PyTorch's CPU
+/// `float32` results: on one row (the batch-1 row path), as a column (a
+/// batch of single values) and in training, with the input gradient.
+#[test]
+fn activations_match_pytorch_over_their_whole_range() {
+    let fx = fixture("activations.json");
+    for case in fx["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let x = floats(&case["input"]);
+        let (want, w, want_dx) = (
+            floats(&case["output"]),
+            floats(&case["w"]),
+            floats(&case["grad_input"]),
+        );
+        let n = x.len();
+        // Allowed ulps, and absolute errors of outputs and gradients where
+        // float32 itself is off: PyTorch's GELU by up to 5e-7 (its erf has
+        // an absolute error of about 1e-7, 20% of gelu(-5)); the tanh GELU
+        // where `1 + tanh` cancels, and its slope where `1 - tanh^2` does
+        // (a tanh one ulp from +-1 in one library, +-1 in the other).
+        let (max_ulps, abs, abs_grad) = match name {
+            "gelu" => (4.0, 1e-6, 1e-6),
+            "gelu_tanh" => (8.0, 4e-7, 2e-6),
+            _ => (4.0, 1e-30, 1e-7),
+        };
+        let check = |got: &[f32], want: &[f32], what: &str, abs: f32| {
+            for i in 0..n.min(got.len()) {
+                let (g, e) = (got[i], want[i]);
+                assert!(
+                    ulps_off(g, e) <= max_ulps || (g - e).abs() <= abs,
+                    "{name} {what} at x = {}: {g}, PyTorch {e} ({:.1} ulp)",
+                    x[i],
+                    ulps_off(g, e)
+                );
+            }
+        };
+        let row = Tensor::from_row_slice(1, n, &x);
+        let mut layer = layer_for(name);
+        let y = layer.forward(&row).unwrap();
+        check(y.as_slice(), &want, "forward (one row)", abs);
+        if name != "softmax_1" {
+            // (A column is a batch of one-value softmaxes.)
+            let col = Tensor::from_row_slice(n, 1, &x);
+            check(
+                layer.forward(&col).unwrap().as_slice(),
+                &want,
+                "forward (a column)",
+                abs,
+            );
+            let y_train = layer.forward_train(&col).unwrap().clone();
+            check(y_train.as_slice(), &want, "forward_train", abs);
+            let g = Tensor::from_row_slice(n, 1, &w);
+            let dx = layer.backward(&g).unwrap();
+            check(dx.as_slice(), &want_dx, "grad_input", abs_grad);
+        } else {
+            layer.forward_train(&row).unwrap();
+            let g = Tensor::from_row_slice(1, n, &w);
+            let dx = layer.backward(&g).unwrap();
+            check(dx.as_slice(), &want_dx, "grad_input", abs_grad);
+        }
+    }
+}
+
 #[test]
 fn gradients_through_containers_match_pytorch() {
     let fx = fixture("composition.json");
