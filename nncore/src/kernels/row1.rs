@@ -104,12 +104,13 @@ mod x86 {
     use super::super::{Row1Fn, Row1Plan};
     use super::{DOT_TAIL_MAX, runs_half, tail_outputs};
     use std::arch::x86_64::{
-        __m256, __m512, __mmask8, __mmask16, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
-        _mm256_mask_storeu_ps, _mm256_maskz_loadu_ps, _mm256_max_ps, _mm256_permute_ps,
-        _mm256_permute2f128_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm512_add_ps,
-        _mm512_cvtss_f32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
-        _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_permute_ps,
-        _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps,
+        __m256, __m512, __m512i, __mmask8, __mmask16, _mm256_add_ps, _mm256_fmadd_ps,
+        _mm256_loadu_ps, _mm256_mask_storeu_ps, _mm256_maskz_loadu_ps, _mm256_max_ps,
+        _mm256_permute_ps, _mm256_permute2f128_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_storeu_ps, _mm512_add_ps, _mm512_cvtss_f32, _mm512_fmadd_ps, _mm512_loadu_ps,
+        _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps,
+        _mm512_max_ps, _mm512_permute_ps, _mm512_permutex2var_ps, _mm512_set1_ps,
+        _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps,
     };
 
     /// The first `count` lanes (`count <= 16`).
@@ -734,7 +735,12 @@ mod x86 {
     /// Outputs `j0 .. min(n, j0 + 16 * V)` of `M` rows of `y = x w + bias`
     /// (`x` column-major `m x k` from row `r0`, `y` column-major `m x n`):
     /// each weight vector is loaded once and used for the `M` rows, whose
-    /// `M * V` accumulators stay in registers.
+    /// `M * V` accumulators stay in registers. With `S` sets (1 to 4), the
+    /// weight rows go round the sets as in [`block`] (set 0 starts from the
+    /// bias) and the sets are summed at the end, `(s0 + s1) + (s2 + s3)`:
+    /// a narrow block's few accumulators would otherwise each wait for the
+    /// last multiply-add (four cycles) before the next, and 2 rows of 50x1
+    /// took as long as 50 of those waits.
     ///
     /// # Safety
     /// AVX-512F; as [`block`], and `x` / `y` hold `m` rows with
@@ -742,7 +748,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     #[allow(clippy::needless_range_loop)] // `r` and `v` index the tile
-    unsafe fn rows_block<const V: usize, const M: usize, const MASK: bool>(
+    unsafe fn rows_block<const V: usize, const M: usize, const S: usize, const MASK: bool>(
         y: *mut f32,
         m: usize,
         n: usize,
@@ -759,9 +765,9 @@ mod x86 {
         // and `y[(r0 + r, j)]` at `y + r0 + r + j * m`, both inside.
         unsafe {
             let last = lanes((n - j0 - 16 * (V - 1)).min(16));
-            let mut acc = [[_mm512_setzero_ps(); V]; M];
+            let mut acc = [[[_mm512_setzero_ps(); V]; M]; S];
             if !bias.is_null() {
-                for row in acc.iter_mut() {
+                for row in acc[0].iter_mut() {
                     for (v, a) in row.iter_mut().enumerate() {
                         *a = load::<MASK, V>(bias.add(j0 + 16 * v), v, last);
                     }
@@ -769,19 +775,81 @@ mod x86 {
             }
             let mut wrow = w.add(j0);
             let mut xp = x.add(r0);
-            for _ in 0..k {
+            // One weight row into set `s`.
+            let step = |set: &mut [[__m512; V]; M], wrow: *const f32, xp: *const f32| {
                 let mut wv = [_mm512_setzero_ps(); V];
                 for (v, t) in wv.iter_mut().enumerate() {
                     *t = load::<MASK, V>(wrow.add(16 * v), v, last);
                 }
-                for (r, row) in acc.iter_mut().enumerate() {
+                for (r, row) in set.iter_mut().enumerate() {
                     let xs = _mm512_set1_ps(*xp.add(r));
                     for (a, t) in row.iter_mut().zip(&wv) {
                         *a = _mm512_fmadd_ps(*t, xs, *a);
                     }
                 }
+            };
+            let full = k / S * S;
+            let mut p = 0;
+            while p < full {
+                for set in acc.iter_mut() {
+                    step(set, wrow, xp);
+                    wrow = wrow.add(stride);
+                    xp = xp.add(m);
+                }
+                p += S;
+            }
+            while p < k {
+                step(&mut acc[0], wrow, xp);
                 wrow = wrow.add(stride);
                 xp = xp.add(m);
+                p += 1;
+            }
+            let mut sums = acc[0];
+            if S > 1 {
+                for r in 0..M {
+                    for v in 0..V {
+                        let s = |i: usize| acc[i][r][v];
+                        sums[r][v] = match S {
+                            2 => _mm512_add_ps(s(0), s(1)),
+                            3 => _mm512_add_ps(_mm512_add_ps(s(0), s(1)), s(2)),
+                            _ => {
+                                _mm512_add_ps(_mm512_add_ps(s(0), s(1)), _mm512_add_ps(s(2), s(3)))
+                            }
+                        };
+                    }
+                }
+            }
+            let mut acc = sums;
+            if relu {
+                for a in acc.iter_mut().flatten() {
+                    *a = _mm512_max_ps(_mm512_setzero_ps(), *a);
+                }
+            }
+            if M == m && M > 1 {
+                // The whole batch: its outputs `j0..` are consecutive in
+                // `y`, the rows' values interleaved: by permutes and whole
+                // stores (the tile below costs a scalar load and store per
+                // value: 2 rows of 10x50 spent most of their 73 ns there).
+                for v in 0..V {
+                    let j = j0 + 16 * v;
+                    if j >= n {
+                        break;
+                    }
+                    let values = M * (n - j).min(16);
+                    for i in 0..M {
+                        let from = 16 * i;
+                        if from >= values {
+                            break;
+                        }
+                        let mut o = _mm512_permutex2var_ps(acc[0][v], weave(M, i, 1), acc[1][v]);
+                        for (s, row) in acc.iter().enumerate().skip(2) {
+                            o = _mm512_permutex2var_ps(o, weave(M, i, s), row[v]);
+                        }
+                        let dst = y.add(j * m + from);
+                        _mm512_mask_storeu_ps(dst, lanes((values - from).min(16)), o);
+                    }
+                }
+                return;
             }
             // Row-major sums to the column-major output, through a tile.
             let mut tile = [[0.0f32; 16]; M];
@@ -791,11 +859,7 @@ mod x86 {
                     break;
                 }
                 for r in 0..M {
-                    let mut sum = acc[r][v];
-                    if relu {
-                        sum = _mm512_max_ps(_mm512_setzero_ps(), sum);
-                    }
-                    _mm512_storeu_ps(tile[r].as_mut_ptr(), sum);
+                    _mm512_storeu_ps(tile[r].as_mut_ptr(), acc[r][v]);
                 }
                 for l in 0..(n - j).min(16) {
                     let out = y.add(r0 + (j + l) * m);
@@ -805,6 +869,47 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// The permutes that interleave `m` (2 to 4) vectors `a_0 .. a_(m-1)`
+    /// of 16 values: output vector `i` holds values `16 i ..` of
+    /// `(a_0[0], a_1[0], .. a_(m-1)[0], a_0[1], ..)`. Step 1 takes rows 0
+    /// and 1 from two vectors, step `s` (2 and 3) puts in row `s`.
+    const WEAVE: [[[[i32; 16]; 4]; 4]; 5] = {
+        let mut t = [[[[0; 16]; 4]; 4]; 5];
+        let mut m = 2;
+        while m <= 4 {
+            let mut i = 0;
+            while i < m {
+                let mut p = 0;
+                while p < 16 {
+                    let g = 16 * i + p;
+                    let (j, r) = ((g / m) as i32, g % m);
+                    t[m][i][1][p] = match r {
+                        0 => j,
+                        1 => 16 + j,
+                        _ => 0,
+                    };
+                    let mut s = 2;
+                    while s < m {
+                        t[m][i][s][p] = if r == s { 16 + j } else { p as i32 };
+                        s += 1;
+                    }
+                    p += 1;
+                }
+                i += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// Step `s` of output vector `i` of [`WEAVE`] for `m` rows.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    fn weave(m: usize, i: usize, s: usize) -> __m512i {
+        // SAFETY: 16 `i32`s.
+        unsafe { _mm512_loadu_si512(WEAVE[m][i][s].as_ptr().cast()) }
     }
 
     /// `y = x w + bias` (then `max(y, 0)` when `relu`) for `m` rows of `x`
@@ -890,11 +995,14 @@ mod x86 {
                 let rows = (m - r0).min(4);
                 let mut j0 = 0;
                 while j0 < n {
-                    // Up to 16 accumulators: 4 vectors for 1-2 rows, 3 for
-                    // 3 rows (12), 2 for 4 rows (8, plus the weights).
+                    // Up to 4 vectors of outputs for 1-2 rows, 3 for 3 and
+                    // 4 rows; sets (the last number) so that at least eight
+                    // sums are in flight (two multiply-add units, four
+                    // cycles each), at most 12 accumulators plus the
+                    // weights (1 row and 4 vectors: 2 sets of 4).
                     macro_rules! run {
-                        ($v:literal, $m:literal) => {{
-                            rows_block::<$v, $m, MASK>(
+                        ($v:literal, $m:literal, $s:literal) => {{
+                            rows_block::<$v, $m, $s, MASK>(
                                 yp, m, n, xp, k, r0, wp, stride, bp, j0, relu,
                             );
                             j0 += 16 * $v;
@@ -902,20 +1010,20 @@ mod x86 {
                     }
                     let left = (n - j0).div_ceil(16);
                     match (rows, left) {
-                        (2, 1) => run!(1, 2),
-                        (2, 2) => run!(2, 2),
-                        (2, 3) => run!(3, 2),
-                        (2, _) => run!(4, 2),
-                        (3, 1) => run!(1, 3),
-                        (3, 2) => run!(2, 3),
-                        (3, _) => run!(3, 3),
-                        (4, 1) => run!(1, 4),
-                        (4, 2) => run!(2, 4),
-                        (4, _) => run!(3, 4),
-                        (_, 1) => run!(1, 1),
-                        (_, 2) => run!(2, 1),
-                        (_, 3) => run!(3, 1),
-                        (_, _) => run!(4, 1),
+                        (2, 1) => run!(1, 2, 4),
+                        (2, 2) => run!(2, 2, 2),
+                        (2, 3) => run!(3, 2, 2),
+                        (2, _) => run!(4, 2, 1),
+                        (3, 1) => run!(1, 3, 3),
+                        (3, 2) => run!(2, 3, 2),
+                        (3, _) => run!(3, 3, 1),
+                        (4, 1) => run!(1, 4, 2),
+                        (4, 2) => run!(2, 4, 1),
+                        (4, _) => run!(3, 4, 1),
+                        (_, 1) => run!(1, 1, 4),
+                        (_, 2) => run!(2, 1, 4),
+                        (_, 3) => run!(3, 1, 4),
+                        (_, _) => run!(4, 1, 2),
                     }
                 }
                 r0 += rows;
