@@ -372,6 +372,7 @@ multiversion! {
 }
 
 mod row1;
+mod stream;
 pub(crate) mod vmath;
 
 /// The length of the optional tail block of a packed weight (see
@@ -1309,6 +1310,33 @@ mod generated {
 }
 use generated::{avx2, avx512, portable};
 
+/// [`rows_axpy`] on AVX-512: up to [`stream::MAX_ROWS`] rows on a weight
+/// that streams from L3 or memory (as for [`STREAM_MAX_ROWS`]) by
+/// [`stream::rows`], anything else by the blocked kernel (or with more
+/// rows, on CPUs without [`half_width`], the generic streaming pass).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+fn rows512(
+    y: &mut [f32],
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    k: usize,
+    b: &[f32],
+    row_stride: usize,
+    beta: f32,
+) {
+    let n = y.len() / m;
+    if (2..=stream::MAX_ROWS).contains(&m)
+        && n >= STREAM_MIN_OUTPUTS
+        && k.saturating_mul(row_stride) >= STREAM_MIN_ELEMENTS
+    {
+        return stream::rows(y, m, a, lda, k, b, row_stride, beta);
+    }
+    avx512::rows(y, m, a, lda, k, b, row_stride, beta);
+}
+
 multiversion! {
     /// `y = beta * y + a * b` for a small number of rows `m`: `y` is the
     /// column-major `m x n` output (`n = y.len() / m`), `a` the column-major
@@ -1331,7 +1359,7 @@ multiversion! {
         row_stride: usize,
         beta: f32
     )
-    => rows; check {
+    => { rows512, avx2::rows, portable::rows }; check {
         assert!(
             m > 0 && y.len().is_multiple_of(m),
             "rows_axpy: y is not m x n"
@@ -2289,6 +2317,39 @@ mod rows_tests {
                             (g - (e - 0.5)).abs() < 1e-4 * (1.0 + e.abs()),
                             "{v:?} beta 0"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// On AVX-512, 2 to 4 rows on a weight that streams (`stream::rows`)
+    /// give each row the bits `row_axpy` gives it alone, for every `beta`.
+    #[test]
+    fn streamed_rows_give_the_bits_of_one_row() {
+        if !supports(Variant::Avx512) {
+            return;
+        }
+        for &(k, n) in &[(259usize, 1024usize), (263, 1001)] {
+            let rs = n + 3;
+            let b: Vec<f32> = (0..k * rs + n).map(|i| (i as f32 * 0.11).cos()).collect();
+            for m in 2..=stream::MAX_ROWS {
+                let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+                let y0: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.05).sin()).collect();
+                for beta in [0.0, 1.0, 0.5] {
+                    let mut y = y0.clone();
+                    rows_axpy_with(Variant::Avx512, &mut y, m, &a, m, k, &b, rs, beta);
+                    for r in 0..m {
+                        let row: Vec<f32> = (0..k).map(|p| a[r + p * m]).collect();
+                        let mut alone: Vec<f32> = (0..n).map(|j| y0[r + j * m]).collect();
+                        row_axpy_with(Variant::Avx512, &mut alone, &row, &b, rs, beta);
+                        for (j, v) in alone.iter().enumerate() {
+                            assert_eq!(
+                                y[r + j * m].to_bits(),
+                                v.to_bits(),
+                                "k={k} n={n} m={m} beta={beta} ({r}, {j})"
+                            );
+                        }
                     }
                 }
             }
