@@ -2323,7 +2323,7 @@ mod rows_tests {
         }
     }
 
-    /// On AVX-512, 2 to 4 rows on a weight that streams (`stream::rows`)
+    /// On AVX-512, rows on a weight that streams (`stream::rows`, 2 rows)
     /// give each row the bits `row_axpy` gives it alone, for every `beta`.
     #[test]
     fn streamed_rows_give_the_bits_of_one_row() {
