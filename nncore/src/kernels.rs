@@ -453,7 +453,7 @@ fn rows_packed512(
     relu: bool,
 ) {
     // SAFETY: `rows_packed_with` checked the shapes `row1::packed_rows` needs.
-    unsafe { row1::packed_rows(y, m, x, w, stride, bias, relu) }
+    unsafe { row1::packed_rows(y, m, x, w, stride, bias, relu, half_width()) }
 }
 
 /// `rows_packed` on the generic kernels: the bias copied into every row,
@@ -1698,6 +1698,66 @@ mod tests {
                     if per_width[0].0 == per_width[1].0 {
                         assert_eq!(per_width[0].1, per_width[1].1, "k={k} n={n}: widths differ");
                     }
+                }
+            }
+        }
+    }
+
+    /// Two rows on half-vectors (Zen 4's few-row kernel for L1-sized
+    /// weights) give the bits of whole vectors, packed or unpadded, and
+    /// write nothing past their outputs.
+    #[test]
+    fn both_avx512_widths_give_the_same_bits_for_two_rows() {
+        if !supports(Variant::Avx512) {
+            return;
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for k in [0usize, 1, 3, 4, 5, 17, 50, 100, 300] {
+            for n in [
+                1usize, 7, 8, 9, 10, 16, 17, 24, 33, 47, 50, 56, 63, 64, 65, 100, 130,
+            ] {
+                let c = PackedCase::new(2, k, n);
+                let (stride, x, raw, rows, bias) = (c.stride, &c.x, &c.raw, &c.rows, &c.bias);
+                for (with_bias, relu) in [(false, false), (true, false), (true, true)] {
+                    let (b, rb) = c.biases(with_bias);
+                    let mut outs = Vec::new();
+                    for half in [false, true] {
+                        for padded in [true, false] {
+                            let mut buf = vec![f32::NAN; 2 * n + 16];
+                            buf[2 * n..].fill(7.0);
+                            let y = &mut buf[..2 * n];
+                            // SAFETY: AVX-512F and VL (checked above); the
+                            // shapes are the ones the kernels need.
+                            unsafe {
+                                if padded {
+                                    row1::packed_rows(y, 2, x, rows, stride, b, relu, half);
+                                } else {
+                                    row1::unpadded_rows(y, 2, x, raw, n, rb, relu, half);
+                                }
+                            }
+                            let at = format!(
+                                "k={k} n={n} bias={with_bias} relu={relu} half={half} padded={padded}"
+                            );
+                            assert!(buf[2 * n..].iter().all(|&a| a == 7.0), "{at}: wrote past y");
+                            for (i, g) in buf[..2 * n].iter().enumerate() {
+                                let (r, j) = (i % 2, i / 2);
+                                let mut e = if with_bias { bias[j] } else { 0.0 }
+                                    + (0..k).map(|p| x[r + 2 * p] * raw[p * n + j]).sum::<f32>();
+                                if relu {
+                                    e = crate::activation::relu(e);
+                                }
+                                assert!(
+                                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                                    "{at} ({r}, {j}): {g} vs {e}"
+                                );
+                            }
+                            outs.push(bits(&buf[..2 * n]));
+                        }
+                    }
+                    assert!(
+                        outs.iter().all(|o| *o == outs[0]),
+                        "k={k} n={n}: widths or forms differ"
+                    );
                 }
             }
         }

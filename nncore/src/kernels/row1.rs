@@ -107,10 +107,10 @@ mod x86 {
         __m256, __m512, __m512i, __mmask8, __mmask16, _mm256_add_ps, _mm256_fmadd_ps,
         _mm256_loadu_ps, _mm256_mask_storeu_ps, _mm256_maskz_loadu_ps, _mm256_max_ps,
         _mm256_permute_ps, _mm256_permute2f128_ps, _mm256_set1_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps, _mm512_add_ps, _mm512_cvtss_f32, _mm512_fmadd_ps, _mm512_loadu_ps,
-        _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps,
-        _mm512_max_ps, _mm512_permute_ps, _mm512_permutex2var_ps, _mm512_set1_ps,
-        _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps,
+        _mm256_storeu_ps, _mm512_add_ps, _mm512_castps256_ps512, _mm512_cvtss_f32, _mm512_fmadd_ps,
+        _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_mask3_fmadd_ps,
+        _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_permute_ps, _mm512_permutex2var_ps,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps,
     };
 
     /// The first `count` lanes (`count <= 16`).
@@ -871,6 +871,147 @@ mod x86 {
         }
     }
 
+    /// [`rows_impl`] for a batch of two rows on half-vectors (see
+    /// [`block_y`]): each block of 16 V outputs as `ceil(outputs / 8)`
+    /// half-vectors, with the sets `rows_impl` gives that block on whole
+    /// vectors, so the same sums in the same order (the same bits on
+    /// either width), but the zero padding past the outputs neither loaded
+    /// nor multiplied (SimpleNet's `fc1`: 7 halves of 8 per row).
+    ///
+    /// # Safety
+    /// As [`rows_impl`] with `m == 2`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pair_halves<const MASK: bool>(
+        y: *mut f32,
+        n: usize,
+        x: *const f32,
+        k: usize,
+        w: *const f32,
+        stride: usize,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        let mut j0 = 0;
+        while j0 < n {
+            let halves = (n - j0).min(64).div_ceil(8);
+            macro_rules! run {
+                ($y:literal, $s:literal) => {
+                    // SAFETY: the caller's shapes; the block stays below
+                    // `stride` (a multiple of 16 at least `n`) and `n`.
+                    unsafe { pair_block_y::<$y, $s, MASK>(y, n, x, k, w, stride, bias, j0, relu) }
+                };
+            }
+            // The sets of `rows_impl`'s `(2, ceil(halves / 2))` block.
+            match halves {
+                1 => run!(1, 4),
+                2 => run!(2, 4),
+                3 => run!(3, 2),
+                4 => run!(4, 2),
+                5 => run!(5, 2),
+                6 => run!(6, 2),
+                7 => run!(7, 1),
+                _ => run!(8, 1),
+            }
+            j0 += 16 * halves.div_ceil(2);
+        }
+    }
+
+    /// Outputs `j0 .. min(n, j0 + 8 * Y)` of both rows of a batch of two
+    /// (`x` column-major `2 x k`, `y` column-major `2 x n`) on 256-bit
+    /// vectors: [`rows_block`]'s sums with `S` sets, in its order.
+    ///
+    /// # Safety
+    /// AVX-512F and VL; as [`rows_block`] with `16 * V` replaced by `8 * Y`
+    /// and `m == 2`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn pair_block_y<const Y: usize, const S: usize, const MASK: bool>(
+        y: *mut f32,
+        n: usize,
+        x: *const f32,
+        k: usize,
+        w: *const f32,
+        stride: usize,
+        bias: *const f32,
+        j0: usize,
+        relu: bool,
+    ) {
+        // SAFETY: as `rows_block`'s, with rows of `w` read at `w + p *
+        // stride + j0`, `8 * Y` values (the last vector masked to `n`
+        // with `MASK`), `x[(r, p)]` at `x + r + 2 p` and `y[(r, j)]` at
+        // `y + r + 2 j` (the stores masked to `n`).
+        unsafe {
+            let last = lanes8((n - j0 - 8 * (Y - 1)).min(8));
+            let mut acc = [[[_mm256_setzero_ps(); Y]; 2]; S];
+            if !bias.is_null() {
+                for row in acc[0].iter_mut() {
+                    for (v, a) in row.iter_mut().enumerate() {
+                        *a = load_y::<MASK, Y>(bias.add(j0 + 8 * v), v, last);
+                    }
+                }
+            }
+            let mut wrow = w.add(j0);
+            let mut xp = x;
+            let step = |set: &mut [[__m256; Y]; 2], wrow: *const f32, xp: *const f32| {
+                let wv: [__m256; Y] =
+                    std::array::from_fn(|v| load_y::<MASK, Y>(wrow.add(8 * v), v, last));
+                for (r, row) in set.iter_mut().enumerate() {
+                    let xs = _mm256_set1_ps(*xp.add(r));
+                    for (a, t) in row.iter_mut().zip(&wv) {
+                        *a = _mm256_fmadd_ps(*t, xs, *a);
+                    }
+                }
+            };
+            let full = k / S * S;
+            let mut p = 0;
+            while p < full {
+                for set in acc.iter_mut() {
+                    step(set, wrow, xp);
+                    wrow = wrow.add(stride);
+                    xp = xp.add(2);
+                }
+                p += S;
+            }
+            while p < k {
+                step(&mut acc[0], wrow, xp);
+                wrow = wrow.add(stride);
+                xp = xp.add(2);
+                p += 1;
+            }
+            for v in 0..Y {
+                let j = j0 + 8 * v;
+                if j >= n {
+                    break;
+                }
+                let s = |i: usize, r: usize| acc[i][r][v];
+                let mut sums = [s(0, 0), s(0, 1)];
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    *sum = match S {
+                        1 => s(0, r),
+                        2 => _mm256_add_ps(s(0, r), s(1, r)),
+                        _ => _mm256_add_ps(
+                            _mm256_add_ps(s(0, r), s(1, r)),
+                            _mm256_add_ps(s(2, r), s(3, r)),
+                        ),
+                    };
+                    if relu {
+                        *sum = _mm256_max_ps(_mm256_setzero_ps(), *sum);
+                    }
+                }
+                // (a0, b0, a1, b1, .. a7, b7): outputs j .. j + 8 of both.
+                let o = _mm512_permutex2var_ps(
+                    _mm512_castps256_ps512(sums[0]),
+                    weave(2, 0, 1),
+                    _mm512_castps256_ps512(sums[1]),
+                );
+                _mm512_mask_storeu_ps(y.add(2 * j), lanes(2 * (n - j).min(8)), o);
+            }
+        }
+    }
+
     /// The permutes that interleave `m` (2 to 4) vectors `a_0 .. a_(m-1)`
     /// of 16 values: output vector `i` holds values `16 i ..` of
     /// `(a_0[0], a_1[0], .. a_(m-1)[0], a_0[1], ..)`. Step 1 takes rows 0
@@ -930,9 +1071,10 @@ mod x86 {
         stride: usize,
         bias: Option<&[f32]>,
         relu: bool,
+        half: bool,
     ) {
         // SAFETY: the caller's.
-        unsafe { rows_impl::<false>(y, m, x, w, stride, bias, relu) }
+        unsafe { rows_impl::<false>(y, m, x, w, stride, bias, relu, half) }
     }
 
     /// What [`packed`] (one row) and [`packed_rows`] (more) compute, in the
@@ -963,7 +1105,7 @@ mod x86 {
             } else if m == 1 {
                 packed_impl::<true, false>(y, x, w, stride, bias, relu);
             } else {
-                rows_impl::<true>(y, m, x, w, stride, bias, relu);
+                rows_impl::<true>(y, m, x, w, stride, bias, relu, half);
             }
         }
     }
@@ -974,6 +1116,7 @@ mod x86 {
     /// As those.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn rows_impl<const MASK: bool>(
         y: &mut [f32],
         m: usize,
@@ -982,11 +1125,17 @@ mod x86 {
         stride: usize,
         bias: Option<&[f32]>,
         relu: bool,
+        half: bool,
     ) {
         let n = y.len() / m;
         let k = x.len() / m;
         let (yp, xp, wp) = (y.as_mut_ptr(), x.as_ptr(), w.as_ptr());
         let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        if m == 2 && runs_half(k, n, half) {
+            // SAFETY: as below.
+            unsafe { pair_halves::<MASK>(yp, n, xp, k, wp, stride, bp, relu) };
+            return;
+        }
         // SAFETY: the caller's shapes; every block stays below `stride`
         // and row `m`.
         unsafe {
