@@ -2608,6 +2608,32 @@ mod batch_norm_tests {
 mod elementwise_tests {
     use super::*;
 
+    /// The map kernels give every value what the function gives it alone,
+    /// at every length: whole vectors, a rest of one or two values, a rest
+    /// taken as the last (overlapping) vector, and slices shorter than a
+    /// vector, padded; in place, no value is mapped twice.
+    #[test]
+    fn the_map_kernels_map_every_value_once_at_every_length() {
+        let f = |v: f32| crate::kernels::vmath::tanh(v) * 2.0 + 1.0;
+        let g = |a: f32, b: f32| crate::kernels::vmath::exp(a) * 0.5 - b;
+        for len in 0..=70usize {
+            let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            let y: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: Vec<u32> = x.iter().map(|v| f(*v).to_bits()).collect();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let mut out = vec![f32::NAN; len];
+            map_into(&x, &mut out, f);
+            assert_eq!(bits(&out), want, "map_into, {len} values");
+            let mut inplace = x.clone();
+            map_in_place(&mut inplace, f);
+            assert_eq!(bits(&inplace), want, "map_in_place, {len} values");
+            let want2: Vec<u32> = x.iter().zip(&y).map(|(a, b)| g(*a, *b).to_bits()).collect();
+            let mut out = vec![f32::NAN; len];
+            zip_map_into(&x, &y, &mut out, g);
+            assert_eq!(bits(&out), want2, "zip_map_into, {len} values");
+        }
+    }
+
     #[test]
     fn every_variant_sums_updates_and_squares() {
         let x: Vec<f32> = (0..1037).map(|i| (i as f32 * 0.3).sin()).collect();
@@ -2764,12 +2790,50 @@ pub fn map_into<F: Fn(f32) -> f32 + Sync>(x: &[f32], out: &mut [f32], f: F) {
     });
 }
 
+/// The element-wise kernels' vectors: the values past the last whole
+/// vector of a slice, when at least [`PAD_REST`], go as one more vector,
+/// the slice's last `MAP_LANES` values (the lanes already mapped are
+/// dropped; `f`'s vector code gives its scalar bits). A slice shorter
+/// than a vector goes as LLVM compiles a plain loop (copied into a padded
+/// vector instead, its loads waited for the copy's stores: 4 values of
+/// `tanh` 12 -> 35 ns).
+const MAP_LANES: usize = 16;
+
+/// See [`MAP_LANES`]. LLVM leaves most of the values past the last whole
+/// vector to scalar code, one at a time: for GELU about 11 ns each on Zen
+/// 4 (31 values took 112 ns, 32 took 66), for `tanh` 7.5, `sigmoid` 5.5,
+/// where one more vector costs about 30, 11 and 8 ns.
+const PAD_REST: usize = 3;
+
+/// `out[i] = f(x[i])`: a plain loop (LLVM vectorizes it), with the rest
+/// past the whole vectors as [`MAP_LANES`] says.
+#[inline(always)]
+fn map_by_vectors<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: &F) {
+    let n = x.len();
+    let rest = n % MAP_LANES;
+    match x.last_chunk::<MAP_LANES>() {
+        Some(last) if rest >= PAD_REST => {
+            for (o, v) in out[..n - rest].iter_mut().zip(&x[..n - rest]) {
+                *o = (*f)(*v);
+            }
+            let mut o = [0.0f32; MAP_LANES];
+            for (o, v) in o.iter_mut().zip(last) {
+                *o = (*f)(*v);
+            }
+            out[n - rest..].copy_from_slice(&o[MAP_LANES - rest..]);
+        }
+        _ => {
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = (*f)(*v);
+            }
+        }
+    }
+}
+
 fn map_into_serial<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: &F) {
     #[inline(always)]
     fn body<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: &F) {
-        for (o, v) in out.iter_mut().zip(x) {
-            *o = (*f)(*v);
-        }
+        map_by_vectors(x, out, f);
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,fma")]
@@ -2801,8 +2865,29 @@ pub fn map_in_place<F: Fn(f32) -> f32 + Sync>(x: &mut [f32], f: F) {
 fn map_in_place_serial<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
     #[inline(always)]
     fn body<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
-        for v in x.iter_mut() {
-            *v = (*f)(*v);
+        let n = x.len();
+        let rest = n % MAP_LANES;
+        let last = if rest >= PAD_REST {
+            x.last_chunk::<MAP_LANES>().copied()
+        } else {
+            None
+        };
+        match last {
+            Some(last) => {
+                for v in &mut x[..n - rest] {
+                    *v = (*f)(*v);
+                }
+                let mut o = [0.0f32; MAP_LANES];
+                for (o, v) in o.iter_mut().zip(&last) {
+                    *o = (*f)(*v);
+                }
+                x[n - rest..].copy_from_slice(&o[MAP_LANES - rest..]);
+            }
+            _ => {
+                for v in x.iter_mut() {
+                    *v = (*f)(*v);
+                }
+            }
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -2845,8 +2930,25 @@ pub fn zip_map_into<F: Fn(f32, f32) -> f32 + Sync>(a: &[f32], b: &[f32], out: &m
 fn zip_map_into_serial<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: &F) {
     #[inline(always)]
     fn body<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: &F) {
-        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-            *o = (*f)(*x, *y);
+        let n = out.len();
+        let rest = n % MAP_LANES;
+        match (a.last_chunk::<MAP_LANES>(), b.last_chunk::<MAP_LANES>()) {
+            (Some(x), Some(y)) if rest >= PAD_REST => {
+                let m = n - rest;
+                for ((o, x), y) in out[..m].iter_mut().zip(&a[..m]).zip(&b[..m]) {
+                    *o = (*f)(*x, *y);
+                }
+                let mut o = [0.0f32; MAP_LANES];
+                for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+                    *o = (*f)(*x, *y);
+                }
+                out[m..].copy_from_slice(&o[MAP_LANES - rest..]);
+            }
+            _ => {
+                for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+                    *o = (*f)(*x, *y);
+                }
+            }
         }
     }
     #[cfg(target_arch = "x86_64")]
