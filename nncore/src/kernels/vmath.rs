@@ -90,11 +90,12 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// `e^x` in `f64` for `gelu_erf`, to about 1e-10 relative for `x` in
-/// [-700, 0] (degree-9 Taylor on `|r| <= ln 2 / 2`), and `e^-700` below
-/// (1e-304: zero once a GELU's `f32` is rounded).
+/// `e^x` in `f64` for `gelu_erf` and the cross-entropy's softmax, to
+/// about 1e-10 relative for `x` in [-700, 0] (degree-9 Taylor on
+/// `|r| <= ln 2 / 2`), and `e^-700` below (1e-304: zero once rounded to
+/// `f32`). Only for `x <= 0` (or NaN, which it returns).
 #[inline(always)]
-fn exp_f64(x: f64) -> f64 {
+pub(crate) fn exp_f64(x: f64) -> f64 {
     const ROUND64: f64 = 6_755_399_441_055_744.0; // 2^52 + 2^51
     let xc = if x < -700.0 { -700.0 } else { x };
     let shifted = xc * std::f64::consts::LOG2_E + ROUND64;
