@@ -2611,7 +2611,7 @@ mod elementwise_tests {
     /// The map kernels give every value what the function gives it alone,
     /// at every length: whole vectors, a rest of one or two values, a rest
     /// taken as the last (overlapping) vector, and slices shorter than a
-    /// vector, padded; in place, no value is mapped twice.
+    /// vector; in place, no value is mapped twice.
     #[test]
     fn the_map_kernels_map_every_value_once_at_every_length() {
         let f = |v: f32| crate::kernels::vmath::tanh(v) * 2.0 + 1.0;

@@ -69,11 +69,10 @@ mod x86 {
         // The sums' rows are `ns` values apart, 64 bytes past a multiple of
         // 4 KiB when `n` is one (1024 outputs), and start on a 64-byte
         // line 2 KiB away from the weight rows modulo 4 KiB: a load whose
-        // address matches an
-        // earlier store's in its low 12 bits waits for it (4K aliasing),
-        // and with rows 4 KiB apart every sum and weight vector did (2
-        // and 3 rows of the MLP took 1.3x to 5x as long, by where the
-        // allocator put the scratch).
+        // address matches an earlier store's in its low 12 bits waits for
+        // it (4K aliasing), and with the sums' rows 4 KiB apart, as the
+        // weight's are, many did (the MLP at 2 rows: 117-120 µs against
+        // 98-102 placed so).
         let ns = n.next_multiple_of(16) + 16;
         let mut scratch = crate::kernels::take_scratch(m * ns + 1024);
         let base = scratch.as_ptr() as usize;
@@ -112,13 +111,14 @@ mod x86 {
         ((1u32 << count) - 1) as __mmask16
     }
 
-    /// `M` rows' sums `t` (row-major, rows of `n`) plus `a b`, the weight
-    /// rows `R` at a time, each vector of weights loaded once for all `M`
-    /// rows.
+    /// `M` rows' sums `t` (row-major, `n` values per row, rows `ns`
+    /// apart) plus `a b`, the weight rows `R` at a time, each vector of
+    /// weights loaded once for all `M` rows.
     ///
     /// # Safety
-    /// AVX-512F; `t` holds `M * n` values, `a` rows `0..M` of `k` columns
-    /// `lda` apart, `b` `k` rows of `n` values `row_stride` apart.
+    /// AVX-512F; `t` holds `M` rows of `ns >= n` values, `a` rows `0..M`
+    /// of `k` columns `lda` apart, `b` `k` rows of `n` values `row_stride`
+    /// apart.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     #[allow(clippy::needless_range_loop)] // `r` and `i` index the broadcasts
