@@ -2856,6 +2856,34 @@ fn map_into_serial<F: Fn(f32) -> f32>(x: &[f32], out: &mut [f32], f: &F) {
     }
 }
 
+/// Runs `f` compiled for the best variant this CPU has: `f` (a closure
+/// marked `#[inline(always)]`) is inlined into a function with that
+/// variant's target features, so that its loops become AVX-512 or AVX2
+/// code. Its arithmetic is what it is on every variant (Rust contracts no
+/// `a * b + c` into a multiply-add).
+#[inline(always)]
+pub(crate) fn with_best_variant<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    fn avx512<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    match best() {
+        // SAFETY: `best` only returns variants the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { avx512(f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { avx2(f) },
+        _ => f(),
+    }
+}
+
 /// `x[i] = f(x[i])` in place, compiled for the best variant, split
 /// across threads for large slices.
 pub fn map_in_place<F: Fn(f32) -> f32 + Sync>(x: &mut [f32], f: F) {
